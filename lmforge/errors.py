@@ -1,0 +1,40 @@
+"""User-facing errors.
+
+Every error a user can cause and fix is a :class:`LmforgeError`. Its message is one sentence that
+says what is wrong and how to fix it; the CLI prints it without a traceback and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LmforgeError(Exception):
+    """An error caused by the user's input, with a message the user can act on."""
+
+
+class ConfigError(LmforgeError):
+    """A configuration value, preset name or override is invalid."""
+
+
+class DataError(LmforgeError):
+    """A data path is missing, empty, unreadable or in the wrong format."""
+
+
+class CheckpointError(LmforgeError):
+    """A directory is not a usable lmforge checkpoint."""
+
+
+class GenerationError(LmforgeError):
+    """A generation request cannot be served as asked (for example, a prompt that is too long)."""
+
+
+class TokenizerError(LmforgeError):
+    """A tokenizer cannot be trained or loaded as asked."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean X?)' when a close match exists, else ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
