@@ -165,8 +165,7 @@ class ModelConfig:
         wrong = [h for h in self.heads if h not in allowed]
         if wrong:
             raise ConfigError(
-                f"head(s) {wrong} do not fit arch='{self.arch}'; "
-                f"choose from {sorted(allowed)}."
+                f"head(s) {wrong} do not fit arch='{self.arch}'; choose from {sorted(allowed)}."
             )
         ids = ("bos_id", "eos_id", "pad_id", "mask_id", "decoder_start_id")
         for name in ids:

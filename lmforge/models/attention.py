@@ -1,0 +1,164 @@
+"""Scaled dot-product attention and the multi-head attention module.
+
+One attention function with a backend switch ("sdpa" = PyTorch's fused kernels, "math" = the
+formula written out, which can return the attention weights), used by self-attention and
+cross-attention, by encoders and decoders alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.config import ModelConfig
+from lmforge.models.cache import KVCache
+from lmforge.models.positions import apply_rope
+
+Backend = Literal["sdpa", "math"]
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    backend: Backend = "sdpa",
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention(Q, K, V) = softmax(Q K^T * scale + mask) V, scale = 1/sqrt(d_k) by default.
+
+    Args:
+        q: (B, H, Tq, D) queries.
+        k, v: (B, H_kv, Tk, D) keys and values; H must be a multiple of H_kv (grouped-query
+            attention shares each key/value head among H / H_kv query heads).
+        mask: additive float mask broadcastable to (B, H, Tq, Tk) (0 = attend, a very negative
+            number = do not), or None.
+        causal: query i (at absolute position Tk - Tq + i) sees only keys j <= Tk - Tq + i.
+            Combined with `mask` when both are given.
+        scale: multiplier of Q K^T; None means 1/sqrt(D).
+        dropout_p: dropout on the attention weights (training only).
+        backend: "sdpa" (fused) or "math" (explicit); `need_weights` forces "math".
+        need_weights: also return the (B, H, Tq, Tk) attention weights.
+
+    Returns:
+        (output of shape (B, H, Tq, D), weights or None).
+    """
+    n_rep = q.size(1) // k.size(1)
+    tq, tk = q.size(-2), k.size(-2)
+    if causal and tq == 1:
+        causal = False  # a single newest query sees every key
+    if causal and (mask is not None or tq != tk or backend == "math" or need_weights):
+        # bottom-right aligned causal mask, folded into the additive mask
+        causal_mask = causal_additive_mask(tq, tk, q.dtype, q.device)
+        mask = causal_mask if mask is None else mask + causal_mask
+        causal = False
+    if backend == "sdpa" and not need_weights:
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=None if mask is None else mask.to(q.dtype),
+            dropout_p=dropout_p,
+            is_causal=causal,
+            scale=scale,
+            enable_gqa=n_rep > 1,
+        )
+        return out, None
+    if n_rep > 1:
+        k = k.repeat_interleave(n_rep, dim=1)  # (B, H, Tk, D)
+        v = v.repeat_interleave(n_rep, dim=1)
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)).float() * scale  # (B, H, Tq, Tk)
+    if mask is not None:
+        scores = scores + mask.float()
+    weights = torch.softmax(scores, dim=-1).to(q.dtype)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v, (weights if need_weights else None)
+
+
+def causal_additive_mask(tq: int, tk: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(Tq, Tk) mask: 0 where key j <= Tk - Tq + i, the dtype's minimum elsewhere."""
+    q_pos = torch.arange(tk - tq, tk, device=device)[:, None]
+    k_pos = torch.arange(tk, device=device)[None, :]
+    return torch.zeros(tq, tk, dtype=dtype, device=device).masked_fill(
+        k_pos > q_pos, torch.finfo(dtype).min
+    )
+
+
+class Attention(nn.Module):
+    """Multi-head attention: head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V), out = Concat W^O.
+
+    q, k, v and o are separate `nn.Linear`s (`q_proj`, `k_proj`, `v_proj`, `o_proj`) so that
+    LoRA and quantization are module swaps and Hugging Face import is a rename. With `cross=True`
+    the keys and values come from the encoder output (cross-attention).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, cross: bool = False) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.cross = cross
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.scale = cfg.attn_scale
+        self.dropout_p = cfg.attn_dropout
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        self.backend: Backend = "sdpa"
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, n, T, head_dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        memory: Tensor | None = None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: (B, T, d_model); memory: (B, S, d_model) encoder output for cross-attention."""
+        q = self._heads(self.q_proj(x), self.n_head)  # (B, H, T, hd)
+        if self.cross:
+            kv = cache.cross_kv(self.layer_idx) if cache is not None else None
+            if kv is None:
+                k = self._heads(self.k_proj(memory), self.n_kv_head)  # (B, H_kv, S, hd)
+                v = self._heads(self.v_proj(memory), self.n_kv_head)
+                if cache is not None:
+                    cache.set_cross_kv(self.layer_idx, k, v)
+            else:
+                k, v = kv
+        else:
+            k = self._heads(self.k_proj(x), self.n_kv_head)  # (B, H_kv, T, hd)
+            v = self._heads(self.v_proj(x), self.n_kv_head)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, past + T, hd)
+        out, weights = attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            causal=causal,
+            scale=self.scale,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            backend=self.backend,
+            need_weights=need_weights,
+        )
+        b, _, t, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)  # (B, T, H*hd)
+        return self.o_proj(out), weights

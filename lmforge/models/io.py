@@ -1,0 +1,87 @@
+"""Save and load a model directory: `config.json` + `model.safetensors`. Nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmforge.config import ModelConfig
+from lmforge.errors import CheckpointError
+from lmforge.models.transformer import Transformer
+from lmforge.utils.fs import atomic_path, atomic_write_text
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def state_dict_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
+    """The state dict without tied duplicates (safetensors stores each storage once)."""
+    seen: dict[int, str] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        key = t.data_ptr()
+        if key in seen and t.numel() > 0:
+            continue
+        seen[key] = name
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def save_model(model: Transformer, out_dir: str | Path) -> Path:
+    """Write config.json and model.safetensors into out_dir (each file atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file(state_dict_for_saving(model), str(tmp), metadata={"format": "pt"})
+    atomic_write_text(out_dir / CONFIG, json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    return out_dir
+
+
+def is_model_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
+
+
+def load_state(model: Transformer, path: str | Path, strict: bool = True) -> None:
+    """Load weights from a safetensors file into `model`; tied weights may be absent."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"cannot read weights {path} ({e}); the file is damaged or not safetensors."
+        ) from None
+    expected = model.state_dict()
+    for name, t in state.items():
+        if name in expected and expected[name].shape != t.shape:
+            raise CheckpointError(
+                f"tensor '{name}' has shape {tuple(t.shape)} in {path} but the model expects "
+                f"{tuple(expected[name].shape)}; the config does not match the weights."
+            )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {n for n, p in model.named_parameters(remove_duplicate=False)} - {
+        n for n, p in model.named_parameters()
+    }
+    missing = [m for m in missing if m not in tied]
+    if strict and (missing or unexpected):
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"weights in {path} do not fit the model: {what}.")
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Transformer:
+    """Build the model from `config.json` and load `model.safetensors`."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model dir {model_dir} does not exist; pass a checkpoint directory.")
+    if not is_model_dir(model_dir):
+        raise CheckpointError(
+            f"{model_dir} is not an lmforge checkpoint (it needs {CONFIG} and {WEIGHTS}); "
+            "pass the --out directory of `lmforge pretrain` or a converted model."
+        )
+    cfg = ModelConfig.from_dir(model_dir)
+    model = Transformer(cfg)
+    load_state(model, model_dir / WEIGHTS)
+    return model.to(device).eval()
