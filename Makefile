@@ -1,25 +1,30 @@
-# Two commands do all the set-up: `make demo` and `make test`.
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
+TEST := $(VENV)/.installed-test
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e .
+	touch $(BASE)
 
-demo: $(STAMP)
+$(TEST): $(BASE)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST)
+
+demo: $(BASE)
 	$(BIN)/lmforge quickstart
 
-test: $(STAMP)
+test: $(TEST)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(TEST)
 	$(BIN)/ruff check lmforge tests bench
 	$(BIN)/ruff format --check lmforge tests bench
 

@@ -54,6 +54,18 @@ def load_state(model: Transformer, path: str | Path, strict: bool = True) -> Non
         raise CheckpointError(
             f"cannot read weights {path} ({e}); the file is damaged or not safetensors."
         ) from None
+    load_state_dict(model, state, path, strict)
+
+
+def load_state_dict(
+    model: Transformer, state: dict[str, torch.Tensor], source: str | Path, strict: bool = True
+) -> None:
+    """Copy `state` into `model`: shapes must match, tied weights may be absent.
+
+    Split out of `load_state` so converters (`lmforge.interop`) load a mapped state dict with
+    the same checks; `source` names where the weights came from in error messages.
+    """
+    path = source
     expected = model.state_dict()
     for name, t in state.items():
         if name in expected and expected[name].shape != t.shape:

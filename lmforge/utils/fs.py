@@ -34,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o644)  # mkstemp makes owner-only files; saved artefacts are shared
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

@@ -1,0 +1,165 @@
+"""`lmforge <verb>`: each verb is a thin call of a library function.
+
+Errors a user can fix (`LmforgeError`) are printed as one line and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmforge.errors import LmforgeError
+
+app = typer.Typer(
+    name="lmforge",
+    help="Build, train, fine-tune, generate with and serve Transformer language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+DataOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--data", help="A .txt/.md/.jsonl file or folder; repeat for more."),
+]
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/quickstart"),
+    max_steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train a BPE tokenizer and a small GPT on the embedded corpus, then generate (no download)."""
+    from lmforge.recipes.quickstart import quickstart as run
+
+    run(out, max_steps=max_steps, seed=seed)
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option(help="Run directory (model, checkpoints, metrics).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides of any train or model field.")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Model preset (see `lmforge presets`).")] = "gpt-mini",
+    data: DataOpt = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON run config.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="Use this tokenizer dir.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+) -> None:
+    """Pretrain a causal language model (default data: the embedded corpus)."""
+    from lmforge.config.train import parse_overrides
+    from lmforge.recipes.pretrain import pretrain as run
+
+    values = parse_overrides(overrides or [])
+    if max_steps is not None:
+        values["max_steps"] = max_steps
+    r = run(data, out, preset=preset, config_file=config, overrides=values, tokenizer_dir=tokenizer, resume=resume)
+    ppl = f"{r.eval_ppl:.2f}" if r.eval_ppl is not None else "n/a"
+    typer.echo(
+        f"trained {r.n_params / 1e6:.2f}M parameters for {r.train.steps} steps; "
+        f"held-out perplexity {ppl} (unigram baseline {r.unigram_ppl:.1f}); model in {r.out_dir}"
+    )
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 8192,
+    data: DataOpt = None,
+    kind: Annotated[str, typer.Option(help="bpe (byte-level) or wordpiece.")] = "bpe",
+) -> None:
+    """Train a tokenizer (default data: the embedded corpus) and save tokenizer.json."""
+    from lmforge.data import default_corpus, read_documents
+    from lmforge.errors import ConfigError
+    from lmforge.tokenizer import train_tokenizer
+
+    if kind not in ("bpe", "wordpiece"):
+        raise ConfigError(f"unknown tokenizer kind '{kind}'; choose bpe or wordpiece.")
+    docs = read_documents(data) if data else default_corpus()
+    tok = train_tokenizer(docs, vocab_size=vocab_size, kind=kind)
+    tok.save(out)
+    typer.echo(f"trained a {kind} tokenizer with {tok.vocab_size} tokens; saved to {out}")
+
+
+@app.command()
+def generate(
+    model_dir: Annotated[Path, typer.Argument(help="A checkpoint directory.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(help="Keep the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    num_return_sequences: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same text).")] = None,
+) -> None:
+    """Continue a prompt with a trained model."""
+    from lmforge.recipes.generate import generate_text
+
+    texts = generate_text(
+        model_dir,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        num_return_sequences=num_return_sequences,
+        seed=seed,
+    )
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            typer.echo(f"--- sample {i + 1}")
+        typer.echo(prompt + text)
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="A checkpoint directory.")],
+    data: DataOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 8,
+) -> None:
+    """Perplexity of a causal LM on text files."""
+    from lmforge.errors import DataError
+    from lmforge.evaluate import perplexity
+
+    if not data:
+        raise DataError("evaluate needs --data PATH (a .txt/.jsonl file or folder).")
+    r = perplexity(model_dir, data, batch_size=batch_size)
+    typer.echo(f"perplexity {r.perplexity:.3f} (loss {r.loss:.4f} nats/token over {r.tokens} tokens)")
+
+
+@app.command()
+def presets(name: Annotated[str | None, typer.Argument(help="Show one preset in full.")] = None) -> None:
+    """List model presets, or show every field of one."""
+    import json
+
+    from lmforge.config import PRESETS, ModelConfig
+
+    if name is not None:
+        typer.echo(json.dumps(ModelConfig.from_preset(name).to_dict(), indent=2))
+        return
+    for key in PRESETS:
+        cfg = ModelConfig.from_preset(key)
+        typer.echo(
+            f"{key:18s} {cfg.arch:16s} layers={cfg.n_layer:<3d} d_model={cfg.d_model:<5d} "
+            f"heads={cfg.n_head}/{cfg.n_kv_head} pos={cfg.pos} norm={cfg.norm} mlp={cfg.mlp}"
+        )
+
+
+def main() -> None:
+    """Console entry point: run the app, print user errors as one line, exit non-zero."""
+    try:
+        app()
+    except LmforgeError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

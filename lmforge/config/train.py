@@ -1,0 +1,166 @@
+"""`TrainConfig`: the knobs of the one training loop, and how a run's config is assembled
+from a preset, a YAML/JSON file and `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass
+
+from lmforge.config.model import ModelConfig
+from lmforge.errors import ConfigError, did_you_mean
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+@dataclass(config=ConfigDict(extra="forbid"))
+class TrainConfig:
+    """Training hyper-parameters (stored as `train_config.json` in the run dir).
+
+    Attributes:
+        max_steps: optimizer steps in the run.
+        batch_size: sequences per micro-batch; grad_accum micro-batches make one step.
+        seq_len: tokens per training sequence (default: the model's max_seq_len).
+        lr, min_lr: peak learning rate and the floor the schedule decays to.
+        warmup_steps: linear warm-up from 0 to lr.
+        schedule: decay after warm-up ("cosine", "linear" or "constant").
+        weight_decay: AdamW decay on matrices (never on norms, biases or embeddings).
+        beta1, beta2, eps: AdamW moments.
+        grad_clip: clip the global gradient norm to this (0 = off).
+        eval_every: evaluate (and checkpoint) every this many steps.
+        eval_batches: micro-batches of held-out data per evaluation.
+        log_every: write a metrics line every this many steps.
+        patience: stop after this many evaluations without improvement (None = never).
+        precision: "auto" (bf16 autocast where the hardware has it), "fp32", "bf16", "fp16".
+        device: "auto", "cpu", "cuda", "cuda:1", ...
+        compile: wrap the model in torch.compile.
+        seed: seeds weights, data order and dropout.
+        valid_fraction: held-out share of the documents.
+        vocab_size: tokenizer vocabulary when the run trains its tokenizer.
+        threads: CPU threads for PyTorch (None = PyTorch's default).
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    seq_len: int | None = None
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 50
+    schedule: Schedule = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+    log_every: int = 10
+    patience: int | None = None
+    precision: Precision = "auto"
+    device: str = "auto"
+    compile: bool = False
+    seed: int = 0
+    valid_fraction: float = 0.05
+    vocab_size: int = 8192
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}.")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be at least 0, got {self.warmup_steps}.")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ConfigError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}.")
+        if self.seq_len is not None and self.seq_len < 2:
+            raise ConfigError(f"seq_len must be at least 2, got {self.seq_len}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def parse_value(text: str) -> Any:
+    """'3' -> 3, '1e-3' -> 0.001, 'true' -> True, 'null' -> None, '[a, b]' -> list; YAML rules."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['lr=3e-4', 'model.n_layer=4'] -> {'lr': 0.0003, 'model.n_layer': 4}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. lr=3e-4).")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON run config: train keys at the top, model keys under `model:`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass a YAML or JSON file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be parsed ({e}).") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values.")
+    return values
+
+
+def split_values(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sort flat keys into (train, model) values; `model.x` and a `model:` mapping go to model.
+
+    A key that is neither gets one sentence naming it and the closest valid key.
+    """
+    train: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "model" and isinstance(value, dict):
+            model.update(value)
+        elif key.startswith("model."):
+            model[key[len("model.") :]] = value
+        elif key in TRAIN_FIELDS:
+            train[key] = value
+        elif key in MODEL_FIELDS:
+            model[key] = value
+        else:
+            raise ConfigError(
+                f"unknown config key '{key}'{did_you_mean(key, TRAIN_FIELDS | MODEL_FIELDS)}; "
+                "train keys are listed by `lmforge pretrain --help`, model keys by `lmforge presets`."
+            )
+    return train, model
+
+
+def make_train_config(values: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"train config key '{loc}': {err['msg']}.") from None

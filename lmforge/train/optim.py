@@ -1,0 +1,53 @@
+"""AdamW with decoupled weight decay on matrices only, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmforge.config.train import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: matrices of linear layers decay; norms, biases and embeddings do not."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+    )
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Learning rate at optimizer step `step` (0-based).
+
+    warm-up:  lr * (step + 1) / warmup_steps            for step < warmup_steps
+    cosine:   min_lr + (lr - min_lr) * (1 + cos(pi * r)) / 2,  r = progress after warm-up in [0, 1]
+    linear:   lr - (lr - min_lr) * r;   constant: lr
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    r = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == "linear":
+        return cfg.lr - (cfg.lr - cfg.min_lr) * r
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * r))
