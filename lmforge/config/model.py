@@ -68,7 +68,8 @@ class ModelConfig:
         tied_logit_scale: scale hidden states by d_model**-0.5 before a tied head (T5).
         dropout, attn_dropout: dropout rates.
         sliding_window: each query sees at most this many most recent keys (None = full).
-        heads: output heads built on top of the core.
+        heads: output heads built on top of the core; () is a bare stack whose forward returns
+            hidden states and logits=None (e.g. an imported BertModel or LlamaModel).
         num_labels: classes of the "classify" and "tokens" heads.
         bos_id, eos_id, pad_id, mask_id, decoder_start_id: special token ids (None if absent).
     """

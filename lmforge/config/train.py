@@ -16,6 +16,8 @@ from lmforge.config.model import ModelConfig
 from lmforge.errors import ConfigError, did_you_mean
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Strategy = Literal["none", "ddp", "fsdp"]
+NonFinite = Literal["skip", "halt"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -44,6 +46,13 @@ class TrainConfig:
         valid_fraction: held-out share of the documents.
         vocab_size: tokenizer vocabulary when the run trains its tokenizer.
         threads: CPU threads for PyTorch (None = PyTorch's default).
+        strategy: "none", "ddp" (DistributedDataParallel) or "fsdp" (FSDP2), under torchrun.
+        nonfinite: on a NaN/inf loss or gradient norm, "skip" the step (weights, optimizer and
+            schedule untouched, the batch is passed over) or "halt".
+        max_skips: halt after this many consecutive skipped steps.
+        keep_last: training checkpoints kept (the newest k), besides the best model.
+        activation_checkpointing: recompute block activations in backward to save memory.
+        deterministic: ask PyTorch for deterministic kernels (bit-exact resume on CPU).
     """
 
     max_steps: int = 1000
@@ -70,13 +79,30 @@ class TrainConfig:
     valid_fraction: float = 0.05
     vocab_size: int = 8192
     threads: int | None = None
+    strategy: Strategy = "none"
+    nonfinite: NonFinite = "skip"
+    max_skips: int = 5
+    keep_last: int = 2
+    activation_checkpointing: bool = False
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "log_every"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "eval_every",
+            "eval_batches",
+            "log_every",
+            "max_skips",
+            "keep_last",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}.")
+            raise ConfigError(
+                f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}."
+            )
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be at least 0, got {self.warmup_steps}.")
         if not 0.0 < self.valid_fraction < 1.0:

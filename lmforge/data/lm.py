@@ -41,7 +41,14 @@ class TokenWindows:
     A window w gives input_ids = w[:-1] and labels = w[1:] (next-token prediction).
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0, name: str = "training") -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        seq_len: int,
+        batch_size: int,
+        seed: int = 0,
+        name: str = "training",
+    ) -> None:
         if len(tokens) < seq_len + 2:
             raise DataError(
                 f"the {name} split has {len(tokens)} tokens, fewer than one window of "
@@ -57,12 +64,19 @@ class TokenWindows:
         w = torch.from_numpy(self.tokens[idx].astype(np.int64))
         return {"input_ids": w[:, :-1], "labels": w[:, 1:]}
 
-    def batch(self, step: int, micro: int = 0, rank: int = 0) -> dict[str, torch.Tensor]:
-        """The micro-batch of a given step: random window starts from a generator seeded by
-        (seed, step, micro, rank), so it is the same on every run and every resume."""
-        rng = np.random.default_rng([self.seed, step, micro, rank])
+    def batch(
+        self, step: int, micro: int = 0, rank: int = 0, world: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """This rank's share of a step's micro-batch.
+
+        The global micro-batch (batch_size * world windows) is drawn from a generator seeded by
+        (seed, step, micro), so it is the same on every run and every resume (a resume seeks, it
+        does not replay), and N ranks together see exactly what one process would.
+        """
+        rng = np.random.default_rng([self.seed, step, micro])
         high = len(self.tokens) - self.seq_len - 1
-        return self._stack(rng.integers(0, high, size=self.batch_size))
+        starts = rng.integers(0, high, size=self.batch_size * world)
+        return self._stack(starts[rank * self.batch_size : (rank + 1) * self.batch_size])
 
     def sequential(self, max_batches: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Non-overlapping windows from the start (evaluation), `batch_size` at a time."""
@@ -74,9 +88,13 @@ class TokenWindows:
             yield self._stack(starts[at : at + self.batch_size])
 
 
-def unigram_perplexity(train_tokens: np.ndarray, valid_tokens: np.ndarray, vocab_size: int) -> float:
+def unigram_perplexity(
+    train_tokens: np.ndarray, valid_tokens: np.ndarray, vocab_size: int
+) -> float:
     """exp(-mean log p(x)) of the held-out tokens under add-one smoothed train frequencies:
     the perplexity of a model that ignores context, the baseline a language model must beat."""
-    counts = np.bincount(train_tokens.astype(np.int64), minlength=vocab_size).astype(np.float64) + 1.0
+    counts = (
+        np.bincount(train_tokens.astype(np.int64), minlength=vocab_size).astype(np.float64) + 1.0
+    )
     logp = np.log(counts / counts.sum())
     return float(np.exp(-logp[valid_tokens.astype(np.int64)].mean()))

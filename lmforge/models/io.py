@@ -33,11 +33,17 @@ def state_dict_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
 
 def save_model(model: Transformer, out_dir: str | Path) -> Path:
     """Write config.json and model.safetensors into out_dir (each file atomically)."""
+    return save_weights(model.cfg, state_dict_for_saving(model), out_dir)
+
+
+def save_weights(cfg: ModelConfig, tensors: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
+    """Write a model dir from a config and its (untied, full) tensors, each file atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS) as tmp:
-        save_file(state_dict_for_saving(model), str(tmp), metadata={"format": "pt"})
-    atomic_write_text(out_dir / CONFIG, json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(out_dir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
     return out_dir
 
 

@@ -22,10 +22,11 @@ from lmforge.config.train import (
 from lmforge.data import default_corpus, read_documents, split_documents
 from lmforge.data.lm import TokenWindows, tokens_from_documents, unigram_perplexity
 from lmforge.errors import ConfigError
-from lmforge.models import Transformer, is_model_dir
+from lmforge.models import Transformer
 from lmforge.objectives import causal_lm_loss
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 from lmforge.train import TrainResult, fit
+from lmforge.train.checkpoint import latest_checkpoint
 from lmforge.utils.fs import atomic_write_text
 
 
@@ -74,7 +75,12 @@ def _model_config(
             f"model vocab_size={vocab} is smaller than the tokenizer's {tok.vocab_size}; "
             "drop the override or train a smaller tokenizer."
         )
-    specials = {"bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id}
+    specials = {
+        "bos_id": tok.bos_id,
+        "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id,
+        "mask_id": tok.mask_id,
+    }
     return ModelConfig.from_preset(preset, vocab_size=vocab, **specials, **values)
 
 
@@ -98,7 +104,7 @@ def pretrain(
         config_file: YAML/JSON with train keys and a `model:` mapping.
         overrides: {"key": value} for any train or model field ("model.key" also accepted).
         tokenizer_dir: use this tokenizer instead of training one.
-        resume: continue from out_dir/checkpoints/last.
+        resume: continue from the newest complete checkpoint in out_dir/checkpoints.
         progress: show a progress bar.
     """
     out_dir = Path(out_dir)
@@ -108,8 +114,7 @@ def pretrain(
     docs = read_documents(data) if data else default_corpus()
     train_docs, valid_docs = split_documents(docs, cfg.valid_fraction, seed=cfg.seed)
 
-    last = out_dir / "checkpoints" / "last"
-    resume_dir = last if resume and is_model_dir(last) else None
+    resume_dir = latest_checkpoint(out_dir / "checkpoints") if resume else None
     if tokenizer_dir is not None:
         tok = Tokenizer.load(tokenizer_dir)
     elif resume_dir is not None and (out_dir / "tokenizer.json").is_file():
@@ -145,7 +150,9 @@ def pretrain(
         progress=progress,
     )
     unigram = unigram_perplexity(train_tokens, valid_tokens, tok.vocab_size)
-    best_ppl = None if result.best_eval_loss is None else float(torch.tensor(result.best_eval_loss).exp())
+    best_ppl = (
+        None if result.best_eval_loss is None else float(torch.tensor(result.best_eval_loss).exp())
+    )
     summary = {
         "steps": result.steps,
         "n_params": model.num_parameters(),
@@ -157,5 +164,13 @@ def pretrain(
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return PretrainResult(
-        out_dir, result, mcfg, cfg, model.num_parameters(), len(train_tokens), len(valid_tokens), unigram, best_ppl
+        out_dir,
+        result,
+        mcfg,
+        cfg,
+        model.num_parameters(),
+        len(train_tokens),
+        len(valid_tokens),
+        unigram,
+        best_ppl,
     )

@@ -3,4 +3,12 @@
 from lmforge.train.loop import TrainingError, TrainResult, evaluate_loss, fit
 from lmforge.train.optim import build_optimizer, get_lr, param_groups
 
-__all__ = ["TrainResult", "TrainingError", "build_optimizer", "evaluate_loss", "fit", "get_lr", "param_groups"]
+__all__ = [
+    "TrainResult",
+    "TrainingError",
+    "build_optimizer",
+    "evaluate_loss",
+    "fit",
+    "get_lr",
+    "param_groups",
+]

@@ -1,10 +1,11 @@
 """Training checkpoints: model, optimizer and loop state, written so that a crash never leaves
 a half-written checkpoint in place.
 
-Layout of `<run>/checkpoints/last/`:
+Layout of `<run>/checkpoints/step-00001000/` (the newest `keep_last` are kept):
     config.json, model.safetensors   the model (same format as any model dir)
-    optimizer.safetensors            AdamW moments, one tensor per (parameter, slot)
-    trainer_state.json               step, best eval loss, optimizer hyper-parameters, RNG
+    optimizer.safetensors            AdamW moments, one tensor per (parameter name, slot)
+    rng.safetensors                  the random generator state of every rank
+    trainer_state.json               step, best eval loss, optimizer parameter groups
     manifest.json                    SHA-256 of every file above, written last
 
 The directory is assembled under a temporary name, fsynced, then renamed into place.
@@ -17,36 +18,43 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmforge.errors import CheckpointError
-from lmforge.models.io import load_state, save_model
 from lmforge.utils.fs import atomic_write_text, fsync_dir, sha256_file
 
 MANIFEST = "manifest.json"
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into safetensors-ready tensors and JSON metadata."""
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for idx, slots in sd["state"].items():
+def tied_names(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that share storage with an earlier name (stored once)."""
+    every = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {n for n, _ in model.named_parameters()}
+
+
+def optimizer_to_files(optim_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split a name-keyed optimizer state into tensors ("<param>::<slot>") and JSON groups."""
+    tensors = {}
+    for name, slots in optim_state["state"].items():
         for slot, value in slots.items():
             t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"{idx}.{slot}"] = t.detach().contiguous().cpu()
-    return tensors, {"param_groups": sd["param_groups"]}
+            tensors[f"{name}::{slot}"] = t.detach().contiguous().cpu()
+    return tensors, {"param_groups": optim_state["param_groups"]}
 
 
-def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, torch.Tensor]] = {}
+def optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
-        idx, slot = key.split(".", 1)
-        state.setdefault(int(idx), {})[slot] = t
-    return {"state": state, "param_groups": meta["param_groups"]}
+        name, slot = key.split("::", 1)
+        state.setdefault(name, {})[slot] = t
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 def write_manifest(path: Path) -> None:
@@ -66,31 +74,49 @@ def verify(path: Path) -> bool:
 
 def save_checkpoint(
     path: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    cfg,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict,
     state: dict[str, Any],
-    extra_files: dict[str, Path] | None = None,
+    rng_states: list[torch.Tensor] | None = None,
+    skip: set[str] = frozenset(),
 ) -> Path:
-    """Write a complete checkpoint to `path`, replacing any previous one atomically."""
+    """Write a complete checkpoint to `path` (a model dir plus training state), replacing any
+    previous one atomically.
+
+    Args:
+        path: the checkpoint dir (e.g. run/checkpoints/last).
+        cfg: the ModelConfig (written as config.json).
+        model_state: full model tensors by name; names in `skip` (tied copies) are left out.
+        optim_state: name-keyed optimizer state ({"state": ..., "param_groups": ...}).
+        state: loop state (step, best eval loss, ...) for trainer_state.json.
+        rng_states: torch CPU RNG state of every rank.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    os.chmod(tmp, 0o755)
     try:
-        save_model(model, tmp)
-        tensors, meta = optimizer_tensors(optimizer)
-        rng = {"torch_rng": torch.get_rng_state()}
+        weights = {
+            k: v.detach().contiguous().cpu() for k, v in model_state.items() if k not in skip
+        }
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        tensors, meta = optimizer_to_files(optim_state)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng = {f"torch_rng.{r}": t for r, t in enumerate(rng_states or [torch.get_rng_state()])}
         if torch.cuda.is_available():
             rng["cuda_rng"] = torch.cuda.get_rng_state()
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng, str(tmp / "rng.safetensors"))
-        atomic_write_text(tmp / "trainer_state.json", json.dumps({**state, **meta}, indent=2))
-        for name, src in (extra_files or {}).items():
-            shutil.copyfile(src, tmp / name)
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, **meta}, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
         write_manifest(tmp)
         fsync_dir(tmp)
         old = None
         if path.exists():
-            old = path.with_name(f".old-{path.name}")
+            old = path.with_name(f".old-{path.name}")  # matches clean_stale's pattern
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
@@ -104,42 +130,69 @@ def save_checkpoint(
     return path
 
 
-def recover(path: str | Path) -> Path | None:
-    """The usable checkpoint at `path`: itself if complete, else the previous one kept during a
-    replace (with a warning); stale temporary dirs are removed. None when there is none."""
-    path = Path(path)
-    parent = path.parent
-    if parent.is_dir():
-        for stale in parent.glob(f".tmp-{path.name}-*"):
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step-{step:08d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint dirs under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def clean_stale(root: str | Path) -> None:
+    """Remove temporary dirs left by a save that was killed."""
+    root = Path(root)
+    if root.is_dir():
+        for stale in root.glob(".*-step-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    old = path.with_name(f".old-{path.name}")
-    if path.is_dir() and verify(path):
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        return path
-    if old.is_dir() and verify(old):
-        warnings.warn(f"checkpoint {path} is incomplete; using the previous complete one.", stacklevel=2)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(old, path)
-        return path
-    if path.exists():
-        raise CheckpointError(
-            f"checkpoint {path} is damaged (its files do not match manifest.json) and no earlier "
-            "one is left; delete it to start over."
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under `root` (its files match its manifest).
+
+    A newer one that is incomplete or damaged is skipped with a warning, falling back to the
+    previous complete one. None when there is no complete checkpoint.
+    """
+    for path in reversed(list_checkpoints(root)):
+        if verify(path):
+            return path
+        warnings.warn(
+            f"checkpoint {path} is incomplete or damaged; falling back to the previous one.",
+            stacklevel=2,
         )
     return None
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Load model, optimizer and RNG state saved by `save_checkpoint`; returns the loop state."""
+def prune(root: str | Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints."""
+    for path in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class LoadedCheckpoint:
+    model_state: dict[str, torch.Tensor]
+    optim_state: dict
+    state: dict[str, Any]
+    rng_states: dict[str, torch.Tensor]
+
+    def rng_for(self, rank: int) -> torch.Tensor | None:
+        return self.rng_states.get(f"torch_rng.{rank}")
+
+
+def read_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Read the tensors and state written by `save_checkpoint` (safetensors + JSON only)."""
     path = Path(path)
-    load_state(model, path / "model.safetensors")
-    state = json.loads((path / "trainer_state.json").read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(optimizer_from_tensors(tensors, state))
-    rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["torch_rng"])
-    if "cuda_rng" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda_rng"])
-    return state
+    try:
+        model_state = load_file(str(path / "model.safetensors"))
+        state = json.loads((path / "trainer_state.json").read_text())
+        optim = optimizer_from_files(load_file(str(path / "optimizer.safetensors")), state)
+        rng = load_file(str(path / "rng.safetensors"))
+    except (OSError, json.JSONDecodeError, SafetensorError) as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({e}); delete it to start over."
+        ) from None
+    return LoadedCheckpoint(model_state, optim, state, rng)

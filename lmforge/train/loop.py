@@ -29,9 +29,18 @@ from tqdm.auto import tqdm
 
 from lmforge.config.train import TrainConfig
 from lmforge.errors import LmforgeError
-from lmforge.models.io import save_model
+from lmforge.models.io import save_weights
 from lmforge.objectives import LossOutput
-from lmforge.train.checkpoint import load_checkpoint, recover, save_checkpoint
+from lmforge.train import distributed as D
+from lmforge.train.checkpoint import (
+    clean_stale,
+    latest_checkpoint,
+    prune,
+    read_checkpoint,
+    save_checkpoint,
+    step_dir,
+    tied_names,
+)
 from lmforge.train.optim import build_optimizer, get_lr
 from lmforge.utils.fs import atomic_write_text
 
@@ -40,7 +49,7 @@ Objective = Callable[[torch.nn.Module, Batch], LossOutput]
 
 
 class BatchSource(Protocol):
-    def batch(self, step: int, micro: int = 0, rank: int = 0) -> Batch: ...
+    def batch(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> Batch: ...
 
 
 class TrainingError(LmforgeError):
@@ -151,6 +160,106 @@ def _read_metrics(path: Path, upto: int) -> list[str]:
     return keep
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, resident set size on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _grad_norm(params: list[torch.Tensor], clip: float) -> float:
+    """Total gradient norm (clipped to `clip` when > 0); inf/NaN when a gradient is not finite."""
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+class _Run:
+    """State of one `fit` call shared by its helpers (rank, paths, counters)."""
+
+    def __init__(
+        self, model, optimizer, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, save_extra
+    ):
+        self.model, self.optimizer, self.cfg, self.out_dir, self.info = (
+            model,
+            optimizer,
+            cfg,
+            out_dir,
+            info,
+        )
+        self.save_extra = save_extra
+        self.ckpt_root = out_dir / "checkpoints"
+        self.skip = tied_names(model)
+        self.step = 0  # optimizer steps done
+        self.data_step = 0  # batches consumed (a skipped step consumes one without a step)
+        self.best: float | None = None
+        self.saved_at = -1
+
+    def checkpoint(self) -> None:
+        """Save a full checkpoint (collective: every rank takes part, rank 0 writes)."""
+        model_state = D.full_model_state(self.model)
+        optim_state = D.full_optimizer_state(self.model, self.optimizer)
+        rngs = _gather_rng(self.info)
+        if self.info.is_main:
+            state = {"step": self.step, "data_step": self.data_step, "best_eval_loss": self.best}
+            save_checkpoint(
+                step_dir(self.ckpt_root, self.step),
+                self.model.cfg,
+                model_state,
+                optim_state,
+                state,
+                rngs,
+                self.skip,
+            )
+            prune(self.ckpt_root, self.cfg.keep_last)
+        D.barrier(self.info)
+        self.saved_at = self.step
+
+    def export_best(self) -> None:
+        """Write the current weights as the run dir's model (collective)."""
+        model_state = D.full_model_state(self.model)
+        if self.info.is_main:
+            save_weights(
+                self.model.cfg,
+                {k: v for k, v in model_state.items() if k not in self.skip},
+                self.out_dir,
+            )
+            if self.save_extra is not None:
+                self.save_extra(self.out_dir)
+        D.barrier(self.info)
+
+    def resume(self) -> bool:
+        path = latest_checkpoint(self.ckpt_root)
+        if path is None:
+            return False
+        ck = read_checkpoint(path)
+        D.load_full_state(self.model, self.optimizer, ck.model_state, ck.optim_state)
+        rng = ck.rng_for(self.info.rank)
+        if rng is not None:
+            torch.set_rng_state(rng)
+        if "cuda_rng" in ck.rng_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ck.rng_states["cuda_rng"])
+        self.step = ck.state["step"]
+        self.data_step = ck.state.get("data_step", self.step)
+        self.best = ck.state.get("best_eval_loss")
+        self.saved_at = self.step
+        return True
+
+
+def _gather_rng(info: D.DistInfo) -> list[torch.Tensor]:
+    state = torch.get_rng_state()
+    if not info.enabled or info.world == 1:
+        return [state]
+    import torch.distributed as dist
+
+    states = [torch.empty_like(state) for _ in range(info.world)]
+    dist.all_gather(states, state)
+    return states
+
+
 def fit(
     model: torch.nn.Module,
     objective: Objective,
@@ -169,126 +278,159 @@ def fit(
     Args:
         model: any lmforge model (its parameters with requires_grad are trained).
         objective: (model, batch) -> LossOutput.
-        train_data: `.batch(step, micro)` gives the micro-batch of a step (seekable).
+        train_data: `.batch(step, micro, rank, world)` gives this rank's micro-batch (seekable).
         eval_data: returns a fresh iterable of held-out batches, or None for no evaluation.
-        cfg: the training config.
-        out_dir: run dir: best model files, checkpoints/last, metrics.jsonl, loss.png.
-        resume: continue from `out_dir/checkpoints/last` when it exists.
-        save_extra: writes extra files (tokenizer) into a model dir being saved.
-        progress: show a progress bar.
+        cfg: the training config (`strategy` picks DDP/FSDP under torchrun).
+        out_dir: run dir: best model files, checkpoints/step-*, metrics.jsonl, loss.png.
+        resume: continue from the newest complete checkpoint in `out_dir/checkpoints`.
+        save_extra: writes extra files (the tokenizer) into a model dir being saved.
+        progress: show a progress bar (rank 0 only).
         on_log: called with every metrics record (for tests and callers).
     """
     from lmforge.utils.plots import plot_losses
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    info = D.setup(cfg.strategy, device)
+    device = D.local_device(device, info)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
     amp = autocast_dtype(cfg.precision, device)
+    if cfg.activation_checkpointing and hasattr(model, "set_gradient_checkpointing"):
+        model.set_gradient_checkpointing(True)
     model.to(device)
+    wrapped = D.wrap(model, info)
     optimizer = build_optimizer(model, cfg)
-    last_dir = out_dir / "checkpoints" / "last"
+    run = _Run(model, optimizer, cfg, out_dir, info, save_extra)
     metrics_path = out_dir / "metrics.jsonl"
+    main = info.is_main
 
-    start, best = 0, None
-    history: list[str] = []
-    if resume and recover(last_dir) is not None:
-        state = load_checkpoint(last_dir, model, optimizer)
-        start, best = state["step"], state.get("best_eval_loss")
-        history = _read_metrics(metrics_path, start)
-    atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
-    atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(run.ckpt_root)
+    D.barrier(info)
+    resumed = resume and run.resume()
+    if main:
+        history = _read_metrics(metrics_path, run.step) if resumed else []
+        atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
+        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
 
-    step_fn = torch.compile(model) if cfg.compile else model
+    step_fn = torch.compile(wrapped) if cfg.compile else wrapped
     params = [p for p in model.parameters() if p.requires_grad]
-    bad_evals, stopped_early, last_loss = 0, False, float("nan")
+    bad_evals, consecutive_skips, stopped_early, last_loss = 0, 0, False, float("nan")
     tokens_since, t_since = 0, time.perf_counter()
-
-    saved_at = start if start else -1
-
-    def checkpoint(step: int) -> None:
-        nonlocal saved_at
-        save_checkpoint(last_dir, model, optimizer, {"step": step, "best_eval_loss": best})
-        saved_at = step
-
-    bar = tqdm(total=cfg.max_steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=run.step,
+        disable=not (progress and main),
+        unit="step",
+        dynamic_ncols=True,
+    )
+    log = open(metrics_path, "a", encoding="utf-8") if main else None
     model.train()
-    done = start
-    with _StopSignal() as stop, open(metrics_path, "a", encoding="utf-8") as log:
-        for step in range(start, cfg.max_steps):
-            lr = get_lr(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss, step_metrics = 0.0, {}
-            for micro in range(cfg.grad_accum):
-                batch = to_device(train_data.batch(step, micro), device)
-                with _autocast(device, amp):
-                    out = objective(step_fn, batch)
-                (out.loss / cfg.grad_accum).backward()
-                step_loss += float(out.loss.detach()) / cfg.grad_accum
-                for k, v in out.metrics.items():
-                    step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
-                tokens_since += int(batch["input_ids"].numel())
-            if not math.isfinite(step_loss):
-                raise TrainingError(
-                    f"the loss became {step_loss} at step {step + 1}; lower lr or check the data."
-                )
-            grad_norm = None
-            if cfg.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            last_loss = step_loss
-            done = step + 1
-            bar.update(1)
+    try:
+        with _StopSignal() as stop:
+            while run.step < cfg.max_steps:
+                lr = get_lr(run.step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                step_loss, step_metrics = 0.0, {}
+                for micro in range(cfg.grad_accum):
+                    batch = to_device(
+                        train_data.batch(run.data_step, micro, info.rank, info.world), device
+                    )
+                    sync = micro == cfg.grad_accum - 1 or info.strategy != "ddp"
+                    with contextlib.nullcontext() if sync else wrapped.no_sync():
+                        with _autocast(device, amp):
+                            out = objective(step_fn, batch)
+                        (out.loss / cfg.grad_accum).backward()
+                    step_loss += float(out.loss.detach()) / cfg.grad_accum
+                    for k, v in out.metrics.items():
+                        step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
+                    tokens_since += int(batch["input_ids"].numel()) * info.world
+                grad_norm = _grad_norm(params, cfg.grad_clip)
+                bad = D.any_rank(not (math.isfinite(step_loss) and math.isfinite(grad_norm)), info)
+                run.data_step += 1
+                if bad:
+                    optimizer.zero_grad(set_to_none=True)
+                    consecutive_skips += 1
+                    what = f"loss {step_loss} / gradient norm {grad_norm}"
+                    if cfg.nonfinite == "halt" or consecutive_skips >= cfg.max_skips:
+                        raise TrainingError(
+                            f"non-finite {what} at step {run.step + 1} (batch {run.data_step - 1}), "
+                            f"{consecutive_skips} time(s) in a row; lower lr or check that batch of the data."
+                        )
+                    if log is not None:
+                        log.write(
+                            json.dumps(
+                                {
+                                    "step": run.step,
+                                    "skipped_batch": run.data_step - 1,
+                                    "reason": what,
+                                }
+                            )
+                            + "\n"
+                        )
+                    continue
+                consecutive_skips = 0
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                run.step += 1
+                done = run.step
+                last_loss = D.all_mean(step_loss, info)
+                bar.update(1)
 
-            record: dict[str, Any] | None = None
-            if done % cfg.log_every == 0 or done == cfg.max_steps:
-                elapsed = time.perf_counter() - t_since
-                record = {
-                    "step": done,
-                    "loss": step_loss,
-                    "lr": lr,
-                    "tokens_per_s": tokens_since / max(elapsed, 1e-9),
-                    **step_metrics,
-                }
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                tokens_since, t_since = 0, time.perf_counter()
-                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            is_eval = eval_data is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps)
-            if is_eval:
-                ev = evaluate_loss(model, objective, eval_data(), device, amp)
-                record = {**(record or {"step": done, "loss": step_loss, "lr": lr}), **ev}
-                if best is None or ev["eval_loss"] < best:
-                    best, bad_evals = ev["eval_loss"], 0
-                    save_model(model, out_dir)
-                    if save_extra is not None:
-                        save_extra(out_dir)
-                else:
-                    bad_evals += 1
-                bar.set_postfix(loss=f"{step_loss:.3f}", eval=f"{ev['eval_loss']:.3f}")
-            if record is not None:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                if on_log is not None:
+                record: dict[str, Any] | None = None
+                if done % cfg.log_every == 0 or done == cfg.max_steps:
+                    elapsed = time.perf_counter() - t_since
+                    record = {
+                        "step": done,
+                        "loss": last_loss,
+                        "lr": lr,
+                        "tokens_per_s": tokens_since / max(elapsed, 1e-9),
+                        "grad_norm": grad_norm,
+                        "peak_mem_mb": peak_memory_mb(device),
+                        **{k: D.all_mean(v, info) for k, v in step_metrics.items()},
+                    }
+                    tokens_since, t_since = 0, time.perf_counter()
+                    bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                is_eval = eval_data is not None and (
+                    done % cfg.eval_every == 0 or done == cfg.max_steps
+                )
+                if is_eval:
+                    ev = evaluate_loss(model, objective, eval_data(), device, amp)
+                    record = {**(record or {"step": done, "loss": last_loss, "lr": lr}), **ev}
+                    if run.best is None or ev["eval_loss"] < run.best:
+                        run.best, bad_evals = ev["eval_loss"], 0
+                        run.export_best()
+                    else:
+                        bad_evals += 1
+                    bar.set_postfix(loss=f"{last_loss:.3f}", eval=f"{ev['eval_loss']:.3f}")
+                if record is not None and log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if record is not None and on_log is not None:
                     on_log(record)
-            if is_eval:
-                checkpoint(done)
-                plot_losses(metrics_path, out_dir / "loss.png")
-                t_since = time.perf_counter()  # tokens/s measures training, not evaluation
-                if cfg.patience is not None and bad_evals >= cfg.patience:
-                    stopped_early = True
-                    break
-            if stop.received is not None:
-                checkpoint(done)
-                bar.close()
-                return TrainResult(out_dir, done, last_loss, best, interrupted=True)
-    bar.close()
-    if eval_data is None:
-        save_model(model, out_dir)
-        if save_extra is not None:
-            save_extra(out_dir)
-    if saved_at != done:
-        checkpoint(done)
-    plot_losses(metrics_path, out_dir / "loss.png")
-    return TrainResult(out_dir, done, last_loss, best, stopped_early=stopped_early)
+                if is_eval:
+                    run.checkpoint()
+                    if main:
+                        plot_losses(metrics_path, out_dir / "loss.png")
+                    t_since = time.perf_counter()  # tokens/s measures training, not evaluation
+                    if cfg.patience is not None and bad_evals >= cfg.patience:
+                        stopped_early = True
+                        break
+                if D.any_rank(stop.received is not None, info):
+                    if run.saved_at != run.step:
+                        run.checkpoint()
+                    return TrainResult(out_dir, run.step, last_loss, run.best, interrupted=True)
+        if eval_data is None:
+            run.export_best()
+        if run.saved_at != run.step:
+            run.checkpoint()
+        if main:
+            plot_losses(metrics_path, out_dir / "loss.png")
+        return TrainResult(out_dir, run.step, last_loss, run.best, stopped_early=stopped_early)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()

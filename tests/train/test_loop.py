@@ -15,7 +15,8 @@ from lmforge.data.lm import TokenWindows
 from lmforge.models import Transformer
 from lmforge.objectives import causal_lm_loss
 from lmforge.train import fit, get_lr, param_groups
-from lmforge.train.checkpoint import recover, save_checkpoint, verify
+from lmforge.train import TrainingError
+from lmforge.train.checkpoint import clean_stale, latest_checkpoint, list_checkpoints, verify
 
 
 def _data(seed=0):
@@ -42,10 +43,21 @@ def test_tiny_run_loss_falls(tiny_run):
 
 
 def test_loss_falls_on_pattern(tmp_path):
-    cfg = TrainConfig(max_steps=30, eval_every=10, lr=3e-3, warmup_steps=5, log_every=1, device="cpu")
+    cfg = TrainConfig(
+        max_steps=30, eval_every=10, lr=3e-3, warmup_steps=5, log_every=1, device="cpu"
+    )
     data = _data()
     logs = []
-    fit(_model(), causal_lm_loss, data, lambda: data.sequential(2), cfg, tmp_path, progress=False, on_log=logs.append)
+    fit(
+        _model(),
+        causal_lm_loss,
+        data,
+        lambda: data.sequential(2),
+        cfg,
+        tmp_path,
+        progress=False,
+        on_log=logs.append,
+    )
     assert logs[-1]["loss"] < 0.5 * logs[0]["loss"]
 
 
@@ -55,27 +67,55 @@ class _Stop(Exception):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_resume_gives_identical_losses(tmp_path, dropout):
-    cfg = TrainConfig(max_steps=12, eval_every=4, lr=3e-3, warmup_steps=2, log_every=1, device="cpu")
+    cfg = TrainConfig(
+        max_steps=12, eval_every=4, lr=3e-3, warmup_steps=2, log_every=1, device="cpu"
+    )
     data = _data()
     full = []
-    fit(_model(dropout=dropout), causal_lm_loss, data, lambda: data.sequential(2), cfg, tmp_path / "a", progress=False, on_log=full.append)
+    fit(
+        _model(dropout=dropout),
+        causal_lm_loss,
+        data,
+        lambda: data.sequential(2),
+        cfg,
+        tmp_path / "a",
+        progress=False,
+        on_log=full.append,
+    )
 
     def crash(record):
         if record["step"] == 10:
             raise _Stop
 
     with pytest.raises(_Stop):
-        fit(_model(dropout=dropout), causal_lm_loss, data, lambda: data.sequential(2), cfg, tmp_path / "b", progress=False, on_log=crash)
+        fit(
+            _model(dropout=dropout),
+            causal_lm_loss,
+            data,
+            lambda: data.sequential(2),
+            cfg,
+            tmp_path / "b",
+            progress=False,
+            on_log=crash,
+        )
     # a fresh model object with a different init: resume must restore everything
-    fit(_model(seed=1, dropout=dropout), causal_lm_loss, data, lambda: data.sequential(2), cfg, tmp_path / "b", resume=True, progress=False)
+    fit(
+        _model(seed=1, dropout=dropout),
+        causal_lm_loss,
+        data,
+        lambda: data.sequential(2),
+        cfg,
+        tmp_path / "b",
+        resume=True,
+        progress=False,
+    )
     resumed = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed] == list(range(1, 13))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
-    a = torch.load if False else None  # noqa: F841 (weights compared below through safetensors)
     from safetensors.torch import load_file
 
-    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last" / "model.safetensors"))
+    wa = load_file(str(tmp_path / "a" / "checkpoints" / "step-00000012" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "checkpoints" / "step-00000012" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -99,18 +139,54 @@ def test_no_decay_on_norms_biases_embeddings():
     assert "embed.tok.weight" in kept and any("norm" in n for n in kept)
 
 
-def test_checkpoint_replace_is_atomic_and_verified(tmp_path):
-    model = _model()
-    opt = torch.optim.AdamW(model.parameters())
-    path = tmp_path / "ckpt" / "last"
-    save_checkpoint(path, model, opt, {"step": 1})
-    assert verify(path)
-    # a crash mid-replace leaves the previous checkpoint as .old-last and a broken last
-    old = path.with_name(".old-last")
-    path.rename(old)
-    path.mkdir()
-    (path / "model.safetensors").write_bytes(b"partial")
-    with pytest.warns(UserWarning, match="incomplete"):
-        assert recover(path) == path
-    assert verify(path)
-    assert json.loads((path / "trainer_state.json").read_text())["step"] == 1
+def test_damaged_newest_checkpoint_falls_back(tmp_path):
+    cfg = TrainConfig(max_steps=6, eval_every=2, keep_last=3, log_every=1, device="cpu")
+    data = _data()
+    fit(_model(), causal_lm_loss, data, lambda: data.sequential(1), cfg, tmp_path, progress=False)
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == [
+        "step-00000002",
+        "step-00000004",
+        "step-00000006",
+    ]
+    assert all(verify(p) for p in list_checkpoints(root))
+    # a torn write of the newest checkpoint, and a stale temporary dir from a killed save
+    (root / "step-00000006" / "model.safetensors").write_bytes(b"partial")
+    (root / ".tmp-step-00000008-abc").mkdir()
+    clean_stale(root)
+    assert not (root / ".tmp-step-00000008-abc").exists()
+    with pytest.warns(UserWarning, match="falling back"):
+        assert latest_checkpoint(root).name == "step-00000004"
+    state = json.loads((root / "step-00000004" / "trainer_state.json").read_text())
+    assert state["step"] == 4
+
+
+def test_nonfinite_loss_skips_then_halts(tmp_path):
+    data = _data()
+    bad = {3, 4}
+
+    def poisoned(model, batch):
+        out = causal_lm_loss(model, batch)
+        if poisoned.calls in bad:
+            out.loss = out.loss * float("nan")
+        poisoned.calls += 1
+        return out
+
+    poisoned.calls = 0
+    cfg = TrainConfig(max_steps=6, eval_every=100, log_every=1, device="cpu", max_skips=3)
+    logs = []
+    result = fit(
+        _model(), poisoned, data, None, cfg, tmp_path / "a", progress=False, on_log=logs.append
+    )
+    assert result.steps == 6 and [r["step"] for r in logs] == [1, 2, 3, 4, 5, 6]
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert sum("skipped_batch" in x for x in lines) == 2
+
+    poisoned.calls = 0
+    bad.update(range(3, 100))
+    with pytest.raises(TrainingError, match=r"non-finite .* step 4 \(batch 5\), 3 time"):
+        fit(_model(), poisoned, data, None, cfg, tmp_path / "b", progress=False)
+    cfg_halt = TrainConfig(max_steps=6, eval_every=100, device="cpu", nonfinite="halt")
+    poisoned.calls = 0
+    with pytest.raises(TrainingError, match="step 4 \\(batch 3\\), 1 time"):
+        fit(_model(), poisoned, data, None, cfg_halt, tmp_path / "c", progress=False)
