@@ -14,8 +14,7 @@ from lmforge.config.train import TrainConfig
 from lmforge.data.lm import TokenWindows
 from lmforge.models import Transformer
 from lmforge.objectives import causal_lm_loss
-from lmforge.train import fit, get_lr, param_groups
-from lmforge.train import TrainingError
+from lmforge.train import TrainingError, fit, get_lr, param_groups
 from lmforge.train.checkpoint import clean_stale, latest_checkpoint, list_checkpoints, verify
 
 
