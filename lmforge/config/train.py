@@ -51,6 +51,7 @@ class TrainConfig:
             schedule untouched, the batch is passed over) or "halt".
         max_skips: halt after this many consecutive skipped steps.
         keep_last: training checkpoints kept (the newest k), besides the best model.
+        save_every: write a training checkpoint every this many steps (default: eval_every).
         activation_checkpointing: recompute block activations in backward to save memory.
         deterministic: ask PyTorch for deterministic kernels (bit-exact resume on CPU).
     """
@@ -83,6 +84,7 @@ class TrainConfig:
     nonfinite: NonFinite = "skip"
     max_skips: int = 5
     keep_last: int = 2
+    save_every: int | None = None
     activation_checkpointing: bool = False
     deterministic: bool = False
 

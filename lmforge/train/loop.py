@@ -411,8 +411,9 @@ def fit(
                     log.flush()
                 if record is not None and on_log is not None:
                     on_log(record)
-                if is_eval:
+                if is_eval or done % (cfg.save_every or cfg.eval_every) == 0:
                     run.checkpoint()
+                if is_eval:
                     if main:
                         plot_losses(metrics_path, out_dir / "loss.png")
                     t_since = time.perf_counter()  # tokens/s measures training, not evaluation

@@ -20,7 +20,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out: Path, strategy: str, nproc: int, batch: int, crash_after: int = 0, resume: bool = False) -> list[float]:
+def _run(
+    out: Path, strategy: str, nproc: int, batch: int, crash_after: int = 0, resume: bool = False
+) -> list[float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
     args = [str(out), strategy, str(batch), str(crash_after), "1" if resume else "0"]
     if nproc == 1 and strategy == "none":
