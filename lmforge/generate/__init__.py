@@ -1,0 +1,66 @@
+"""Generation: logits processors, greedy/sampling/beam search, stop strings, streaming,
+speculative decoding, over a preallocated KV cache (`prefill`, then `decode_one_token`).
+
+Example:
+    >>> from lmforge.generate import GenerationConfig, generate
+    >>> gen = GenerationConfig(max_new_tokens=20, temperature=0.8, top_p=0.95, seed=0)
+    >>> new_tokens = generate(model, [[1, 2, 3], [4, 5]], gen)   # list of token lists
+"""
+
+from lmforge.generate.beam import beam_search
+from lmforge.generate.config import GenerationConfig
+from lmforge.generate.core import GenerationOutput, decode_one_token, prefill, verify_tokens
+from lmforge.generate.engine import (
+    SamplingRun,
+    generate,
+    generate_outputs,
+    generate_text,
+)
+from lmforge.generate.processors import (
+    frequency_penalty,
+    min_p_filter,
+    presence_penalty,
+    process_logits,
+    repetition_penalty,
+    temperature_scale,
+    top_k_filter,
+    top_p_filter,
+)
+from lmforge.generate.sampling import TokenHistory, make_generator, sample, select_next
+from lmforge.generate.speculative import (
+    SpeculativeStats,
+    accept_draft,
+    speculative_generate,
+    speculative_outputs,
+)
+from lmforge.generate.stream import stream
+
+__all__ = [
+    "GenerationConfig",
+    "GenerationOutput",
+    "SamplingRun",
+    "SpeculativeStats",
+    "TokenHistory",
+    "accept_draft",
+    "beam_search",
+    "decode_one_token",
+    "frequency_penalty",
+    "generate",
+    "generate_outputs",
+    "generate_text",
+    "make_generator",
+    "min_p_filter",
+    "prefill",
+    "presence_penalty",
+    "process_logits",
+    "repetition_penalty",
+    "sample",
+    "select_next",
+    "speculative_generate",
+    "speculative_outputs",
+    "stream",
+    "temperature_scale",
+    "top_k_filter",
+    "top_p_filter",
+    "verify_tokens",
+]

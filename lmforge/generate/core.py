@@ -1,0 +1,118 @@
+"""The two model calls of decoding, gpt-fast style: `prefill` the prompt, then
+`decode_one_token` again and again against the preallocated KV cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lmforge.generate.inputs import EncoderState
+from lmforge.models.cache import KVCache
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class GenerationOutput:
+    """One returned sequence.
+
+    Attributes:
+        tokens: the new tokens, without the prompt and without the EOS token.
+        text: the decoded tokens, cut before a stop string (only when a tokenizer was given).
+        finish_reason: "stop" (EOS or a stop string) or "length" (max_new_tokens reached).
+        score: the beam score sum(logprob) / len^length_penalty (beam search only).
+        prompt_index: which prompt this sequence continues.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    text: str | None = None
+    finish_reason: FinishReason = "length"
+    score: float | None = None
+    prompt_index: int = 0
+
+
+def _forward(
+    model: nn.Module,
+    ids: Tensor,
+    mask: Tensor,
+    cache: KVCache,
+    encoder: EncoderState | None,
+    last_only: bool,
+) -> Tensor:
+    if encoder is None:
+        out = model(ids, attention_mask=mask, cache=cache, last_only=last_only)
+    else:
+        out = model(
+            encoder.source,
+            attention_mask=encoder.mask,
+            decoder_input_ids=ids,
+            decoder_attention_mask=mask,
+            encoder_hidden=encoder.hidden,
+            cache=cache,
+            last_only=last_only,
+        )
+    return out.logits
+
+
+def prefill(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    cache: KVCache,
+    encoder: EncoderState | None = None,
+) -> Tensor:
+    """Run the whole (left-padded) prompt once, writing its keys/values into `cache`.
+
+    Args:
+        input_ids: (B, T) prompt ids (the start token for an encoder-decoder).
+        attention_mask: (B, T) 1 = token, 0 = padding.
+        cache: an empty KV cache with room for the prompt and the new tokens.
+        encoder: the encoder state of an encoder-decoder, else None.
+
+    Returns:
+        (B, V) float32 logits of the next token.
+    """
+    return _forward(model, input_ids, attention_mask, cache, encoder, True)[:, -1].float()
+
+
+def decode_one_token(
+    model: nn.Module,
+    token: Tensor,
+    attention_mask: Tensor,
+    cache: KVCache,
+    encoder: EncoderState | None = None,
+) -> Tensor:
+    """One decoding step: (B, 1) newest tokens at the next cache slot -> (B, V) next logits.
+
+    `attention_mask` is (B, past + 1); positions come from it, so left padding stays invisible.
+    This is the function `compile=True` hands to torch.compile.
+    """
+    return _forward(model, token, attention_mask, cache, encoder, True)[:, -1].float()
+
+
+def verify_tokens(
+    model: nn.Module, tokens: Tensor, attention_mask: Tensor, cache: KVCache
+) -> Tensor:
+    """Several tokens at once (speculative verification): (B, T) -> (B, T, V) float32 logits."""
+    return _forward(model, tokens, attention_mask, cache, None, False).float()
+
+
+def compiled(fn, enabled: bool):
+    """torch.compile(fn) with dynamic shapes (the cache and mask grow every step) if enabled."""
+    return torch.compile(fn, dynamic=True) if enabled else fn
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off while generating; the model's train/eval state is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -1,0 +1,206 @@
+"""The generation engine: greedy and sampled decoding of a batch of prompts.
+
+    prompts -> left-pad + mask -> prefill (fills the KV cache) -> logits
+    repeat:  logits -> processors -> argmax or sample -> token -> stop? -> decode_one_token
+
+Each row stops on its own: at the EOS token (which is not returned), at a stop string (the text
+is cut before it), or after `max_new_tokens`. Rows that stopped keep riding along in the batch,
+their outputs ignored, until every row is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lmforge.errors import GenerationError
+from lmforge.generate.config import GenerationConfig
+from lmforge.generate.core import (
+    GenerationOutput,
+    compiled,
+    decode_one_token,
+    eval_mode,
+    prefill,
+)
+from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
+from lmforge.generate.sampling import TokenHistory, make_generator, select_next
+from lmforge.generate.stops import StopStrings
+
+Prompts = list[list[int]] | list[int] | Tensor
+
+
+def stop_strings(gen: GenerationConfig, tokenizer: Any) -> StopStrings | None:
+    """A stop-string checker, or None when `gen.stop` is empty."""
+    if not gen.stop:
+        return None
+    if tokenizer is None:
+        raise GenerationError(
+            "stop strings need a tokenizer to decode the tokens; pass tokenizer=... or drop stop."
+        )
+    return StopStrings(tokenizer, gen.stop)
+
+
+class SamplingRun:
+    """Greedy or sampled decoding, one step per iteration of `steps()`.
+
+    After the run, `outputs` holds one `GenerationOutput` per returned sequence, prompt-major
+    (prompt i's `num_return_sequences` samples are consecutive).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_ids: Prompts,
+        gen: GenerationConfig,
+        tokenizer: Any = None,
+        compile: bool = False,
+    ) -> None:
+        check_model(model)
+        if gen.num_beams > 1:
+            raise GenerationError(
+                "SamplingRun decodes with num_beams=1; use beam_search for beams."
+            )
+        self.model, self.gen = model, gen
+        self.prompts = as_prompts(input_ids, model.cfg.vocab_size)
+        self.eos = resolve_eos(model, gen)
+        self.stops = stop_strings(gen, tokenizer)
+        n = gen.num_return_sequences
+        self.outputs = [
+            GenerationOutput(prompt_index=i) for i in range(len(self.prompts)) for _ in range(n)
+        ]
+        self._decode = compiled(decode_one_token, compile)
+
+    def steps(self) -> Iterator[list[int | None]]:
+        """Yield, after each step, every row's new token (None once a row has finished)."""
+        with eval_mode(self.model):
+            yield from self._steps()
+
+    @torch.inference_mode()
+    def _steps(self) -> Iterator[list[int | None]]:
+        model, gen = self.model, self.gen
+        device = model_device(model)
+        begin = start(model, self.prompts, gen)
+        batch, n = len(self.prompts), gen.num_return_sequences
+        cache = model.new_cache(batch, begin.cache_len)
+        logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
+        mask, encoder = begin.mask, begin.encoder
+        if n > 1:  # prefill once per prompt, then copy the cache for each sample
+            index = torch.arange(batch, device=device).repeat_interleave(n)
+            logits, mask = logits[index], mask[index]
+            cache.reorder(index)
+            encoder = encoder.select(index) if encoder is not None else None
+        history = None
+        if gen.uses_penalties:
+            seen = [h for h in begin.history for _ in range(n)]
+            history = TokenHistory(seen, model.cfg.vocab_size, device)
+        generator = make_generator(gen.seed, device)
+        alive = [True] * len(self.outputs)
+        for step in range(gen.max_new_tokens):
+            token = select_next(logits, gen, generator, history)  # (N,)
+            yield self._record(token.tolist(), alive)
+            if not any(alive) or step == gen.max_new_tokens - 1:
+                break
+            if history is not None:
+                history.add(token)
+            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)  # (N, past + 1)
+            logits = self._decode(model, token[:, None], mask, cache, encoder)
+
+    def _record(self, tokens: list[int], alive: list[bool]) -> list[int | None]:
+        """Append each live row's token; mark rows that hit EOS or a stop string."""
+        new: list[int | None] = []
+        for row, tok in enumerate(tokens):
+            out = self.outputs[row]
+            if not alive[row] or tok == self.eos:
+                if alive[row]:
+                    alive[row], out.finish_reason = False, "stop"
+                new.append(None)
+                continue
+            out.tokens.append(tok)
+            new.append(tok)
+            if self.stops is not None and self.stops.hit(out.tokens):
+                alive[row], out.finish_reason = False, "stop"
+        return new
+
+
+def finish_texts(outputs: list[GenerationOutput], gen: GenerationConfig, tokenizer: Any) -> None:
+    """Decode each output; cut text and tokens before a stop string."""
+    stops = stop_strings(gen, tokenizer)
+    for out in outputs:
+        if stops is not None and out.finish_reason == "stop":
+            out.tokens, out.text = stops.cut(out.tokens)
+        else:
+            out.text = tokenizer.decode(out.tokens, skip_special_tokens=True)
+
+
+def generate_outputs(
+    model: nn.Module,
+    input_ids: Prompts,
+    gen: GenerationConfig,
+    tokenizer: Any = None,
+    compile: bool = False,
+) -> list[GenerationOutput]:
+    """Like `generate`, with text (given a tokenizer), finish reasons and beam scores."""
+    if gen.num_beams > 1:
+        from lmforge.generate.beam import beam_search
+
+        outputs = beam_search(model, input_ids, gen, compile=compile)
+    else:
+        run = SamplingRun(model, input_ids, gen, tokenizer, compile)
+        for _ in run.steps():
+            pass
+        outputs = run.outputs
+    if tokenizer is not None:
+        finish_texts(outputs, gen, tokenizer)
+    return outputs
+
+
+def generate(
+    model: nn.Module,
+    input_ids: Prompts,
+    gen: GenerationConfig | None = None,
+    tokenizer: Any = None,
+    compile: bool = False,
+) -> list[list[int]]:
+    """Generate new tokens for each prompt.
+
+    Args:
+        model: a decoder or encoder-decoder `Transformer` with an LM head.
+        input_ids: prompts as lists of ids (any lengths; they are left-padded) or a (B, T)
+            tensor; for an encoder-decoder these are the source sequences.
+        gen: decoding settings (default `GenerationConfig()`).
+        tokenizer: needed only for stop strings.
+        compile: wrap `decode_one_token` with torch.compile.
+
+    Returns:
+        The new tokens of every returned sequence (EOS not included), prompt-major: prompt i's
+        `num_return_sequences` outputs are consecutive.
+    """
+    gen = gen or GenerationConfig()
+    return [o.tokens for o in generate_outputs(model, input_ids, gen, tokenizer, compile)]
+
+
+def generate_text(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: list[str] | str,
+    gen: GenerationConfig | None = None,
+    compile: bool = False,
+) -> list[str]:
+    """Text in, text out: encode each prompt, generate, decode (cut before stop strings)."""
+    gen = gen or GenerationConfig()
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    return [o.text or "" for o in generate_outputs(model, ids, gen, tokenizer, compile)]
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """tokenizer.encode(text); an empty prompt starts from the BOS token when there is one."""
+    ids = list(tokenizer.encode(text))
+    bos = getattr(tokenizer, "bos_id", None)
+    if not ids and bos is not None:
+        ids = [bos]
+    return ids
