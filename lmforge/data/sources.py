@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-import warnings
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
