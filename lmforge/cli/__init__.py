@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from lmforge.cli.data import data_app
 from lmforge.errors import LmforgeError
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(data_app, name="data")
 
 DataOpt = Annotated[
     list[Path] | None,
@@ -47,26 +49,51 @@ def pretrain(
     overrides: Annotated[
         list[str] | None, typer.Argument(help="key=value overrides of any train or model field.")
     ] = None,
-    preset: Annotated[str, typer.Option(help="Model preset (see `lmforge presets`).")] = "gpt-mini",
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Model preset (see `lmforge presets`); default by objective."),
+    ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="causal-lm (gpt-mini), mlm-nsp (BERT masked LM + next sentence; bert-mini) or "
+            "seq2seq (JSONL source/target pairs, else T5 span corruption; t5-mini)."
+        ),
+    ] = "causal-lm",
     data: DataOpt = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML/JSON run config.")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="Use this tokenizer dir.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
 ) -> None:
-    """Pretrain a causal language model (default data: the embedded corpus)."""
+    """Pretrain a model from scratch on an objective (default data: the embedded corpus)."""
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.pretrain import pretrain as run
 
     values = parse_overrides(overrides or [])
     if max_steps is not None:
         values["max_steps"] = max_steps
-    r = run(data, out, preset=preset, config_file=config, overrides=values, tokenizer_dir=tokenizer, resume=resume)
-    ppl = f"{r.eval_ppl:.2f}" if r.eval_ppl is not None else "n/a"
-    typer.echo(
-        f"trained {r.n_params / 1e6:.2f}M parameters for {r.train.steps} steps; "
-        f"held-out perplexity {ppl} (unigram baseline {r.unigram_ppl:.1f}); model in {r.out_dir}"
+    r = run(
+        data,
+        out,
+        preset=preset,
+        objective=objective,
+        config_file=config,
+        overrides=values,
+        tokenizer_dir=tokenizer,
+        resume=resume,
     )
+    ppl = f"{r.eval_ppl:.2f}" if r.eval_ppl is not None else "n/a"
+    trained = f"trained {r.n_params / 1e6:.2f}M parameters for {r.train.steps} steps"
+    if r.unigram_ppl is not None:
+        held_out = f"held-out perplexity {ppl} (unigram baseline {r.unigram_ppl:.1f})"
+    else:
+        shown = ("eval_loss", "eval_mlm_acc", "eval_nsp_acc", "eval_token_acc")
+        numbers = ", ".join(
+            f"{k[5:]} {r.eval_metrics[k]:.3f}" for k in shown if k in r.eval_metrics
+        )
+        held_out = f"held-out {numbers or 'n/a'}"
+    typer.echo(f"{trained}; {held_out}; model in {r.out_dir}")
 
 
 @tokenizer_app.command("train")
@@ -101,9 +128,9 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same text).")] = None,
 ) -> None:
     """Continue a prompt with a trained model."""
-    from lmforge.recipes.generate import generate_text
+    from lmforge.recipes.generate import generate_from_dir
 
-    texts = generate_text(
+    texts = generate_from_dir(
         model_dir,
         prompt,
         max_new_tokens=max_new_tokens,

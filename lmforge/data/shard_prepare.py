@@ -180,25 +180,12 @@ def _copy_tokenizer(tokenizer_dir: str | Path, out: Path) -> str:
     return sha256_file(out / TOKENIZER_FILES[0])
 
 
-def _file_documents(file: Path) -> list[str]:
-    """The documents of one file, exactly as :func:`sources.read_documents` gives them."""
-    text = sources._read_utf8(file)
-    suffix = file.suffix.lower()
-    if suffix == ".jsonl":
-        docs = sources._jsonl_documents(file, text)
-    elif suffix == ".json":
-        docs = sources._json_documents(file, text)
-    else:
-        docs = sources._cut_long(text, sources.MAX_DOC_CHARS)
-    return [doc for doc in docs if doc and not doc.isspace()]
-
-
 def _chunks(files: list[Path]) -> Iterator[list[str]]:
     """Lists of documents of about ``_CHUNK_CHARS`` characters, file by file, in order."""
     for file in files:
         batch: list[str] = []
         size = 0
-        for doc in _file_documents(file):
+        for doc in sources.file_documents(file):
             batch.append(doc)
             size += len(doc)
             if size >= _CHUNK_CHARS:

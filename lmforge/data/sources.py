@@ -97,21 +97,24 @@ def read_documents(paths: Sequence[str | Path] | str | Path) -> list[str]:
         paths = [paths]
     if not paths:
         raise DataError("no data paths were given; pass a .txt or .jsonl file or a folder of them.")
-    docs: list[str] = []
-    for file in _collect_files(paths):
-        text = _read_utf8(file)
-        suffix = file.suffix.lower()
-        if suffix == ".jsonl":
-            docs.extend(_jsonl_documents(file, text))
-        elif suffix == ".json":
-            docs.extend(_json_documents(file, text))
-        else:
-            docs.extend(_cut_long(text, MAX_DOC_CHARS))
-    docs = [doc for doc in docs if doc and not doc.isspace()]
+    docs = [doc for file in _collect_files(paths) for doc in file_documents(file)]
     if not docs:
         names = ", ".join(str(p) for p in paths)
         raise DataError(f"no text found in {names} (every document is empty or blank); add text.")
     return docs
+
+
+def file_documents(file: Path) -> list[str]:
+    """The non-blank documents of one file, by its ending (see :func:`read_documents`)."""
+    text = _read_utf8(file)
+    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
+        docs = _jsonl_documents(file, text)
+    elif suffix == ".json":
+        docs = _json_documents(file, text)
+    else:
+        docs = _cut_long(text, MAX_DOC_CHARS)
+    return [doc for doc in docs if doc and not doc.isspace()]
 
 
 def split_documents(

@@ -32,11 +32,13 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     if start is not None:
         ids = [start, *ids]
     if not ids:
-        raise GenerationError("the prompt is empty and the tokenizer has no BOS/EOS to start from; pass --prompt.")
+        raise GenerationError(
+            "the prompt is empty and the tokenizer has no BOS/EOS to start from; pass --prompt."
+        )
     return ids
 
 
-def generate_text(
+def generate_from_dir(
     model_dir: str | Path,
     prompt: str,
     *,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from lmforge.recipes.generate import generate_text
+from lmforge.recipes.generate import generate_from_dir
 from lmforge.recipes.pretrain import PretrainResult, pretrain
 
 QUICKSTART_SETTINGS = {
@@ -31,12 +31,18 @@ PROMPTS = ("The for statement", "A class definition", "")
 
 
 def quickstart(
-    out: str | Path = "runs/quickstart", *, max_steps: int = 300, seed: int = 0, progress: bool = True
+    out: str | Path = "runs/quickstart",
+    *,
+    max_steps: int = 300,
+    seed: int = 0,
+    progress: bool = True,
 ) -> PretrainResult:
     """Run the whole pipeline end to end and print where everything was written."""
     out = Path(out)
     t0 = time.perf_counter()
-    typer.echo(f"lmforge quickstart: training a tokenizer and a GPT on the embedded corpus -> {out}")
+    typer.echo(
+        f"lmforge quickstart: training a tokenizer and a GPT on the embedded corpus -> {out}"
+    )
     settings = {**QUICKSTART_SETTINGS, "max_steps": max_steps, "seed": seed}
     result = pretrain(None, out, preset="gpt-mini", overrides=settings, progress=progress)
     ppl = result.eval_ppl
@@ -52,7 +58,9 @@ def quickstart(
         )
     typer.echo("")
     for i, prompt in enumerate(PROMPTS):
-        text = generate_text(out, prompt, max_new_tokens=48, temperature=0.8, top_k=50, seed=seed + i)[0]
+        text = generate_from_dir(
+            out, prompt, max_new_tokens=48, temperature=0.8, top_k=50, seed=seed + i
+        )[0]
         shown = (prompt + text).replace("\n", " ").strip()
         typer.echo(f"sample {i + 1}: {shown}")
     typer.echo("")
@@ -60,5 +68,7 @@ def quickstart(
     typer.echo(f"last checkpoint   : {out}/checkpoints/last")
     typer.echo(f"metrics           : {out}/metrics.jsonl")
     typer.echo(f"loss curve        : {out}/loss.png")
-    typer.echo(f"done in {time.perf_counter() - t0:.0f} s. Next: lmforge generate {out} --prompt \"...\"")
+    typer.echo(
+        f'done in {time.perf_counter() - t0:.0f} s. Next: lmforge generate {out} --prompt "..."'
+    )
     return result

@@ -25,7 +25,10 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture()
 def corpus(tmp_path):
     path = tmp_path / "corpus.txt"
-    lines = [f"Line {i}: the quick brown fox jumps over the lazy dog. 你好，世界 {i % 7}." for i in range(400)]
+    lines = [
+        f"Line {i}: the quick brown fox jumps over the lazy dog. 你好，世界 {i % 7}."
+        for i in range(400)
+    ]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
@@ -39,25 +42,85 @@ def test_presets(monkeypatch, capsys):
 
 def test_tokenizer_pretrain_generate_evaluate(monkeypatch, capsys, tmp_path, corpus):
     tok_dir = tmp_path / "tok"
-    code, out, err = run_cli(monkeypatch, capsys, "tokenizer", "train", "--data", str(corpus), "--vocab-size", "300", "--out", str(tok_dir))
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "tokenizer",
+        "train",
+        "--data",
+        str(corpus),
+        "--vocab-size",
+        "300",
+        "--out",
+        str(tok_dir),
+    )
     assert code == 0, err
     assert (tok_dir / "tokenizer.json").is_file()
 
     run = tmp_path / "run"
-    args = ["pretrain", "--preset", "gpt-tiny", "--data", str(corpus), "--out", str(run), "--max-steps", "6",
-            "--tokenizer", str(tok_dir), "eval_every=3", "batch_size=4", "seq_len=32"]
+    args = [
+        "pretrain",
+        "--preset",
+        "gpt-tiny",
+        "--data",
+        str(corpus),
+        "--out",
+        str(run),
+        "--max-steps",
+        "6",
+        "--tokenizer",
+        str(tok_dir),
+        "eval_every=3",
+        "batch_size=4",
+        "seq_len=32",
+    ]
     code, out, err = run_cli(monkeypatch, capsys, *args)
     assert code == 0, err
     assert "held-out perplexity" in out
     assert (run / "model.safetensors").is_file() and (run / "metrics.jsonl").is_file()
 
-    code, out, err = run_cli(monkeypatch, capsys, *args[:-3], "--resume", "max_steps=8", "eval_every=3", "batch_size=4", "seq_len=32")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        *args[:-3],
+        "--resume",
+        "max_steps=8",
+        "eval_every=3",
+        "batch_size=4",
+        "seq_len=32",
+    )
     assert code == 0, err
 
-    code, out, err = run_cli(monkeypatch, capsys, "generate", str(run), "--prompt", "The quick", "--max-new-tokens", "8", "--seed", "1", "--num-return-sequences", "2")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        str(run),
+        "--prompt",
+        "The quick",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "1",
+        "--num-return-sequences",
+        "2",
+    )
     assert code == 0, err
     assert out.count("The quick") == 2
-    code, again, _ = run_cli(monkeypatch, capsys, "generate", str(run), "--prompt", "The quick", "--max-new-tokens", "8", "--seed", "1", "--num-return-sequences", "2")
+    code, again, _ = run_cli(
+        monkeypatch,
+        capsys,
+        "generate",
+        str(run),
+        "--prompt",
+        "The quick",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "1",
+        "--num-return-sequences",
+        "2",
+    )
     assert again == out  # same seed, same text
 
     code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(run), "--data", str(corpus))
@@ -75,14 +138,41 @@ def _error(monkeypatch, capsys, *args):
 
 
 def test_errors(monkeypatch, capsys, tmp_path, corpus):
-    assert "does not exist" in _error(monkeypatch, capsys, "pretrain", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r"))
+    assert "does not exist" in _error(
+        monkeypatch,
+        capsys,
+        "pretrain",
+        "--data",
+        str(tmp_path / "nope.txt"),
+        "--out",
+        str(tmp_path / "r"),
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("   \n", encoding="utf-8")
-    assert "empty" in _error(monkeypatch, capsys, "pretrain", "--data", str(empty), "--out", str(tmp_path / "r"))
-    assert "unknown preset" in _error(monkeypatch, capsys, "pretrain", "--preset", "gpt-huge", "--out", str(tmp_path / "r"))
-    assert "unknown config key" in _error(monkeypatch, capsys, "pretrain", "--out", str(tmp_path / "r"), "n_layerz=2")
-    assert "too small" in _error(monkeypatch, capsys, "tokenizer", "train", "--data", str(corpus), "--vocab-size", "10", "--out", str(tmp_path / "t"))
-    assert "not an lmforge checkpoint" in _error(monkeypatch, capsys, "generate", str(tmp_path), "--prompt", "hi")
+    assert "empty" in _error(
+        monkeypatch, capsys, "pretrain", "--data", str(empty), "--out", str(tmp_path / "r")
+    )
+    assert "unknown preset" in _error(
+        monkeypatch, capsys, "pretrain", "--preset", "gpt-huge", "--out", str(tmp_path / "r")
+    )
+    assert "unknown config key" in _error(
+        monkeypatch, capsys, "pretrain", "--out", str(tmp_path / "r"), "n_layerz=2"
+    )
+    assert "too small" in _error(
+        monkeypatch,
+        capsys,
+        "tokenizer",
+        "train",
+        "--data",
+        str(corpus),
+        "--vocab-size",
+        "10",
+        "--out",
+        str(tmp_path / "t"),
+    )
+    assert "not an lmforge checkpoint" in _error(
+        monkeypatch, capsys, "generate", str(tmp_path), "--prompt", "hi"
+    )
 
 
 def test_prompt_longer_than_context(monkeypatch, capsys, tiny_run):
