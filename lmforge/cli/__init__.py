@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from lmforge.cli.data import data_app
+from lmforge.cli.interop import register as register_interop
 from lmforge.cli.longctx import register as register_longctx
 from lmforge.errors import LmforgeError
 
@@ -26,6 +27,7 @@ tokenizer_app = typer.Typer(help="Train tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(data_app, name="data")
 register_longctx(app)
+register_interop(app)
 
 DataOpt = Annotated[
     list[Path] | None,

@@ -1,5 +1,8 @@
-"""Interop with other libraries' checkpoints: Hugging Face gpt2, llama, bert and t5, both ways."""
+"""Interop with other libraries' checkpoints: Hugging Face gpt2, llama, bert and t5, both ways;
+Llama-architecture GGUF files (llama.cpp, Ollama) in."""
 
+from lmforge.interop.gguf import SUPPORTED_GGUF_ARCHITECTURES, config_from_gguf, import_gguf
+from lmforge.interop.gguf_file import GGUFFile, read_gguf
 from lmforge.interop.hf import (
     FAMILIES,
     SUPPORTED_ARCHITECTURES,
@@ -14,11 +17,16 @@ from lmforge.interop.hf import (
 
 __all__ = [
     "FAMILIES",
+    "GGUFFile",
+    "SUPPORTED_GGUF_ARCHITECTURES",
     "SUPPORTED_ARCHITECTURES",
+    "config_from_gguf",
     "config_from_hf",
     "config_to_hf",
     "export_hf",
+    "import_gguf",
     "import_hf",
+    "read_gguf",
     "read_hf_state",
     "state_from_hf",
     "state_to_hf",

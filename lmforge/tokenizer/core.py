@@ -262,6 +262,9 @@ class Tokenizer:
                 f"{tokenizer_file} is not a valid tokenizer file ({_first_line(exc)}); "
                 f"re-create it or {_HINT}."
             ) from exc
+        # padding and truncation are decided per batch by lmforge, never baked into the file
+        backend.no_padding()
+        backend.no_truncation()
 
         config = _read_json(directory / CONFIG_FILE)
         special_map = _read_json(directory / _SPECIAL_MAP_FILE)
