@@ -32,6 +32,23 @@ def _needle(key: str) -> str:
     return f" The pass key is {key}. Remember it. {key} is the pass key."
 
 
+def passkey_documents(n_docs: int, max_filler: int = 40, seed: int = 0) -> list[str]:
+    """Synthetic training documents of the passkey task: filler sentences with the key hidden at
+    a random depth, then the question and the answer. Mixed into pretraining text they teach a
+    small model to retrieve, so that a probe at longer lengths measures position handling."""
+    rng = random.Random(seed)
+    sentences = [s.strip() + "." for s in FILLER.split(".") if s.strip()]
+    docs = []
+    for _ in range(n_docs):
+        key = str(rng.randint(10000, 99999))
+        n = rng.randint(0, max_filler)
+        filler = [rng.choice(sentences) for _ in range(n)]
+        at = rng.randint(0, n)
+        body = " ".join(filler[:at]) + _needle(key) + " " + " ".join(filler[at:])
+        docs.append(f"{body.strip()}{QUESTION} {key}.")
+    return docs
+
+
 @dataclass
 class PasskeyResult:
     """Accuracy of passkey retrieval by context length (tokens) and depth (fraction)."""
