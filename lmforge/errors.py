@@ -34,6 +34,15 @@ class TokenizerError(LmforgeError):
     """A tokenizer cannot be trained or loaded as asked."""
 
 
+class AdapterError(LmforgeError):
+    """A parameter-efficient adapter (LoRA, prompt or prefix tuning) cannot be applied, saved or
+    loaded as asked."""
+
+
+class ServeError(LmforgeError):
+    """A request to the HTTP server, or the server's own setup, is not valid."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

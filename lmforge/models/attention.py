@@ -129,8 +129,14 @@ class Attention(nn.Module):
         memory: Tensor | None = None,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x: (B, T, d_model); memory: (B, S, d_model) encoder output for cross-attention."""
+        """x: (B, T, d_model); memory: (B, S, d_model) encoder output for cross-attention.
+
+        prefix: (keys, values), each (B, H_kv, n, head_dim), put in front of this self-attention
+        layer's keys and values (prefix tuning, `lmforge.peft`): every query attends to them, they
+        carry no position (no RoPE, no bias) and they are never written into the KV cache.
+        """
         q = self._heads(self.q_proj(x), self.n_head)  # (B, H, T, hd)
         if self.cross:
             kv = cache.cross_kv(self.layer_idx) if cache is not None else None
@@ -148,6 +154,12 @@ class Attention(nn.Module):
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, past + T, hd)
+            if prefix is not None:
+                pk, pv = prefix
+                k = torch.cat([pk.to(k.dtype), k], dim=2)  # (B, H_kv, n + past + T, hd)
+                v = torch.cat([pv.to(v.dtype), v], dim=2)
+                if mask is not None:  # prefix columns are always visible; the bottom-right
+                    mask = F.pad(mask, (pk.size(2), 0))  # causal alignment keeps them so too
         out, weights = attention(
             q,
             k,

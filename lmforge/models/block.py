@@ -62,12 +62,19 @@ class Block(nn.Module):
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         x, weights = self._residual(
             x,
             self.attn_norm,
             lambda h: self.attn(
-                h, mask=mask, causal=causal, rope=rope, cache=cache, need_weights=need_weights
+                h,
+                mask=mask,
+                causal=causal,
+                rope=rope,
+                cache=cache,
+                need_weights=need_weights,
+                prefix=prefix,
             ),
         )
         if memory is not None:
@@ -118,6 +125,8 @@ class Stack(nn.Module):
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.gradient_checkpointing = False
+        # prefix tuning (lmforge.peft): prefix(batch) -> one (keys, values) pair per block
+        self.prefix: nn.Module | None = None
 
     def _mask(
         self, x: Tensor, attention_mask: Tensor | None, past: int
@@ -173,10 +182,12 @@ class Stack(nn.Module):
         mem_mask = None
         if memory is not None and memory_mask is not None and not bool(memory_mask.all()):
             mem_mask = padding_mask(memory_mask, x.dtype)
+        prefixes = self.prefix(x.size(0)) if self.prefix is not None else None
         x = self.dropout(x)
         attentions = [] if need_weights else None
-        for block in self.layers:
+        for i, block in enumerate(self.layers):
             kwargs = dict(
+                prefix=None if prefixes is None else prefixes[i],
                 mask=mask,
                 causal=causal,
                 rope=rope,

@@ -79,6 +79,8 @@ class Transformer(nn.Module):
         elif cfg.arch == "encoder-decoder":
             self.decoder = Stack(cfg, cfg.n_decoder_layer, causal=True, cross=True)
         self.heads = build_heads(cfg, self.embed.tok)
+        # prompt tuning (lmforge.peft): prompt(batch) -> (B, n, d) virtual-token embeddings
+        self.prompt: nn.Module | None = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -116,8 +118,44 @@ class Transformer(nn.Module):
                 m.gradient_checkpointing = enabled
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+        """A KV cache for `max_len` real tokens (plus the soft prompt's, which a decoder caches)."""
         p = next(self.parameters())
+        max_len += self._decoder_prompt_len()
         return KVCache.for_model(self.cfg, batch, max_len, dtype or p.dtype, device or p.device)
+
+    def _decoder_prompt_len(self) -> int:
+        """Virtual tokens a soft prompt puts in the decoder stack (it is on the encoder of an
+        encoder-decoder)."""
+        return self.prompt.n_tokens if self.prompt is not None and self.cfg.arch == "decoder" else 0
+
+    def _prepend_prompt(
+        self, x: Tensor, attention_mask: Tensor | None, position_ids: Tensor, cached: int
+    ) -> tuple[Tensor, Tensor | None, Tensor, int]:
+        """Soft prompt (prompt tuning): [P; E(x)], P the n virtual-token embeddings.
+
+        x: (B, T, d) embedded tokens (learned/sinusoidal positions already added at their real
+        positions); cached: steps already in the KV cache. The virtual tokens go in front of a
+        sequence's first chunk (cached == 0) and live in the cache after that. The mask gains n
+        ones in front; the stack sees the virtual tokens at positions 0..n-1 and real tokens at
+        position_ids + n, which RoPE, ALiBi and relative biases (functions of differences) cannot
+        tell from position_ids. Returns (x, mask, stack positions, rows added to x).
+        """
+        if self.prompt is None:
+            return x, attention_mask, position_ids, 0
+        b, n = x.size(0), self.prompt.n_tokens
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)
+        position_ids = (position_ids + n).expand(b, -1)
+        if cached > 0:
+            return x, attention_mask, position_ids, 0
+        virtual = self.prompt(b).to(x.dtype)  # (B, n, d)
+        first = torch.arange(n, device=x.device).expand(b, n)
+        return (
+            torch.cat([virtual, x], dim=1),  # (B, n + T, d)
+            attention_mask,
+            torch.cat([first, position_ids], dim=1),
+            n,
+        )
 
     def _positions(self, input_ids: Tensor, attention_mask: Tensor | None, past: int) -> Tensor:
         t = input_ids.size(1)
@@ -144,13 +182,19 @@ class Transformer(nn.Module):
         token_type_ids: Tensor | None = None,
         need_weights: bool = False,
     ):
-        """Run the encoder stack; (B, S) ids -> StackOutput with hidden (B, S, d)."""
+        """Run the encoder stack; (B, S) ids -> StackOutput with hidden (B, S, d).
+
+        A soft prompt's virtual tokens take part in the stack but are cut from `hidden`, so
+        heads (the pooled [CLS] included) and cross-attention see the original positions only.
+        """
         self._check_length(input_ids.size(1))
         pos = self._positions(input_ids, attention_mask, 0)
         x = self.embed(input_ids, pos, token_type_ids)
-        return self.encoder(
-            x, attention_mask=attention_mask, position_ids=pos, need_weights=need_weights
-        )
+        x, mask, pos, n = self._prepend_prompt(x, attention_mask, pos, 0)
+        out = self.encoder(x, attention_mask=mask, position_ids=pos, need_weights=need_weights)
+        if n:
+            out.hidden = out.hidden[:, n:]
+        return out
 
     def forward(
         self,
@@ -191,21 +235,26 @@ class Transformer(nn.Module):
         else:
             memory_mask = None
             ids, mask = input_ids, attention_mask
-        past = cache.length if cache is not None else 0
+        cached = cache.length if cache is not None else 0
+        past = max(0, cached - self._decoder_prompt_len())  # real tokens before `ids`
         self._check_length(past + ids.size(1))
         if position_ids is None:
             position_ids = self._positions(ids, mask, past)
         x = self.embed(ids, position_ids, token_type_ids if cfg.arch == "decoder" else None)
+        stack_mask, stack_pos, n = mask, position_ids, 0
+        if cfg.arch == "decoder":
+            x, stack_mask, stack_pos, n = self._prepend_prompt(x, mask, position_ids, cached)
         out = self.decoder(
             x,
-            attention_mask=mask,
-            position_ids=position_ids,
+            attention_mask=stack_mask,
+            position_ids=stack_pos,
             memory=encoder_hidden,
             memory_mask=memory_mask,
             cache=cache,
             need_weights=need_weights,
         )
-        hidden = out.hidden[:, -1:] if last_only else out.hidden
+        hidden = out.hidden[:, n:]  # the soft prompt's rows are not outputs
+        hidden = hidden[:, -1:] if last_only else hidden
         result = self.heads(hidden, mask, attentions=out.attentions)
         result.encoder_hidden = encoder_hidden
         return result
