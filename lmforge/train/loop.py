@@ -181,7 +181,7 @@ class _Run:
     """State of one `fit` call shared by its helpers (rank, paths, counters)."""
 
     def __init__(
-        self, model, optimizer, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, save_extra
+        self, model, optimizer, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, save_extra, export
     ):
         self.model, self.optimizer, self.cfg, self.out_dir, self.info = (
             model,
@@ -191,6 +191,7 @@ class _Run:
             info,
         )
         self.save_extra = save_extra
+        self.export = export
         self.ckpt_root = out_dir / "checkpoints"
         self.skip = tied_names(model)
         self.step = 0  # optimizer steps done
@@ -219,7 +220,12 @@ class _Run:
         self.saved_at = self.step
 
     def export_best(self) -> None:
-        """Write the current weights as the run dir's model (collective)."""
+        """Write the current weights as the run dir's model (collective unless `export` is set)."""
+        if self.export is not None:  # e.g. base weights + adapter files for a PEFT model
+            if self.info.is_main:
+                self.export(self.out_dir)
+            D.barrier(self.info)
+            return
         model_state = D.full_model_state(self.model)
         if self.info.is_main:
             save_weights(
@@ -270,6 +276,7 @@ def fit(
     *,
     resume: bool = False,
     save_extra: Callable[[Path], None] | None = None,
+    export: Callable[[Path], None] | None = None,
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
 ) -> TrainResult:
@@ -284,6 +291,8 @@ def fit(
         out_dir: run dir: best model files, checkpoints/step-*, metrics.jsonl, loss.png.
         resume: continue from the newest complete checkpoint in `out_dir/checkpoints`.
         save_extra: writes extra files (the tokenizer) into a model dir being saved.
+        export: replaces the default model export (full weights) of the best model, e.g. to
+            write a PEFT model as base weights plus adapter files; called on rank 0.
         progress: show a progress bar (rank 0 only).
         on_log: called with every metrics record (for tests and callers).
     """
@@ -301,7 +310,7 @@ def fit(
     model.to(device)
     wrapped = D.wrap(model, info)
     optimizer = build_optimizer(model, cfg)
-    run = _Run(model, optimizer, cfg, out_dir, info, save_extra)
+    run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
     metrics_path = out_dir / "metrics.jsonl"
     main = info.is_main
 
