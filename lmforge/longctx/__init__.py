@@ -9,14 +9,17 @@ from lmforge.longctx.probes import (
     plot_ppl,
     ppl_by_length,
 )
+from lmforge.longctx.streaming import StreamResult, streaming_perplexity
 
 __all__ = [
     "METHODS",
     "PasskeyResult",
     "PplByLength",
+    "StreamResult",
     "extended_config",
     "passkey_probe",
     "plot_passkey",
     "plot_ppl",
     "ppl_by_length",
+    "streaming_perplexity",
 ]

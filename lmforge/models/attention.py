@@ -13,12 +13,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
 from lmforge.models.cache import KVCache
+from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import apply_rope
 
-Backend = Literal["sdpa", "math"]
+Backend = Literal["sdpa", "math", "chunked"]
+CHUNK = 256  # queries per block of the chunked backend
 
 
 def attention(
@@ -26,7 +29,7 @@ def attention(
     k: Tensor,
     v: Tensor,
     *,
-    mask: Tensor | None = None,
+    mask: AttentionMask | Tensor | None = None,
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
@@ -39,13 +42,15 @@ def attention(
         q: (B, H, Tq, D) queries.
         k, v: (B, H_kv, Tk, D) keys and values; H must be a multiple of H_kv (grouped-query
             attention shares each key/value head among H / H_kv query heads).
-        mask: additive float mask broadcastable to (B, H, Tq, Tk) (0 = attend, a very negative
-            number = do not), or None.
+        mask: an `AttentionMask` (positions, window, padding, bias), or an additive float mask
+            broadcastable to (B, H, Tq, Tk) (0 = attend, a very negative number = do not), or None.
         causal: query i (at absolute position Tk - Tq + i) sees only keys j <= Tk - Tq + i.
             Combined with `mask` when both are given.
         scale: multiplier of Q K^T; None means 1/sqrt(D).
         dropout_p: dropout on the attention weights (training only).
-        backend: "sdpa" (fused) or "math" (explicit); `need_weights` forces "math".
+        backend: "sdpa" (fused), "math" (explicit) or "chunked" (blocks of queries, each with
+            its own slice of the mask, recomputed in backward: memory linear in the length);
+            `need_weights` forces "math".
         need_weights: also return the (B, H, Tq, Tk) attention weights.
 
     Returns:
@@ -53,6 +58,13 @@ def attention(
     """
     n_rep = q.size(1) // k.size(1)
     tq, tk = q.size(-2), k.size(-2)
+    if isinstance(mask, AttentionMask):
+        if backend == "chunked" and not need_weights:
+            return _chunked(q, k, v, mask, scale, dropout_p), None
+        if mask.is_plain and backend == "sdpa" and not need_weights:
+            causal, mask = mask.causal, None  # contiguous positions: the kernel's own causal rule
+        else:
+            causal, mask = False, mask.dense(q.dtype)
     if causal and tq == 1:
         causal = False  # a single newest query sees every key
     if causal and (mask is not None or tq != tk or backend == "math" or need_weights):
@@ -83,6 +95,36 @@ def attention(
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ v, (weights if need_weights else None)
+
+
+def _chunked(
+    q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float | None, dropout_p: float
+) -> Tensor:
+    """Attention of CHUNK queries at a time against all keys, the mask built per block and the
+    block recomputed in backward: peak memory O(CHUNK x T_k) instead of O(T_q x T_k)."""
+
+    def block(qb: Tensor, q0: int, q1: int) -> Tensor:
+        m = mask.block(qb.dtype, q0, q1)
+        return F.scaled_dot_product_attention(
+            qb,
+            k,
+            v,
+            attn_mask=m,
+            dropout_p=dropout_p,
+            scale=scale,
+            enable_gqa=q.size(1) != k.size(1),
+        )
+
+    outs = []
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    for q0 in range(0, q.size(-2), CHUNK):
+        q1 = min(q0 + CHUNK, q.size(-2))
+        qb = q[:, :, q0:q1]
+        if grad:
+            outs.append(checkpoint(block, qb, q0, q1, use_reentrant=False))
+        else:
+            outs.append(block(qb, q0, q1))
+    return torch.cat(outs, dim=2)
 
 
 def causal_additive_mask(tq: int, tk: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -123,15 +165,19 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         *,
-        mask: Tensor | None = None,
+        mask: AttentionMask | Tensor | None = None,
         causal: bool = False,
         rope: tuple[Tensor, Tensor] | None = None,
+        rope_keys: tuple[Tensor, Tensor] | None = None,
         memory: Tensor | None = None,
         cache: KVCache | None = None,
         need_weights: bool = False,
         prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """x: (B, T, d_model); memory: (B, S, d_model) encoder output for cross-attention.
+
+        rope: (cos, sin) for the new queries (and keys); rope_keys: (cos, sin) for every key
+        after the cache update, when the cache stores keys before RoPE (attention sinks).
 
         prefix: (keys, values), each (B, H_kv, n, head_dim), put in front of this self-attention
         layer's keys and values (prefix tuning, `lmforge.peft`): every query attends to them, they
@@ -151,15 +197,21 @@ class Attention(nn.Module):
             k = self._heads(self.k_proj(x), self.n_kv_head)  # (B, H_kv, T, hd)
             v = self._heads(self.v_proj(x), self.n_kv_head)
             if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+                q = apply_rope(q, *rope)
+                if rope_keys is None:
+                    k = apply_rope(k, *rope)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, past + T, hd)
+            if rope_keys is not None:
+                k = apply_rope(k, *rope_keys)
             if prefix is not None:
                 pk, pv = prefix
                 k = torch.cat([pk.to(k.dtype), k], dim=2)  # (B, H_kv, n + past + T, hd)
                 v = torch.cat([pv.to(v.dtype), v], dim=2)
-                if mask is not None:  # prefix columns are always visible; the bottom-right
-                    mask = F.pad(mask, (pk.size(2), 0))  # causal alignment keeps them so too
+                if isinstance(mask, AttentionMask):
+                    mask = mask.with_prefix(pk.size(2))  # prefix columns are always visible
+                elif mask is not None:  # the bottom-right causal alignment keeps them so too
+                    mask = F.pad(mask, (pk.size(2), 0))
         out, weights = attention(
             q,
             k,

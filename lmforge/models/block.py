@@ -20,9 +20,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
+from lmforge.errors import GenerationError
 from lmforge.models.attention import Attention
 from lmforge.models.cache import KVCache
 from lmforge.models.layers import MLP, build_norm
+from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import (
     RelativePositionBias,
     RotaryEmbedding,
@@ -55,9 +57,9 @@ class Block(nn.Module):
         self,
         x: Tensor,
         *,
-        mask: Tensor | None,
-        causal: bool,
+        mask: AttentionMask | Tensor | None,
         rope: tuple[Tensor, Tensor] | None,
+        rope_keys: tuple[Tensor, Tensor] | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
@@ -70,8 +72,8 @@ class Block(nn.Module):
             lambda h: self.attn(
                 h,
                 mask=mask,
-                causal=causal,
                 rope=rope,
+                rope_keys=rope_keys,
                 cache=cache,
                 need_weights=need_weights,
                 prefix=prefix,
@@ -128,36 +130,47 @@ class Stack(nn.Module):
         # prefix tuning (lmforge.peft): prefix(batch) -> one (keys, values) pair per block
         self.prefix: nn.Module | None = None
 
-    def _mask(
-        self, x: Tensor, attention_mask: Tensor | None, past: int
-    ) -> tuple[Tensor | None, bool]:
-        """The additive self-attention mask for T new queries over past + T keys.
-
-        Returns (mask or None, causal flag left for the attention kernel).
-        """
-        t = x.size(1)
-        total = past + t
-        device, dtype = x.device, x.dtype
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = padding_mask(attention_mask[:, -total:], dtype)  # (B, 1, 1, Tk)
-        q_pos = torch.arange(past, total, device=device)
-        k_pos = torch.arange(total, device=device)
-        bias = None
+    def _bias_fn(self):
         if self.rel_pos is not None:
-            bias = self.rel_pos(q_pos, k_pos).to(dtype)  # (1, H, Tq, Tk)
-        elif self.cfg.pos == "alibi":
-            bias = alibi_bias(self.alibi_slopes, q_pos, k_pos, self.causal).to(dtype)
+            return self.rel_pos  # (q_pos, k_pos) -> (1, H, tq, tk)
+        if self.cfg.pos == "alibi":
+            return lambda q, k: alibi_bias(self.alibi_slopes, q, k, self.causal)
+        return None
+
+    def _mask(
+        self, x: Tensor, attention_mask: Tensor | None, cache: KVCache | None
+    ) -> AttentionMask:
+        """Which of the keys (cached + new) each of the T new queries sees, as positions."""
+        t = x.size(1)
+        device = x.device
+        padded = attention_mask is not None and not bool(attention_mask.all())
         window = self.cfg.sliding_window
-        if window is not None and total > window:
-            too_far = (q_pos[:, None] - k_pos[None, :]) >= window  # (Tq, Tk)
-            far = torch.zeros(too_far.shape, dtype=dtype, device=device)
-            bias = far.masked_fill(too_far, torch.finfo(dtype).min) + (0 if bias is None else bias)
-        if bias is not None:
-            mask = bias if mask is None else mask + bias
-        if mask is not None:
-            mask = mask.clamp(min=torch.finfo(dtype).min)  # sums of two minima stay finite
-        return mask, self.causal
+        if cache is not None and cache.rolling:
+            if padded:
+                raise GenerationError(
+                    "a rolling KV cache does not take padded batches; give prompts of one length "
+                    "or run them one at a time."
+                )
+            k_pos = cache.key_positions(t)
+            window = cache.window if window is None else min(window, cache.window)
+            return AttentionMask(
+                k_pos[-t:],
+                k_pos,
+                self.causal,
+                window=window,
+                sinks=cache.sink_flags(t),
+                bias_fn=self._bias_fn(),
+            )
+        past = cache.length if cache is not None else 0
+        total = past + t
+        return AttentionMask(
+            torch.arange(past, total, device=device),
+            torch.arange(total, device=device),
+            self.causal,
+            window=window if window is not None and total > window else None,
+            key_keep=attention_mask[:, -total:].bool() if padded else None,
+            bias_fn=self._bias_fn(),
+        )
 
     def forward(
         self,
@@ -172,13 +185,21 @@ class Stack(nn.Module):
     ) -> StackOutput:
         """x: (B, T, d_model) embedded input; attention_mask: (B, past + T) 1/0;
         memory: (B, S, d_model) encoder output with memory_mask (B, S)."""
-        past = cache.length if cache is not None else 0
-        mask, causal = self._mask(x, attention_mask, past)
-        rope = None
+        mask = self._mask(x, attention_mask, cache)
+        rope = rope_keys = None
         if self.rope is not None:
-            if position_ids is None:
-                position_ids = torch.arange(past, past + x.size(1), device=x.device)[None]
-            rope = self.rope(position_ids, x.dtype)
+            if cache is not None and cache.reposition:
+                # attention sinks: rotate by slot in the cache, keys re-rotated every step
+                slots = mask.k_pos[None]
+                rope, rope_keys = (
+                    self.rope(slots[:, -x.size(1) :], x.dtype),
+                    self.rope(slots, x.dtype),
+                )
+            else:
+                if position_ids is None:
+                    past = cache.seen if cache is not None else 0
+                    position_ids = torch.arange(past, past + x.size(1), device=x.device)[None]
+                rope = self.rope(position_ids, x.dtype)
         mem_mask = None
         if memory is not None and memory_mask is not None and not bool(memory_mask.all()):
             mem_mask = padding_mask(memory_mask, x.dtype)
@@ -189,8 +210,8 @@ class Stack(nn.Module):
             kwargs = dict(
                 prefix=None if prefixes is None else prefixes[i],
                 mask=mask,
-                causal=causal,
                 rope=rope,
+                rope_keys=rope_keys,
                 memory=memory,
                 memory_mask=mem_mask,
                 cache=cache,

@@ -117,11 +117,23 @@ class Transformer(nn.Module):
             if isinstance(m, Stack):
                 m.gradient_checkpointing = enabled
 
-    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        """A KV cache for `max_len` real tokens (plus the soft prompt's, which a decoder caches)."""
+    def new_cache(
+        self,
+        batch: int,
+        max_len: int,
+        dtype=None,
+        device=None,
+        window: int | None = None,
+        sinks: int = 0,
+    ) -> KVCache:
+        """A KV cache for `max_len` real tokens (plus the soft prompt's, which a decoder caches),
+        or a rolling one that keeps the first `sinks` and the last `window` tokens (constant
+        memory for any length; see `KVCache`)."""
         p = next(self.parameters())
         max_len += self._decoder_prompt_len()
-        return KVCache.for_model(self.cfg, batch, max_len, dtype or p.dtype, device or p.device)
+        return KVCache.for_model(
+            self.cfg, batch, max_len, dtype or p.dtype, device or p.device, window, sinks
+        )
 
     def _decoder_prompt_len(self) -> int:
         """Virtual tokens a soft prompt puts in the decoder stack (it is on the encoder of an
@@ -235,7 +247,7 @@ class Transformer(nn.Module):
         else:
             memory_mask = None
             ids, mask = input_ids, attention_mask
-        cached = cache.length if cache is not None else 0
+        cached = cache.seen if cache is not None else 0
         past = max(0, cached - self._decoder_prompt_len())  # real tokens before `ids`
         self._check_length(past + ids.size(1))
         if position_ids is None:
