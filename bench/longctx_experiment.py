@@ -19,7 +19,13 @@ from pathlib import Path
 
 from lmforge.data import default_corpus, split_documents
 from lmforge.data.lm import tokens_from_documents
-from lmforge.longctx import passkey_probe, plot_passkey, plot_ppl, ppl_by_length
+from lmforge.longctx import (
+    passkey_probe,
+    plot_passkey,
+    plot_ppl,
+    ppl_by_length,
+    streaming_perplexity,
+)
 from lmforge.longctx.probes import passkey_documents
 from lmforge.models import load_model
 from lmforge.recipes.extend_context import extend_context
@@ -54,6 +60,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--passkey-docs", type=int, default=20000)
     ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--stream-tokens", type=int, default=100_000)
     args = ap.parse_args()
     out: Path = args.out
     t0 = time.time()
@@ -104,10 +111,20 @@ def main() -> None:
     ]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{p:.1f}" for p in r["ppl"].ppl) + " |")
+    # streaming far past the trained length at constant memory: sinks + window vs window only
+    stream_tokens = tokens_from_documents(tok, default_corpus())[: args.stream_tokens + 1]
+    base_model = load_model(base, args.device if args.device != "auto" else "cpu")
+    lines += ["", f"## Streaming {len(stream_tokens) - 1:,} tokens through a 4 + 252 token cache", ""]
+    lines += ["| cache | perplexity | first 10% | last 10% | cache slots |", "|---|---|---|---|---|"]
+    streams = {}
+    for name, sinks in (("4 sinks + 252 recent", 4), ("256 recent, no sinks", 0)):
+        r = streaming_perplexity(base_model, stream_tokens, window=256 - sinks, sinks=sinks, chunk=64)
+        streams[name] = r
+        lines.append(f"| {name} | {r.ppl:.1f} | {r.ppl_by_segment[0][1]:.1f} | {r.ppl_by_segment[-1][1]:.1f} | {r.cache_slots} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(
         {n: {"passkey": r["passkey"].accuracy, "lengths": lengths, "ppl": r["ppl"].ppl, "ppl_lengths": r["ppl"].lengths}
-         for n, r in results.items()}, indent=2))  # fmt: skip
+         for n, r in results.items()} | {"streaming": {n: r.__dict__ for n, r in streams.items()}}, indent=2))  # fmt: skip
     print("\n".join(lines))
 
 
