@@ -1,4 +1,10 @@
-"""Pretraining from scratch: documents -> tokenizer -> token windows -> model -> `fit`.
+"""Pretraining from scratch: documents -> tokenizer -> batches for an objective -> model -> `fit`.
+
+    objective   preset arch       tokenizer   batches                              loss
+    causal-lm   decoder           bpe         TokenWindows (next token)            causal_lm_loss
+    mlm-nsp     encoder           wordpiece   NSPPairs (80/10/10 masking + NSP)    mlm_nsp_loss
+    seq2seq     encoder-decoder   bpe         Seq2SeqPairs (JSONL source/target)   seq2seq_loss
+                                              or SpanCorruption (T5, plain text)
 
 `pretrain()` is what `lmforge pretrain` calls; a notebook can call it the same way.
 """
@@ -6,9 +12,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -21,13 +28,31 @@ from lmforge.config.train import (
 )
 from lmforge.data import default_corpus, read_documents, split_documents
 from lmforge.data.lm import TokenWindows, tokens_from_documents, unigram_perplexity
-from lmforge.errors import ConfigError
-from lmforge.models import Transformer
-from lmforge.objectives import causal_lm_loss
+from lmforge.data.mlm import NSPPairs, special_ids
+from lmforge.data.seq2seq import (
+    Seq2SeqPairs,
+    SpanCorruption,
+    add_sentinels,
+    has_pairs,
+    read_pairs,
+    span_count,
+    split_pairs,
+)
+from lmforge.errors import ConfigError, TokenizerError, did_you_mean
+from lmforge.models import Transformer, is_model_dir
+from lmforge.objectives import causal_lm_loss, mlm_nsp_loss, seq2seq_loss
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 from lmforge.train import TrainResult, fit
-from lmforge.train.checkpoint import latest_checkpoint
+from lmforge.train.checkpoint import list_checkpoints
 from lmforge.utils.fs import atomic_write_text
+
+Objective = Literal["causal-lm", "mlm-nsp", "seq2seq"]
+#: objective -> (the arch it trains, the preset used when none is named)
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "causal-lm": ("decoder", "gpt-mini"),
+    "mlm-nsp": ("encoder", "bert-mini"),
+    "seq2seq": ("encoder-decoder", "t5-mini"),
+}
 
 
 @dataclass
@@ -39,12 +64,24 @@ class PretrainResult:
     n_params: int
     train_tokens: int
     valid_tokens: int
-    unigram_ppl: float
-    eval_ppl: float | None
+    unigram_ppl: float | None  # the context-free baseline (causal-lm only)
+    eval_ppl: float | None  # exp(best held-out loss); exp(MLM loss) for mlm-nsp
+    objective: str = "causal-lm"
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the best evaluation's record
+
+
+@dataclass
+class _Data:
+    loss: Any
+    train: Any
+    valid: Any
+    train_tokens: int
+    valid_tokens: int
+    unigram_ppl: float | None = None
 
 
 def resolve_configs(
-    preset: str, config_file: str | Path | None, overrides: dict[str, Any]
+    preset: str | None, config_file: str | Path | None, overrides: dict[str, Any]
 ) -> tuple[TrainConfig, dict[str, Any]]:
     """Merge a YAML/JSON file and key=value overrides (overrides win) into a TrainConfig and
     the model-config values to apply on top of the preset."""
@@ -63,10 +100,16 @@ def resolve_configs(
 
 
 def _model_config(
-    model_values: dict[str, Any], tok: Tokenizer, resume_dir: Path | None
+    model_values: dict[str, Any], tok: Tokenizer, resume_dir: Path | None, **specials: Any
 ) -> ModelConfig:
     if resume_dir is not None:
-        return ModelConfig.from_dir(resume_dir)
+        cfg = ModelConfig.from_dir(resume_dir)
+        if cfg.vocab_size < tok.vocab_size:
+            raise ConfigError(
+                f"the checkpoint's vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
+                f"{tok.vocab_size}; resume with the tokenizer the run was started with."
+            )
+        return cfg
     values = dict(model_values)
     preset = values.pop("__preset__")
     vocab = values.pop("vocab_size", tok.vocab_size)
@@ -75,93 +118,160 @@ def _model_config(
             f"model vocab_size={vocab} is smaller than the tokenizer's {tok.vocab_size}; "
             "drop the override or train a smaller tokenizer."
         )
-    specials = {
-        "bos_id": tok.bos_id,
-        "eos_id": tok.eos_id,
-        "pad_id": tok.pad_id,
-        "mask_id": tok.mask_id,
-    }
-    return ModelConfig.from_preset(preset, vocab_size=vocab, **specials, **values)
+    ids = {"bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id}
+    ids.update(specials)
+    return ModelConfig.from_preset(preset, vocab_size=vocab, **ids, **values)
+
+
+def _check_objective(objective: str, cfg: ModelConfig, name: str) -> None:
+    """One sentence when the model cannot be trained on the objective."""
+    arch, example = OBJECTIVES[objective]
+    if cfg.arch != arch:
+        raise ConfigError(
+            f"objective {objective} needs {_a(arch)} {arch} preset such as {example}; "
+            f"{name} is {_a(cfg.arch)} {cfg.arch}."
+        )
+    if objective == "mlm-nsp" and "mlm" not in cfg.heads:
+        raise ConfigError(
+            f"objective mlm-nsp needs a model with an 'mlm' head, but {name} has heads "
+            f"{list(cfg.heads)}; set heads=[mlm, nsp]."
+        )
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def pretrain(
     data: list[str | Path] | None,
     out_dir: str | Path,
     *,
-    preset: str = "gpt-mini",
+    preset: str | None = None,
+    objective: Objective = "causal-lm",
+    tokenizer_kind: Literal["bpe", "wordpiece"] | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     tokenizer_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> PretrainResult:
-    """Pretrain a causal language model.
+    """Pretrain a model from scratch on one objective.
 
     Args:
-        data: text/jsonl files or folders; None uses the embedded default corpus.
+        data: text/jsonl files or folders; None uses the embedded default corpus. For
+            "seq2seq", JSONL records with "source"/"target" are trained as pairs; plain text
+            is trained with T5 span corruption.
         out_dir: the run dir (model files, tokenizer, checkpoints, metrics.jsonl, loss.png).
-        preset: a model preset name (see `lmforge presets`).
+        preset: a model preset name (see `lmforge presets`); None picks gpt-mini, bert-mini or
+            t5-mini by objective.
+        objective: "causal-lm" (next token), "mlm-nsp" (BERT: masked LM + next sentence) or
+            "seq2seq" (encoder-decoder: pairs or span corruption).
+        tokenizer_kind: "bpe" or "wordpiece"; None means wordpiece for mlm-nsp, else bpe.
         config_file: YAML/JSON with train keys and a `model:` mapping.
         overrides: {"key": value} for any train or model field ("model.key" also accepted).
         tokenizer_dir: use this tokenizer instead of training one.
-        resume: continue from the newest complete checkpoint in out_dir/checkpoints.
+        resume: continue from the newest checkpoint in out_dir/checkpoints.
         progress: show a progress bar.
     """
+    if objective not in OBJECTIVES:
+        raise ConfigError(
+            f"unknown objective '{objective}'{did_you_mean(str(objective), OBJECTIVES)}; "
+            f"choose one of {', '.join(OBJECTIVES)}."
+        )
     out_dir = Path(out_dir)
     cfg, model_values = resolve_configs(preset, config_file, overrides or {})
+    model_values["__preset__"] = model_values["__preset__"] or OBJECTIVES[objective][1]
+    name = model_values["__preset__"]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    docs = read_documents(data) if data else default_corpus()
-    train_docs, valid_docs = split_documents(docs, cfg.valid_fraction, seed=cfg.seed)
 
-    resume_dir = latest_checkpoint(out_dir / "checkpoints") if resume else None
+    # every checkpoint holds the run's config.json; any complete one tells the model config
+    saved = [p for p in list_checkpoints(out_dir / "checkpoints") if is_model_dir(p)]
+    resume_dir = saved[-1] if resume and saved else None
+    # the model config before the tokenizer exists: fail fast on a wrong arch, and know seq_len
+    probe = (
+        ModelConfig.from_dir(resume_dir) if resume_dir is not None else _preset_config(model_values)
+    )
+    _check_objective(objective, probe, name)
+    seq_len = cfg.seq_len or probe.max_seq_len
+    if seq_len > probe.max_seq_len:
+        raise ConfigError(
+            f"seq_len={seq_len} is longer than the model's max_seq_len={probe.max_seq_len}; "
+            "lower seq_len or raise max_seq_len."
+        )
+
+    pairs = objective == "seq2seq" and bool(data) and has_pairs(data)
+    if pairs:
+        train_pairs, valid_pairs = split_pairs(read_pairs(data), cfg.valid_fraction, cfg.seed)
+        texts = [t for pair in train_pairs for t in pair]
+    else:
+        docs = read_documents(data) if data else default_corpus()
+        train_docs, valid_docs = split_documents(docs, cfg.valid_fraction, seed=cfg.seed)
+        texts = train_docs
+    n_sentinels = span_count(seq_len - 1)[1] if objective == "seq2seq" and not pairs else 0
+
+    kind = tokenizer_kind or ("wordpiece" if objective == "mlm-nsp" else "bpe")
     if tokenizer_dir is not None:
         tok = Tokenizer.load(tokenizer_dir)
     elif resume_dir is not None and (out_dir / "tokenizer.json").is_file():
         tok = Tokenizer.load(out_dir)
     else:
-        tok = train_tokenizer(train_docs, vocab_size=cfg.vocab_size, kind="bpe")
+        tok = train_tokenizer(texts, vocab_size=cfg.vocab_size - n_sentinels, kind=kind)
+    sentinels: list[int] = []
+    if n_sentinels:
+        tok, sentinels = add_sentinels(tok, n_sentinels)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir)
 
-    mcfg = _model_config(model_values, tok, resume_dir)
-    seq_len = cfg.seq_len or mcfg.max_seq_len
-    if seq_len > mcfg.max_seq_len:
-        raise ConfigError(
-            f"seq_len={seq_len} is longer than the model's max_seq_len={mcfg.max_seq_len}; "
-            "lower seq_len or raise max_seq_len."
-        )
-    train_tokens = tokens_from_documents(tok, train_docs)
-    valid_tokens = tokens_from_documents(tok, valid_docs)
-    train_data = TokenWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed)
-    valid_data = TokenWindows(valid_tokens, seq_len, cfg.batch_size, seed=cfg.seed, name="held-out")
+    specials: dict[str, Any] = {}
+    if objective == "seq2seq":
+        eos = tok.eos_id if tok.eos_id is not None else tok.sep_id
+        if eos is None or tok.pad_id is None:
+            raise TokenizerError(
+                "seq2seq needs an end-of-sequence (or [SEP]) and a padding token, which the "
+                "tokenizer lacks; train one with kind='bpe'."
+            )
+        specials = {"eos_id": eos, "decoder_start_id": tok.pad_id}  # T5: start = pad
+    mcfg = _model_config(model_values, tok, resume_dir, **specials)
+    _check_objective(objective, mcfg, name)
+
+    if objective == "causal-lm":
+        d = _causal_data(tok, train_docs, valid_docs, seq_len, cfg)
+    elif objective == "mlm-nsp":
+        d = _mlm_data(tok, train_docs, valid_docs, seq_len, cfg)
+    elif pairs:
+        d = _pair_data(tok, train_pairs, valid_pairs, seq_len, mcfg, cfg)
+    else:
+        d = _span_data(tok, train_docs, valid_docs, seq_len, mcfg, sentinels, cfg)
 
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg)
     result = fit(
         model,
-        causal_lm_loss,
-        train_data,
-        lambda: valid_data.sequential(cfg.eval_batches),
+        d.loss,
+        d.train,
+        lambda: d.valid.sequential(cfg.eval_batches),
         cfg,
         out_dir,
         resume=resume,
         save_extra=tok.save,
         progress=progress,
     )
-    unigram = unigram_perplexity(train_tokens, valid_tokens, tok.vocab_size)
-    best_ppl = (
-        None if result.best_eval_loss is None else float(torch.tensor(result.best_eval_loss).exp())
-    )
+    best = _best_eval(out_dir / "metrics.jsonl", result.best_eval_loss)
+    ppl_loss = best.get("eval_mlm_loss") if objective == "mlm-nsp" else result.best_eval_loss
+    best_ppl = None if ppl_loss is None else math.exp(min(ppl_loss, 50.0))
     summary = {
+        "objective": objective,
         "steps": result.steps,
         "n_params": model.num_parameters(),
-        "train_tokens": int(len(train_tokens)),
-        "valid_tokens": int(len(valid_tokens)),
+        "train_tokens": d.train_tokens,
+        "valid_tokens": d.valid_tokens,
         "best_eval_loss": result.best_eval_loss,
         "best_eval_ppl": best_ppl,
-        "unigram_ppl": unigram,
+        "unigram_ppl": d.unigram_ppl,
     }
+    if objective != "causal-lm":
+        summary["best_eval"] = best
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return PretrainResult(
         out_dir,
@@ -169,8 +279,77 @@ def pretrain(
         mcfg,
         cfg,
         model.num_parameters(),
+        d.train_tokens,
+        d.valid_tokens,
+        d.unigram_ppl,
+        best_ppl,
+        objective,
+        best,
+    )
+
+
+def _preset_config(model_values: dict[str, Any]) -> ModelConfig:
+    values = dict(model_values)
+    return ModelConfig.from_preset(values.pop("__preset__"), **values)
+
+
+def _best_eval(metrics_path: Path, best_loss: float | None) -> dict[str, float]:
+    """The eval_* numbers of the evaluation that gave the best held-out loss."""
+    if best_loss is None or not metrics_path.is_file():
+        return {}
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("eval_loss") == best_loss:
+            return {k: v for k, v in record.items() if k.startswith("eval_")}
+    return {}
+
+
+def _causal_data(tok, train_docs, valid_docs, seq_len: int, cfg: TrainConfig) -> _Data:
+    train_tokens = tokens_from_documents(tok, train_docs)
+    valid_tokens = tokens_from_documents(tok, valid_docs)
+    return _Data(
+        causal_lm_loss,
+        TokenWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed),
+        TokenWindows(valid_tokens, seq_len, cfg.batch_size, seed=cfg.seed, name="held-out"),
         len(train_tokens),
         len(valid_tokens),
-        unigram,
-        best_ppl,
+        unigram_perplexity(train_tokens, valid_tokens, tok.vocab_size),
     )
+
+
+def _mlm_data(tok, train_docs, valid_docs, seq_len: int, cfg: TrainConfig) -> _Data:
+    special_ids(tok)  # one clear sentence when the tokenizer lacks [CLS]/[SEP]/[PAD]/[MASK]
+    train = NSPPairs.from_texts(tok, train_docs, seq_len, cfg.batch_size, seed=cfg.seed)
+    valid = NSPPairs.from_texts(
+        tok, valid_docs, seq_len, cfg.batch_size, seed=cfg.seed, name="held-out"
+    )
+    return _Data(
+        mlm_nsp_loss,
+        train,
+        valid,
+        sum(map(len, train.segments)),
+        sum(map(len, valid.segments)),
+    )
+
+
+def _pair_data(tok, train_pairs, valid_pairs, seq_len, mcfg, cfg) -> _Data:
+    ids = {"eos_id": mcfg.eos_id, "pad_id": mcfg.pad_id, "decoder_start_id": mcfg.decoder_start_id}
+    train = Seq2SeqPairs.from_pairs(tok, train_pairs, cfg.batch_size, seq_len, seed=cfg.seed, **ids)
+    valid = Seq2SeqPairs.from_pairs(
+        tok, valid_pairs, cfg.batch_size, seq_len, seed=cfg.seed, name="held-out", **ids
+    )
+
+    def count(d: Seq2SeqPairs) -> int:
+        return sum(len(s) + len(t) for s, t in d.examples)
+
+    return _Data(seq2seq_loss, train, valid, count(train), count(valid))
+
+
+def _span_data(tok, train_docs, valid_docs, seq_len, mcfg, sentinels, cfg) -> _Data:
+    ids = {"eos_id": mcfg.eos_id, "pad_id": mcfg.pad_id, "decoder_start_id": mcfg.decoder_start_id}
+    train_tokens = tokens_from_documents(tok, train_docs)
+    valid_tokens = tokens_from_documents(tok, valid_docs)
+    common = {"window": seq_len - 1, "sentinel_ids": sentinels, "seed": cfg.seed, **ids}
+    train = SpanCorruption(train_tokens, cfg.batch_size, **common)
+    valid = SpanCorruption(valid_tokens, cfg.batch_size, name="held-out", **common)
+    return _Data(seq2seq_loss, train, valid, len(train_tokens), len(valid_tokens))
