@@ -5,6 +5,7 @@ Errors a user can fix (`LmforgeError`) are printed as one line and exit with cod
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -97,7 +98,8 @@ def pretrain(
             f"{k[5:]} {r.eval_metrics[k]:.3f}" for k in shown if k in r.eval_metrics
         )
         held_out = f"held-out {numbers or 'n/a'}"
-    typer.echo(f"{trained}; {held_out}; model in {r.out_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per torchrun process
+        typer.echo(f"{trained}; {held_out}; model in {r.out_dir}")
 
 
 @tokenizer_app.command("train")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -220,8 +221,10 @@ def pretrain(
     sentinels: list[int] = []
     if n_sentinels:
         tok, sentinels = add_sentinels(tok, n_sentinels)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 writes files
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(out_dir)
+    if main:
+        tok.save(out_dir)
 
     specials: dict[str, Any] = {}
     if objective == "seq2seq":
@@ -272,7 +275,8 @@ def pretrain(
     }
     if objective != "causal-lm":
         summary["best_eval"] = best
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    if main:
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return PretrainResult(
         out_dir,
         result,

@@ -56,3 +56,23 @@ def test_checkpoint_from_two_ranks_resumes_with_one(tmp_path, single):
     _run(tmp_path, "ddp", 2, 4, crash_after=6)  # dies at step 6; the checkpoint is step 4
     losses = _run(tmp_path, "none", 1, 8, resume=True)
     assert max(abs(a - b) for a, b in zip(losses, single, strict=True)) < 1e-5
+
+
+@pytest.mark.slow
+def test_pretrain_cli_under_torchrun(tmp_path):
+    """The command documented in docs/distributed.md, on 2 CPU processes."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog." for i in range(300)))
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+        "-m", "lmforge", "pretrain", "--preset", "gpt-tiny", "--data", str(corpus), "--out", str(out),
+        "--max-steps", "4", "strategy=ddp", "batch_size=4", "seq_len=32", "eval_every=2", "vocab_size=300",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained ") == 1  # rank 0 alone reports
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 4
