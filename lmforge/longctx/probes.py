@@ -168,20 +168,21 @@ def ppl_by_length(
     batch_size: int = 4,
     max_windows: int = 16,
 ) -> PplByLength:
-    """Perplexity over non-overlapping windows of each length L (the same text for every L)."""
+    """Perplexity of the same stretch of text cut into windows of each length L.
+
+    The stretch is `max_windows` windows of the longest length (or all the text, if shorter),
+    so every L scores the same tokens and only the context each token gets differs.
+    """
     device = next(model.parameters()).device
+    span = min(len(tokens) - 1, max_windows * max(lengths))
     ppls, counts = [], []
     for length in lengths:
-        n_windows = min(max_windows, (len(tokens) - 1) // length)
+        n_windows = span // length
         if n_windows < 1:
-            raise DataError(
-                f"the text has {len(tokens)} tokens, fewer than one window of {length}; add text."
-            )
+            raise DataError(f"the text has {len(tokens)} tokens, fewer than one window of {length}; add text.")
         total, n = 0.0, 0
         for at in range(0, n_windows, batch_size):
-            idx = np.arange(at, min(at + batch_size, n_windows))[:, None] * length + np.arange(
-                length + 1
-            )
+            idx = np.arange(at, min(at + batch_size, n_windows))[:, None] * length + np.arange(length + 1)
             w = torch.from_numpy(tokens[idx].astype(np.int64)).to(device)
             with torch.no_grad():
                 logits = model(w[:, :-1]).logits
