@@ -19,6 +19,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Strategy = Literal["none", "ddp", "fsdp"]
 NonFinite = Literal["skip", "halt"]
 Schedule = Literal["cosine", "linear", "constant"]
+SelectMode = Literal["min", "max"]
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -39,6 +40,9 @@ class TrainConfig:
         eval_batches: micro-batches of held-out data per evaluation.
         log_every: write a metrics line every this many steps.
         patience: stop after this many evaluations without improvement (None = never).
+        select_metric: the held-out number that picks the best model and drives `patience`:
+            any `eval_*` key an evaluation logs (`eval_loss`, or say `eval_accuracy`).
+        select_mode: "min" (a loss: lower is better) or "max" (accuracy, F1).
         precision: "auto" (bf16 autocast where the hardware has it), "fp32", "bf16", "fp16".
         device: "auto", "cpu", "cuda", "cuda:1", ...
         compile: wrap the model in torch.compile.
@@ -73,6 +77,8 @@ class TrainConfig:
     eval_batches: int = 8
     log_every: int = 10
     patience: int | None = None
+    select_metric: str = "eval_loss"
+    select_mode: SelectMode = "min"
     precision: Precision = "auto"
     device: str = "auto"
     compile: bool = False
@@ -109,6 +115,11 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps must be at least 0, got {self.warmup_steps}.")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ConfigError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}.")
+        if not self.select_metric.startswith("eval_"):
+            raise ConfigError(
+                f"select_metric must name an evaluation number such as eval_loss or "
+                f"eval_accuracy, got '{self.select_metric}'."
+            )
         if self.seq_len is not None and self.seq_len < 2:
             raise ConfigError(f"seq_len must be at least 2, got {self.seq_len}.")
 

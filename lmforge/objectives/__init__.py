@@ -3,12 +3,16 @@
 from lmforge.objectives.lm import IGNORE, LossOutput, causal_lm_loss, cross_entropy
 from lmforge.objectives.mlm import mlm_nsp_loss
 from lmforge.objectives.seq2seq import seq2seq_loss
+from lmforge.objectives.tasks import TaskObjective, balanced_weights, distillation_loss
 
 __all__ = [
     "IGNORE",
     "LossOutput",
+    "TaskObjective",
+    "balanced_weights",
     "causal_lm_loss",
     "cross_entropy",
+    "distillation_loss",
     "mlm_nsp_loss",
     "seq2seq_loss",
 ]

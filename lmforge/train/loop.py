@@ -7,7 +7,8 @@
             loss.backward()
         clip_grad_norm_(params, grad_clip); optimizer.step(); optimizer.zero_grad()
         every log_every:  metrics.jsonl line (step, loss, lr, tokens_per_s)
-        every eval_every: held-out loss and perplexity; best model -> out_dir; checkpoint -> last
+        every eval_every: held-out loss and perplexity; best model (by select_metric) -> out_dir;
+                          checkpoint -> last
 
 Objectives and data differ between tasks; the loop does not.
 """
@@ -61,9 +62,10 @@ class TrainResult:
     out_dir: Path
     steps: int
     last_loss: float
-    best_eval_loss: float | None
+    best_eval_loss: float | None  # eval_loss of the best evaluation
     stopped_early: bool = False
     interrupted: bool = False
+    best_score: float | None = None  # cfg.select_metric at the best evaluation
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,7 +98,12 @@ def evaluate_loss(
     device: torch.device,
     amp: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Token-weighted mean loss (and metrics) over held-out batches; perplexity = exp(loss)."""
+    """Token-weighted mean loss (and metrics) over held-out batches; perplexity = exp(loss).
+
+    An objective may define `summarize(means) -> metrics`: it gets the token-weighted means of
+    its metrics and returns the numbers to report, for corpus-level scores that are not means
+    of batch scores (macro-F1 from per-class rates, entity F1 from span counts).
+    """
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
@@ -114,7 +121,11 @@ def evaluate_loss(
         raise TrainingError("the held-out data produced no targets; add more validation text.")
     loss = total / n
     result = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
-    result.update({f"eval_{k}": v / n for k, v in sums.items()})
+    means = {k: v / n for k, v in sums.items()}
+    summarize = getattr(objective, "summarize", None)
+    if summarize is not None:
+        means = summarize(means)
+    result.update({f"eval_{k}": v for k, v in means.items()})
     return result
 
 
@@ -181,7 +192,14 @@ class _Run:
     """State of one `fit` call shared by its helpers (rank, paths, counters)."""
 
     def __init__(
-        self, model, optimizer, cfg: TrainConfig, out_dir: Path, info: D.DistInfo, save_extra, export
+        self,
+        model,
+        optimizer,
+        cfg: TrainConfig,
+        out_dir: Path,
+        info: D.DistInfo,
+        save_extra,
+        export,
     ):
         self.model, self.optimizer, self.cfg, self.out_dir, self.info = (
             model,
@@ -196,7 +214,8 @@ class _Run:
         self.skip = tied_names(model)
         self.step = 0  # optimizer steps done
         self.data_step = 0  # batches consumed (a skipped step consumes one without a step)
-        self.best: float | None = None
+        self.best: float | None = None  # best value of cfg.select_metric
+        self.best_loss: float | None = None  # eval_loss of that evaluation
         self.saved_at = -1
 
     def checkpoint(self) -> None:
@@ -205,7 +224,12 @@ class _Run:
         optim_state = D.full_optimizer_state(self.model, self.optimizer)
         rngs = _gather_rng(self.info)
         if self.info.is_main:
-            state = {"step": self.step, "data_step": self.data_step, "best_eval_loss": self.best}
+            state = {
+                "step": self.step,
+                "data_step": self.data_step,
+                "best_eval_loss": self.best_loss,
+                "best_score": self.best,
+            }
             save_checkpoint(
                 step_dir(self.ckpt_root, self.step),
                 self.model.cfg,
@@ -250,9 +274,20 @@ class _Run:
             torch.cuda.set_rng_state(ck.rng_states["cuda_rng"])
         self.step = ck.state["step"]
         self.data_step = ck.state.get("data_step", self.step)
-        self.best = ck.state.get("best_eval_loss")
+        self.best_loss = ck.state.get("best_eval_loss")
+        self.best = ck.state.get("best_score", self.best_loss)
         self.saved_at = self.step
         return True
+
+
+def _select(ev: dict[str, float], cfg: TrainConfig) -> float:
+    """The number that ranks evaluations: ev[cfg.select_metric]."""
+    if cfg.select_metric not in ev:
+        raise TrainingError(
+            f"select_metric '{cfg.select_metric}' is not among the evaluation's numbers "
+            f"({', '.join(sorted(ev))}); pick one of them."
+        )
+    return ev[cfg.select_metric]
 
 
 def _gather_rng(info: D.DistInfo) -> list[torch.Tensor]:
@@ -409,8 +444,11 @@ def fit(
                 if is_eval:
                     ev = evaluate_loss(model, objective, eval_data(), device, amp)
                     record = {**(record or {"step": done, "loss": last_loss, "lr": lr}), **ev}
-                    if run.best is None or ev["eval_loss"] < run.best:
-                        run.best, bad_evals = ev["eval_loss"], 0
+                    score = _select(ev, cfg)
+                    if run.best is None or (
+                        score < run.best if cfg.select_mode == "min" else score > run.best
+                    ):
+                        run.best, run.best_loss, bad_evals = score, ev["eval_loss"], 0
                         run.export_best()
                     else:
                         bad_evals += 1
@@ -432,14 +470,20 @@ def fit(
                 if D.any_rank(stop.received is not None, info):
                     if run.saved_at != run.step:
                         run.checkpoint()
-                    return TrainResult(out_dir, run.step, last_loss, run.best, interrupted=True)
+                    return TrainResult(
+                        out_dir, run.step, last_loss, run.best_loss, interrupted=True,
+                        best_score=run.best,
+                    )  # fmt: skip
         if eval_data is None:
             run.export_best()
         if run.saved_at != run.step:
             run.checkpoint()
         if main:
             plot_losses(metrics_path, out_dir / "loss.png")
-        return TrainResult(out_dir, run.step, last_loss, run.best, stopped_early=stopped_early)
+        return TrainResult(
+            out_dir, run.step, last_loss, run.best_loss, stopped_early=stopped_early,
+            best_score=run.best,
+        )  # fmt: skip
     finally:
         bar.close()
         if log is not None:
