@@ -1,5 +1,6 @@
 """Generation: logits processors, greedy/sampling/beam search, stop strings, streaming,
-speculative decoding, over a preallocated KV cache (`prefill`, then `decode_one_token`).
+speculative decoding, continuous batching, over a preallocated KV cache (`prefill`, then
+`decode_one_token`).
 
 Example:
     >>> from lmforge.generate import GenerationConfig, generate
@@ -9,6 +10,7 @@ Example:
 
 from lmforge.generate.beam import beam_search
 from lmforge.generate.config import GenerationConfig
+from lmforge.generate.continuous import ContinuousBatcher, RowEvent
 from lmforge.generate.core import GenerationOutput, decode_one_token, prefill, verify_tokens
 from lmforge.generate.engine import (
     SamplingRun,
@@ -33,13 +35,16 @@ from lmforge.generate.speculative import (
     speculative_generate,
     speculative_outputs,
 )
-from lmforge.generate.stream import stream
+from lmforge.generate.stream import TextStream, stream, stream_ids
 
 __all__ = [
+    "ContinuousBatcher",
     "GenerationConfig",
     "GenerationOutput",
+    "RowEvent",
     "SamplingRun",
     "SpeculativeStats",
+    "TextStream",
     "TokenHistory",
     "accept_draft",
     "beam_search",
@@ -59,6 +64,7 @@ __all__ = [
     "speculative_generate",
     "speculative_outputs",
     "stream",
+    "stream_ids",
     "temperature_scale",
     "top_k_filter",
     "top_p_filter",

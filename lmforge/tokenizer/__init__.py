@@ -9,6 +9,13 @@ Example:
     >>> tok = Tokenizer.load("out/tokenizer")
 """
 
+from lmforge.tokenizer.chat import (
+    DEFAULT_CHAT_STOPS,
+    DEFAULT_CHAT_TEMPLATE,
+    chat_stops,
+    encode_chat,
+    render_chat,
+)
 from lmforge.tokenizer.core import PairEncoding, Tokenizer, TokenizerKind
 from lmforge.tokenizer.specials import BPE_SPECIALS, ROLES, WORDPIECE_SPECIALS, Role
 from lmforge.tokenizer.stream import IncrementalDecoder
@@ -16,12 +23,17 @@ from lmforge.tokenizer.trainer import train_tokenizer
 
 __all__ = [
     "BPE_SPECIALS",
+    "DEFAULT_CHAT_STOPS",
+    "DEFAULT_CHAT_TEMPLATE",
     "ROLES",
     "WORDPIECE_SPECIALS",
     "IncrementalDecoder",
     "PairEncoding",
     "Role",
     "Tokenizer",
+    "chat_stops",
+    "encode_chat",
+    "render_chat",
     "TokenizerKind",
     "train_tokenizer",
 ]

@@ -1,0 +1,377 @@
+"""Continuous batching: a decoding batch that admits new requests and drops finished rows
+between steps, so requests that arrive at different times are decoded together.
+
+    add(prompt, gen) -> row ids (queued)            cancel(row) -> row leaves at the next step
+    step():  admit queued requests that fit -> prefill them -> merge their cache rows
+             pick one token per row (each row with its own GenerationConfig)
+             drop finished and cancelled rows -> decode_one_token for the rest
+
+All rows share the KV cache's one time axis. Every row is kept right-aligned: its newest token
+sits in the last column and left padding fills the front, which the mask hides (positions come
+from the mask, so padding changes nothing the model sees). Merging new rows left-pads whichever
+side is shorter; dropping rows trims the columns that became padding in every row, so the cache
+is never wider than the longest row.
+
+Each request draws its sampling noise from its own generator (seeded by `gen.seed`), one
+(n, V) draw per step for its n rows, exactly as `generate` does for one prompt: a seeded request
+gives the same tokens here, whatever else shares the batch, as it does alone with `generate`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lmforge.errors import GenerationError
+from lmforge.generate.config import GenerationConfig
+from lmforge.generate.core import FinishReason, decode_one_token, prefill
+from lmforge.generate.engine import stop_strings
+from lmforge.generate.inputs import (
+    as_prompts,
+    check_fits,
+    check_model,
+    model_device,
+    pad,
+    resolve_eos,
+)
+from lmforge.generate.processors import apply_penalties
+from lmforge.generate.sampling import make_generator, next_token_probs
+from lmforge.generate.stops import StopStrings
+from lmforge.models.cache import KVCache
+
+
+@dataclass
+class RowEvent:
+    """What one step did for one row.
+
+    Attributes:
+        row: the row id `add` returned.
+        token: the new token, or None when the row ended on EOS (which is not returned).
+        finish_reason: set on a row's last event: "stop" (EOS or a stop string) or "length".
+        logprob: log p(token) under the model's raw distribution (rows asking for logprobs).
+        top_logprobs: the most likely (token, logprob) pairs, best first.
+    """
+
+    row: int
+    token: int | None
+    finish_reason: FinishReason | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    gen: GenerationConfig
+    logprobs: int | None
+    rows: list[int]
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class _Row:
+    id: int
+    request: _Request
+    sample: int  # which of the request's n samples
+    eos: int | None
+    stops: StopStrings | None
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def left(self) -> int:
+        """Tokens this row may still generate."""
+        return self.request.gen.max_new_tokens - len(self.tokens)
+
+
+def _sampling_key(gen: GenerationConfig) -> tuple:
+    """Rows whose settings share this key go through the logits processors together."""
+    return (
+        gen.temperature,
+        gen.top_k,
+        gen.top_p,
+        gen.min_p,
+        gen.repetition_penalty,
+        gen.presence_penalty,
+        gen.frequency_penalty,
+    )
+
+
+class ContinuousBatcher:
+    """A running batch of rows over one model; `step()` advances every row by one token.
+
+    Args:
+        model: a decoder-only `Transformer` with an LM head (in eval mode).
+        tokenizer: needed for stop strings.
+        max_rows: the most rows decoded at once; a request (its n samples together) waits
+            in a FIFO queue until it fits, or runs alone if it is larger than `max_rows`.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None, max_rows: int = 16) -> None:
+        check_model(model)
+        if model.cfg.arch != "decoder":
+            raise GenerationError(
+                "continuous batching needs a decoder-only model; generate with an "
+                "encoder-decoder through lmforge.generate.generate instead."
+            )
+        if getattr(model, "prompt", None) is not None:
+            raise GenerationError(
+                "continuous batching does not support a soft prompt; merge or remove the "
+                "prompt-tuning module first."
+            )
+        if max_rows < 1:
+            raise GenerationError(f"max_rows must be at least 1, got {max_rows}.")
+        self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
+        self.device = model_device(model)
+        self._ids = itertools.count()
+        self._queue: deque[_Request] = deque()
+        self._cancelled: set[int] = set()
+        self._rows: list[_Row] = []  # batch order
+        self._cache: KVCache | None = None
+        self._mask: Tensor | None = None  # (B, W) 1 = token, 0 = left padding
+        self._logits: Tensor | None = None  # (B, V) next-token logits of every row
+        self._seen: Tensor | None = None  # (B, V) bool: prompt + output tokens
+        self._counts: Tensor | None = None  # (B, V) float: generated-token counts
+
+    # ------------------------------------------------------------------ queue
+    @property
+    def active(self) -> int:
+        """Rows in the running batch."""
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        """Rows queued for admission."""
+        return sum(len(r.rows) for r in self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """True when there is nothing to decode and nothing queued."""
+        return not self._rows and not self._queue
+
+    def add(
+        self, prompt: list[int], gen: GenerationConfig, logprobs: int | None = None
+    ) -> list[int]:
+        """Queue one prompt with its own settings; returns the ids of its
+        `gen.num_return_sequences` rows. `logprobs` = k asks for each token's logprob and the
+        k most likely alternatives (0: the chosen token's only)."""
+        if gen.num_beams > 1:
+            raise GenerationError(
+                "continuous batching samples or decodes greedily; set num_beams=1."
+            )
+        if logprobs is not None and logprobs < 0:
+            raise GenerationError(f"logprobs must be >= 0, got {logprobs}.")
+        (ids,) = as_prompts([list(prompt)], self.model.cfg.vocab_size)
+        check_fits(self.model.cfg, len(ids), gen.max_new_tokens)
+        stop_strings(gen, self.tokenizer)  # fails early when stop strings lack a tokenizer
+        rows = [next(self._ids) for _ in range(gen.num_return_sequences)]
+        self._queue.append(_Request(ids, gen, logprobs, rows))
+        return rows
+
+    def cancel(self, row: int) -> None:
+        """Drop a row before the next step (a queued request leaves with all its rows);
+        unknown ids are ignored."""
+        self._cancelled.add(row)
+
+    # ------------------------------------------------------------------ step
+    def step(self) -> list[RowEvent]:
+        """Admit what fits, pick one token for every row, drop finished rows, decode the rest."""
+        with torch.inference_mode():
+            self._drop_cancelled()
+            self._admit()
+            if not self._rows:
+                return []
+            tokens = self._select()  # (B,)
+            events = self._record(tokens)
+            self._seen.scatter_(1, tokens[:, None], True)
+            self._counts.scatter_add_(1, tokens[:, None], torch.ones_like(self._counts[:, :1]))
+            keep = [i for i, e in enumerate(events) if e.finish_reason is None]
+            if len(keep) < len(self._rows):
+                self._keep(keep)
+                tokens = tokens[torch.tensor(keep, dtype=torch.long, device=self.device)]
+            if self._rows:
+                self._decode(tokens)
+            return events
+
+    def _drop_cancelled(self) -> None:
+        if not self._cancelled:
+            return
+        for request in list(self._queue):
+            if self._cancelled.intersection(request.rows):
+                self._queue.remove(request)
+        keep = [i for i, r in enumerate(self._rows) if r.id not in self._cancelled]
+        if len(keep) < len(self._rows):
+            self._keep(keep)
+        self._cancelled.clear()
+
+    def _admit(self) -> None:
+        """Prefill the queued requests that fit (FIFO) and merge them into the batch."""
+        batch: list[_Request] = []
+        room = self.max_rows - len(self._rows)
+        while self._queue:
+            n = len(self._queue[0].rows)
+            if n > room and (self._rows or batch):
+                break
+            batch.append(self._queue.popleft())
+            room -= n
+        if not batch:
+            return
+        cfg = self.model.cfg
+        prompts = [r.prompt for r in batch]
+        pad_id = cfg.pad_id if cfg.pad_id is not None else 0
+        ids, mask = pad(prompts, pad_id, self.device, left=True)  # (b, P)
+        # into an empty batch the prefill cache is the batch's cache: give it room to decode
+        room = 0 if self._rows else max(r.gen.max_new_tokens for r in batch)
+        cache = self.model.new_cache(len(batch), ids.size(1) + room)
+        logits = prefill(self.model, ids, mask, cache)  # (b, V)
+        n = torch.tensor([len(r.rows) for r in batch], device=self.device)
+        index = torch.arange(len(batch), device=self.device).repeat_interleave(n)
+        cache.reorder(index)  # one prefill per prompt, copied for each of its samples
+        seen = torch.zeros(len(batch), cfg.vocab_size, dtype=torch.bool, device=self.device)
+        for i, p in enumerate(prompts):
+            seen[i, torch.tensor(p, device=self.device)] = True
+        new_rows = []
+        for request in batch:
+            request.generator = make_generator(request.gen.seed, self.device)
+            eos = resolve_eos(self.model, request.gen)
+            for j, row_id in enumerate(request.rows):
+                stops = stop_strings(request.gen, self.tokenizer)
+                new_rows.append(_Row(row_id, request, j, eos, stops))
+        self._merge(new_rows, cache, mask[index], logits[index], seen[index])
+
+    def _merge(
+        self, rows: list[_Row], cache: KVCache, mask: Tensor, logits: Tensor, seen: Tensor
+    ) -> None:
+        """Append prefilled rows; both sides are left-padded to the wider one."""
+        if not self._rows:
+            self._rows, self._cache, self._mask, self._logits = rows, cache, mask, logits
+            self._seen, self._counts = seen, torch.zeros_like(seen, dtype=torch.float32)
+            return
+        old, b_old = self._cache, len(self._rows)
+        w_old, w_new = old.length, cache.length
+        width = max(w_old, w_new)
+        everyone = self._rows + rows
+        capacity = width + max(r.left for r in everyone)
+        merged = self.model.new_cache(len(everyone), capacity)
+        for dst, a, b in ((merged.k, old.k, cache.k), (merged.v, old.v, cache.v)):
+            dst[:, :b_old, :, width - w_old : width] = a[:, :, :, :w_old]
+            dst[:, b_old:, :, width - w_new : width] = b[:, :, :, :w_new]
+        merged.length = width
+        self._mask = torch.cat(
+            [
+                nn.functional.pad(self._mask, (width - w_old, 0)),
+                nn.functional.pad(mask, (width - w_new, 0)),
+            ]
+        )
+        self._rows, self._cache = everyone, merged
+        self._logits = torch.cat([self._logits, logits])
+        self._seen = torch.cat([self._seen, seen])
+        self._counts = torch.cat([self._counts, torch.zeros_like(seen, dtype=torch.float32)])
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep batch rows `keep`, then trim the columns that are padding in every row."""
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._cache = self._mask = self._logits = self._seen = self._counts = None
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self._cache.reorder(index)
+        mask = self._mask[index]
+        first = int((mask.size(1) - mask.sum(1)).min())  # columns of padding in every row
+        if first:
+            self._cache.k = self._cache.k[:, :, :, first:]
+            self._cache.v = self._cache.v[:, :, :, first:]
+            self._cache.max_len -= first
+            self._cache.length -= first
+            mask = mask[:, first:]
+        self._mask = mask
+        self._logits, self._seen, self._counts = (
+            t[index] for t in (self._logits, self._seen, self._counts)
+        )
+
+    def _decode(self, tokens: Tensor) -> None:
+        """Feed every row its newest token; the logits of the next step replace the old."""
+        # room is enough: capacity was width + the largest budget left when rows were merged,
+        # and a row is fed only while it has a token left to generate
+        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
+        self._logits = decode_one_token(self.model, tokens[:, None], self._mask, self._cache)
+
+    # ------------------------------------------------------------------ tokens
+    def _select(self) -> Tensor:
+        """One token per row: rows with equal settings are processed together; each request
+        draws its noise from its own generator."""
+        logits, rows = self._logits, self._rows
+        tokens = torch.empty(len(rows), dtype=torch.long, device=self.device)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(_sampling_key(r.request.gen), []).append(i)
+        for indices in groups.values():
+            gen = rows[indices[0]].request.gen
+            index = torch.tensor(indices, dtype=torch.long, device=self.device)
+            seen = self._seen[index] if gen.uses_penalties else None
+            counts = self._counts[index] if gen.uses_penalties else None
+            if gen.greedy:
+                tokens[index] = apply_penalties(logits[index], gen, seen, counts).argmax(-1)
+                continue
+            probs = next_token_probs(logits[index], gen, seen, counts)  # (b, V)
+            tokens[index] = (probs / self._noise([rows[i] for i in indices], probs)).argmax(-1)
+        return tokens
+
+    def _noise(self, rows: list[_Row], probs: Tensor) -> Tensor:
+        """E ~ Exp(1) per row (see `sampling.sample`); a seeded request draws (n, V) per step
+        from its own generator, as `generate` does. A request's rows are adjacent in the batch
+        (admitted together, dropped without reordering), so each request is one slice."""
+        parts, start = [], 0
+        while start < len(rows):
+            request, end = rows[start].request, start + 1
+            while end < len(rows) and rows[end].request is request:
+                end += 1
+            if request.generator is None:
+                parts.append(torch.empty(end - start, probs.size(1), device=self.device))
+                parts[-1].exponential_(1.0)
+            else:
+                drawn = torch.empty(len(request.rows), probs.size(1), device=self.device)
+                drawn.exponential_(1.0, generator=request.generator)
+                samples = [r.sample for r in rows[start:end]]
+                parts.append(drawn if len(samples) == len(request.rows) else drawn[samples])
+            start = end
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _record(self, tokens: Tensor) -> list[RowEvent]:
+        """Append each row's token; finish rows at EOS, a stop string or their length."""
+        logprob, top = self._logprobs(tokens)
+        events = []
+        for i, (row, tok) in enumerate(zip(self._rows, tokens.tolist(), strict=True)):
+            event = RowEvent(row.id, tok, None, logprob.get(i), top.get(i))
+            if tok == row.eos:
+                event.token, event.finish_reason = None, "stop"
+            else:
+                row.tokens.append(tok)
+                if row.stops is not None and row.stops.hit(row.tokens):
+                    event.finish_reason = "stop"
+                elif row.left == 0:
+                    event.finish_reason = "length"
+            events.append(event)
+        return events
+
+    def _logprobs(self, tokens: Tensor) -> tuple[dict[int, float], dict[int, list]]:
+        """log p of each chosen token and the top-k alternatives, for rows that ask for them;
+        p is the model's raw softmax (before temperature, penalties and filters)."""
+        wanted = [i for i, r in enumerate(self._rows) if r.request.logprobs is not None]
+        if not wanted:
+            return {}, {}
+        index = torch.tensor(wanted, dtype=torch.long, device=self.device)
+        logp = self._logits[index].float().log_softmax(-1)  # (b, V)
+        chosen = logp.gather(1, tokens[index][:, None]).squeeze(1).tolist()
+        k = min(max(self._rows[i].request.logprobs for i in wanted), logp.size(1))
+        values, ids = logp.topk(k, dim=-1) if k else (logp[:, :0], index[:, None][:, :0])
+        values, ids = values.tolist(), ids.tolist()
+        top = {}
+        for n, i in enumerate(wanted):
+            want = self._rows[i].request.logprobs
+            top[i] = list(zip(ids[n][:want], values[n][:want], strict=True))
+        return dict(zip(wanted, chosen, strict=True)), top

@@ -1,0 +1,132 @@
+"""An interactive terminal chat with a model dir (`lmforge chat MODEL_DIR`).
+
+Each turn renders the whole conversation with the tokenizer's chat template, or the documented
+default of `lmforge.tokenizer.chat` when it has none, and streams the reply as it is generated.
+The oldest turns are dropped when the conversation no longer fits the model's context.
+
+Commands: `/reset` forgets the conversation, `/exit` (or `/quit`, or end of input) leaves.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmforge.errors import GenerationError, LmforgeError
+from lmforge.generate import GenerationConfig, stream_ids
+from lmforge.recipes.finetuned import load_finetuned
+from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer.chat import chat_stops, encode_chat
+
+
+class ChatSession:
+    """A conversation with a model: `reply(text)` streams the assistant's answer.
+
+    Args:
+        model: a decoder-only model.
+        tokenizer: its tokenizer (chat template, stop strings, decoding).
+        gen: decoding settings; `max_new_tokens` is the longest reply.
+        system: an optional system message kept at the start of every prompt.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        gen: GenerationConfig,
+        system: str | None = None,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.gen = replace(gen, stop=gen.stop + chat_stops(tokenizer))
+        self.system = system
+        self.turns: list[dict[str, str]] = []
+
+    def reset(self) -> None:
+        """Forget the conversation (the system message stays)."""
+        self.turns = []
+
+    def prompt_ids(self) -> list[int]:
+        """The rendered conversation as ids; the oldest turns go first when it is too long."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        budget = self.model.cfg.max_seq_len - self.gen.max_new_tokens
+        turns = list(self.turns)
+        while True:
+            ids = encode_chat(self.tokenizer, head + turns)
+            if len(ids) <= budget:
+                return ids
+            if len(turns) <= 1:
+                raise GenerationError(
+                    f"the message needs {len(ids)} tokens but only {budget} fit beside a reply "
+                    f"of {self.gen.max_new_tokens}; send a shorter message or lower "
+                    "--max-new-tokens."
+                )
+            turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest exchange
+
+    def reply(self, text: str) -> Iterator[str]:
+        """Add a user message and stream the reply; the reply joins the conversation."""
+        self.turns.append({"role": "user", "content": text})
+        try:
+            ids = self.prompt_ids()
+        except LmforgeError:
+            self.turns.pop()
+            raise
+        pieces = []
+        with torch.no_grad():
+            for delta in stream_ids(self.model, self.tokenizer, ids, self.gen):
+                pieces.append(delta)
+                yield delta
+        self.turns.append({"role": "assistant", "content": "".join(pieces).strip()})
+
+
+def chat(
+    model_dir: str | Path,
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    seed: int | None = None,
+    read: Callable[[str], str] = input,
+    write: Callable[[str], object] | None = None,
+) -> None:
+    """Chat in the terminal until `/exit` or end of input; `read`/`write` replace the terminal."""
+    out = write or _write_stdout
+    model = load_finetuned(model_dir)
+    tokenizer = Tokenizer.load(model_dir)
+    gen = GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+    session = ChatSession(model, tokenizer, gen, system)
+    how = "its chat template" if tokenizer.chat_template else "the default chat format"
+    out(f"chatting with {Path(model_dir).name} ({how}); /reset clears, /exit quits\n")
+    while True:
+        try:
+            line = read("you> ").strip()
+        except EOFError:
+            out("\n")
+            return
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            session.reset()
+            out("(conversation cleared)\n")
+            continue
+        if not line:
+            continue
+        out("bot> ")
+        try:
+            for delta in session.reply(line):
+                out(delta)
+        except LmforgeError as exc:
+            out(f"\nerror: {exc}")
+        out("\n")
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

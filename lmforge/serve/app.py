@@ -1,0 +1,229 @@
+"""The OpenAI-compatible HTTP app (FastAPI).
+
+    GET  /health                 liveness and load; never needs the API key
+    GET  /v1/models              the one served model (and GET /v1/models/{id})
+    POST /v1/completions         text completion, "stream": true for server-sent events
+    POST /v1/chat/completions    chat completion through the tokenizer's chat template
+
+Every request is checked (size, JSON, fields, limits, context) before it reaches the engine;
+every error, the app's own 404/405 included, is OpenAI's error envelope. With an API key, every
+route but /health answers 401 unless the request carries `Authorization: Bearer KEY`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lmforge.serve.engine import Engine, EngineFailure, Ticket
+from lmforge.serve.errors import ApiError, error_body
+from lmforge.serve.protocol import Job, Served, plan_chat, plan_completion
+from lmforge.serve.responses import Answer, Kind, sse
+
+
+class _AuthGuard:
+    """Pure ASGI middleware: 401 in OpenAI's envelope unless `Authorization: Bearer KEY`."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "a valid API key is required; send the header 'Authorization: Bearer KEY'."
+            if not header
+            else "the API key is not valid; send the key the server was started with."
+        )
+        body = error_body(message, "invalid_request_error", code="invalid_api_key")
+        response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The decoded JSON body; 413 past `limit` bytes, 400 when it is not JSON."""
+    too_big = ApiError(
+        f"the request body is larger than {limit} bytes; send a shorter prompt.",
+        status=413,
+        code="request_too_large",
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(
+            "the request body is not valid JSON; send a JSON object.", code="invalid_json"
+        ) from None
+
+
+def _handle_error(_: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ApiError):
+        return JSONResponse(exc.envelope(), status_code=exc.status)
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 404:
+            message = "this URL does not exist; the API lives under /v1 (see GET /v1/models)."
+        elif exc.status_code == 405:
+            message = "this method is not allowed on this URL; check the API reference."
+        else:
+            message = f"{exc.detail}."
+        body = error_body(message, "invalid_request_error")
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    if isinstance(exc, RequestValidationError):
+        return JSONResponse(error_body("the request is not valid.", "invalid_request_error"), 400)
+    body = error_body(f"the server failed ({type(exc).__name__}).", "server_error")
+    return JSONResponse(body, status_code=500)
+
+
+def create_app(engine: Engine, served: Served, api_key: str | None = None) -> FastAPI:
+    """The FastAPI app over a (not yet started) engine; the app's lifespan runs the engine."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine, app.state.served = engine, served
+    for exc_type in (ApiError, HTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(exc_type, _handle_error)
+    if api_key:
+        app.add_middleware(_AuthGuard, api_key=api_key)
+
+    def card() -> dict[str, Any]:
+        return {
+            "id": served.name,
+            "object": "model",
+            "created": served.created,
+            "owned_by": "lmforge",
+            "context_length": served.context,
+        }
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": served.name,
+            "max_batch": engine.max_batch,
+            **engine.load(),
+            **engine.stats,
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != served.name:
+            raise ApiError(
+                f"the model '{model_id}' does not exist; this server serves '{served.name}'.",
+                status=404,
+                param="model",
+                code="model_not_found",
+            )
+        return card()
+
+    async def generate(request: Request, plan: Callable[[Any, Served], Job], kind: Kind):
+        body = await read_json(request, served.limits.max_body_bytes)
+        job = plan(body, served)
+        answer = Answer(kind, job, served)
+        ticket = engine.submit(job)
+        if job.stream:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return StreamingResponse(
+                _events(ticket, answer),
+                media_type="text/event-stream",
+                headers=headers,
+                background=BackgroundTask(ticket.cancel),  # also if the stream never started
+            )
+        if not await _collect(ticket, answer, request):
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        return JSONResponse(answer.body())
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generate(request, plan_completion, "completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generate(request, plan_chat, "chat")
+
+    return app
+
+
+async def _collect(ticket: Ticket, answer: Answer, request: Request) -> bool:
+    """Feed events to the answer until every choice finished; False if the client left."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        while not answer.finished:
+            get = asyncio.ensure_future(ticket.queue.get())
+            await asyncio.wait((get, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                return False
+            item = get.result()
+            if isinstance(item, EngineFailure):
+                raise ApiError(item.message, status=500, type="server_error")
+            answer.feed(item)
+        return True
+    finally:
+        gone.cancel()
+        if answer.finished:
+            ticket.done = True
+        else:
+            ticket.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client hangs up (the body is already read, so only that can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _events(ticket: Ticket, answer: Answer) -> AsyncIterator[str]:
+    """Server-sent events; a client that disconnects cancels this generator, freeing its rows."""
+    try:
+        for chunk in answer.opening():
+            yield sse(chunk)
+        while not answer.finished:
+            item = await ticket.queue.get()
+            if isinstance(item, EngineFailure):
+                yield sse(error_body(item.message, "server_error"))
+                return
+            for chunk in answer.feed(item):
+                yield sse(chunk)
+        if answer.job.include_usage:
+            yield sse(answer.usage_chunk())
+        yield sse("[DONE]")
+    finally:
+        if answer.finished:
+            ticket.done = True
+        else:
+            ticket.cancel()

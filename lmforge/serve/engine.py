@@ -1,0 +1,221 @@
+"""The server's engine: one background thread owns the model and decodes every request in one
+continuous batch (`lmforge.generate.ContinuousBatcher`).
+
+    HTTP handlers (event loop)                engine thread
+    submit(job) -> Ticket  ---- inbox ---->   batcher.add(prompt, gen)   (queued, then admitted)
+    await ticket.queue     <--- events ----   batcher.step()             (one token for every row)
+    ticket.cancel()        ---- inbox ---->   batcher.cancel(row)        (the slot is freed)
+
+The thread sleeps while there is nothing to do. Events of one step for one ticket travel
+together, handed to the handler's event loop with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from lmforge.generate import ContinuousBatcher, RowEvent
+from lmforge.serve.protocol import Job
+
+log = logging.getLogger("lmforge.serve")
+
+
+@dataclass
+class EngineFailure:
+    """Put on a ticket's queue when decoding failed; the handler answers with a 500."""
+
+    message: str
+
+
+class Ticket:
+    """A submitted job: its events arrive on `queue` as lists of (choice index, RowEvent),
+    once per step for a stream, all at once when every row finished otherwise."""
+
+    def __init__(self, engine: Engine, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine, self.job, self.loop = engine, job, loop
+        self.queue: asyncio.Queue[list[tuple[int, RowEvent]] | EngineFailure] = asyncio.Queue()
+        self.rows: dict[int, int] = {}  # row id -> choice index (set by the engine thread)
+        self.open = 0  # rows not finished yet (engine thread)
+        self.held: list[tuple[int, RowEvent]] = []  # a non-streaming job's events so far
+        self.done = False
+
+    def cancel(self) -> None:
+        """Free this job's rows (the client went away); harmless once it has finished."""
+        if not self.done:
+            self.done = True
+            self.engine._post(cancel=self)
+
+    def _push(self, item: list[tuple[int, RowEvent]] | EngineFailure) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+def _deliver(deliveries: list[tuple[asyncio.Queue, Any]]) -> None:
+    """Runs on the event loop: hand each ticket its events of one step."""
+    for queue, items in deliveries:
+        queue.put_nowait(items)
+
+
+class Engine:
+    """Runs the decoding thread.
+
+    Args:
+        model: a decoder-only model in eval mode.
+        tokenizer: the model's tokenizer (stop strings).
+        max_batch: the most rows (choices) decoded together.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_batch: int = 16) -> None:
+        self.batcher = ContinuousBatcher(model, tokenizer, max_rows=max_batch)
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._new: list[Ticket] = []
+        self._cancel: list[Ticket] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._owner: dict[int, Ticket] = {}  # row id -> ticket (engine thread only)
+        self._load = {"active_rows": 0, "waiting_rows": 0}  # replaced whole, never mutated
+        self.stats = {
+            "completed_rows": 0,
+            "cancelled_rows": 0,
+            "generated_tokens": 0,
+            "peak_active_rows": 0,
+            "failures": 0,
+        }
+
+    # ------------------------------------------------------------------ event-loop side
+    def start(self) -> None:
+        """Start the decoding thread (idempotent)."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="lmforge-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread after its current step."""
+        self._post(stop=True)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, job: Job) -> Ticket:
+        """Queue a checked job; call from the event loop that will read the ticket."""
+        ticket = Ticket(self, job, asyncio.get_running_loop())
+        self._post(new=ticket)
+        return ticket
+
+    def load(self) -> dict[str, int]:
+        """Rows decoding now and rows waiting for a slot, as of the engine's last step."""
+        return dict(self._load)
+
+    def _post(self, new: Ticket | None = None, cancel: Ticket | None = None, stop: bool = False):
+        with self._cond:
+            if new is not None:
+                self._new.append(new)
+            if cancel is not None:
+                self._cancel.append(cancel)
+            self._stopping = self._stopping or stop
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ engine thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._new or self._cancel or self._stopping) and self.batcher.idle:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                new, self._new = self._new, []
+                cancel, self._cancel = self._cancel, []
+            for ticket in new:
+                try:
+                    self._add(ticket)
+                except Exception as exc:  # checked before submission; stay safe all the same
+                    self._drop(ticket)
+                    ticket._push(EngineFailure(f"the request could not be queued ({exc})."))
+            for ticket in cancel:
+                self._drop(ticket)
+            self._snapshot()
+            if not self.batcher.idle:
+                self._step()
+        self._fail_all("the server is shutting down.")
+
+    def _add(self, ticket: Ticket) -> None:
+        job = ticket.job
+        if ticket.done:  # cancelled before the engine saw it
+            return
+        for p, prompt in enumerate(job.prompts):
+            rows = self.batcher.add(prompt, job.gen, job.logprobs)
+            for j, row in enumerate(rows):
+                ticket.rows[row] = p * job.n + j
+                self._owner[row] = ticket
+            ticket.open += len(rows)
+
+    def _drop(self, ticket: Ticket) -> None:
+        for row in ticket.rows:
+            if self._owner.pop(row, None) is not None:
+                self.batcher.cancel(row)
+                self.stats["cancelled_rows"] += 1
+
+    def _step(self) -> None:
+        try:
+            events = self.batcher.step()
+        except Exception as exc:  # a failing model must not take the server down
+            log.exception("decoding failed")
+            self.stats["failures"] += 1
+            self._fail_all(f"decoding failed ({type(exc).__name__}: {exc}).")
+            return
+        self._snapshot()  # before any client sees this step's tokens
+        self.stats["peak_active_rows"] = max(self.stats["peak_active_rows"], len(events))
+        out: dict[Ticket, list[tuple[int, RowEvent]]] = {}
+        for event in events:
+            ticket = self._owner.get(event.row)
+            if ticket is None:
+                continue
+            self.stats["generated_tokens"] += event.token is not None
+            if event.finish_reason is not None:
+                del self._owner[event.row]
+                self.stats["completed_rows"] += 1
+                ticket.open -= 1
+            out.setdefault(ticket, []).append((ticket.rows[event.row], event))
+        # Wake each event loop once per step, and only for streams and finished jobs: every
+        # cross-thread call is a socket write, and every wake-up is work on the loop's thread,
+        # both paid for in GIL time this thread would decode with.
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for ticket, items in out.items():
+            if not ticket.job.stream:
+                ticket.held += items
+                if ticket.open:
+                    continue
+                items, ticket.held = ticket.held, []
+            by_loop.setdefault(ticket.loop, []).append((ticket.queue, items))
+        for loop, deliveries in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, deliveries)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
+
+    def _snapshot(self) -> None:
+        self._load = {"active_rows": self.batcher.active, "waiting_rows": self.batcher.waiting}
+
+    def _fail_all(self, message: str) -> None:
+        """Answer every open ticket with a failure and start from an empty batch."""
+        for ticket in {id(t): t for t in self._owner.values()}.values():
+            ticket._push(EngineFailure(message))
+        for row in list(self._owner):
+            self.batcher.cancel(row)
+        self._owner.clear()
+        with self._cond:
+            pending, self._new = self._new, []
+        for ticket in pending:
+            ticket._push(EngineFailure(message))
+        old = self.batcher
+        self.batcher = ContinuousBatcher(old.model, old.tokenizer, max_rows=old.max_rows)

@@ -1,0 +1,357 @@
+"""Request bodies of the OpenAI API and their checks, done before any work.
+
+`plan_completion` and `plan_chat` turn a parsed JSON body into a `Job`: the prompts as token
+ids and one `GenerationConfig`. Every limit is checked here and reported as an `ApiError` in
+OpenAI's terms (status, param, code): n, max_tokens, the context, stop strings, logprobs, the
+model name, sampling ranges and parameters this server does not implement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lmforge.errors import LmforgeError
+from lmforge.generate import GenerationConfig
+from lmforge.serve.errors import ApiError, check_range
+from lmforge.tokenizer.chat import chat_stops, encode_chat
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_n: int = 8
+    max_stop: int = 4
+    max_logprobs: int = 20
+    max_prompts: int = 16
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass
+class Served:
+    """The model behind the server, as requests see it."""
+
+    name: str
+    tokenizer: Any
+    context: int  # the longest prompt + completion, in tokens
+    vocab_size: int
+    created: int
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Job:
+    """A checked request: what to generate and how to answer."""
+
+    prompts: list[list[int]]
+    gen: GenerationConfig
+    prompt_texts: list[str]
+    logprobs: int | None = None  # top alternatives per token (0: the chosen token only)
+    echo: bool = False
+    stream: bool = False
+    include_usage: bool = False
+
+    @property
+    def n(self) -> int:
+        return self.gen.num_return_sequences
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool | None = None
+
+
+class _Sampling(_Body):
+    model: str
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ContentPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def parse(kind: type[_Body], body: Any) -> Any:
+    """Validate a decoded JSON body; a wrong type or a missing field is a 400 naming it."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object.", code="invalid_type")
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or None
+        missing = err["type"] == "missing"
+        reason = "is required" if missing else f"is invalid ({err['msg'].lower()})"
+        raise ApiError(
+            f"'{param}' {reason}; fix the request body.",
+            param=param,
+            code="missing_required_parameter" if missing else "invalid_type",
+        ) from None
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic names the member of a union it tried ('str', 'list[int]') inside error locs."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def check_model(served: Served, name: str) -> None:
+    """404 for any model name but the one served."""
+    if name != served.name:
+        raise ApiError(
+            f"the model '{name}' does not exist; this server serves '{served.name}'.",
+            status=404,
+            param="model",
+            code="model_not_found",
+        )
+
+
+def _unsupported(param: str) -> ApiError:
+    return ApiError(
+        f"'{param}' is not supported by this server; leave it out of the request.",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def _sampling(req: _Sampling, served: Served) -> tuple[int, list[str]]:
+    """Check what completions and chat share; returns (n, stop strings)."""
+    limits = served.limits
+    check_model(served, req.model)
+    if req.logit_bias:
+        raise _unsupported("logit_bias")
+    check_range("n", req.n, 1, limits.max_n)
+    check_range("temperature", req.temperature, 0.0, 2.0)
+    check_range("top_p", req.top_p, 0.0, 1.0)
+    check_range("presence_penalty", req.presence_penalty, -2.0, 2.0)
+    check_range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)
+    check_range("seed", req.seed, -(2**63), 2**64 - 1)
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > limits.max_stop:
+        raise ApiError(
+            f"'stop' may hold at most {limits.max_stop} strings, got {len(stop)}.",
+            param="stop",
+            code="array_above_max_length",
+        )
+    if any(not s for s in stop):
+        raise ApiError("every 'stop' string must be non-empty.", param="stop", code="invalid_value")
+    return req.n or 1, stop
+
+
+def _max_tokens(
+    name: str, value: int | None, prompts: list[list[int]], served: Served, prompt_param: str
+) -> int:
+    """max_tokens >= 1, and each prompt + max_tokens within the context (400 otherwise)."""
+    check_range(name, value, 1)
+    longest = max(len(p) for p in prompts)
+    wanted = value if value is not None else max(served.context - longest, 1)
+    if longest + wanted > served.context:
+        raise ApiError(
+            f"this model's context is {served.context} tokens but the request needs "
+            f"{longest + wanted} ({longest} in the prompt + {wanted} to generate); shorten the "
+            f"prompt or lower {name}.",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    return wanted
+
+
+def _config(req: _Sampling, n: int, max_tokens: int, stop: list[str]) -> GenerationConfig:
+    top_p = 1.0 if req.top_p is None else max(req.top_p, 1e-9)  # top_p = 0 keeps the top token
+    return GenerationConfig(
+        max_new_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=top_p,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        num_return_sequences=n,
+        stop=stop,
+        seed=None if req.seed is None else req.seed % 2**63,
+    )
+
+
+def _text_ids(tokenizer: Any, text: str) -> list[int]:
+    """[BOS] + tokens, as `lmforge generate` does: a prompt starts a document."""
+    ids = list(tokenizer.encode(text)) if text else []
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    if start is not None:
+        ids = [start, *ids]
+    if not ids:
+        raise ApiError("the prompt is empty; send some text.", param="prompt", code="invalid_value")
+    return ids
+
+
+def _completion_prompts(
+    req: CompletionRequest, served: Served
+) -> tuple[list[list[int]], list[str]]:
+    """(token ids, texts) of every prompt: a string, strings, token ids or lists of them."""
+    prompt, tok = req.prompt, served.tokenizer
+    items: list[Any] = [prompt] if isinstance(prompt, str) else list(prompt)
+    if items and all(isinstance(t, int) for t in items):
+        items = [items]
+    if not items:
+        raise ApiError(
+            "'prompt' is empty; send text or token ids.", param="prompt", code="invalid_value"
+        )
+    if len(items) > served.limits.max_prompts:
+        raise ApiError(
+            f"'prompt' may hold at most {served.limits.max_prompts} prompts, got {len(items)}.",
+            param="prompt",
+            code="array_above_max_length",
+        )
+    ids, texts = [], []
+    for item in items:
+        if isinstance(item, str):
+            ids.append(_text_ids(tok, item))
+            texts.append(item)
+            continue
+        if not item or any(not 0 <= t < served.vocab_size for t in item):
+            raise ApiError(
+                f"token prompts must be non-empty lists of ids in [0, {served.vocab_size}).",
+                param="prompt",
+                code="invalid_value",
+            )
+        ids.append(list(item))
+        texts.append(tok.decode(item))
+    return ids, texts
+
+
+def plan_completion(body: Any, served: Served) -> Job:
+    """Check a /v1/completions body and turn it into a Job."""
+    req: CompletionRequest = parse(CompletionRequest, body)
+    n, stop = _sampling(req, served)
+    if req.suffix:
+        raise _unsupported("suffix")
+    if req.best_of is not None and req.best_of != n:
+        raise _unsupported("best_of")
+    check_range("logprobs", req.logprobs, 0, served.limits.max_logprobs)
+    if req.echo and req.logprobs is not None:
+        raise ApiError(
+            "'echo' together with 'logprobs' is not supported; drop one of them.",
+            param="echo",
+            code="unsupported_parameter",
+        )
+    prompts, texts = _completion_prompts(req, served)
+    max_tokens = _max_tokens("max_tokens", req.max_tokens, prompts, served, "prompt")
+    return Job(
+        prompts,
+        _config(req, n, max_tokens, stop),
+        texts,
+        logprobs=req.logprobs,
+        echo=bool(req.echo),
+        stream=bool(req.stream),
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+    )
+
+
+def _messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    if not req.messages:
+        raise ApiError(
+            "'messages' is empty; send at least one message.",
+            param="messages",
+            code="invalid_value",
+        )
+    out = []
+    for i, m in enumerate(req.messages):
+        if m.role not in _ROLES:
+            raise ApiError(
+                f"messages[{i}].role '{m.role}' is unknown; use one of {', '.join(_ROLES)}.",
+                param=f"messages.{i}.role",
+                code="invalid_value",
+            )
+        content = m.content
+        if isinstance(content, list):
+            if any(part.type != "text" for part in content):
+                raise ApiError(
+                    f"messages[{i}] has a non-text content part; this server reads text only.",
+                    param=f"messages.{i}.content",
+                    code="unsupported_parameter",
+                )
+            content = "".join(part.text or "" for part in content)
+        out.append({"role": m.role, "content": content or ""})
+    return out
+
+
+def plan_chat(body: Any, served: Served) -> Job:
+    """Check a /v1/chat/completions body and turn it into a Job."""
+    req: ChatCompletionRequest = parse(ChatCompletionRequest, body)
+    n, stop = _sampling(req, served)
+    if req.tools:
+        raise _unsupported("tools")
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise _unsupported("response_format")
+    check_range("top_logprobs", req.top_logprobs, 0, served.limits.max_logprobs)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(
+            "'top_logprobs' needs 'logprobs' set to true.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    messages = _messages(req)
+    try:
+        prompt = encode_chat(served.tokenizer, messages)
+    except LmforgeError as exc:
+        raise ApiError(str(exc), param="messages", code="invalid_value") from None
+    name: Literal["max_completion_tokens", "max_tokens"] = (
+        "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    )
+    value = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    max_tokens = _max_tokens(name, value, [prompt], served, "messages")
+    gen = _config(req, n, max_tokens, stop + chat_stops(served.tokenizer))
+    return Job(
+        [prompt],
+        gen,
+        [""],
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        stream=bool(req.stream),
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+    )

@@ -1,0 +1,164 @@
+"""Continuous batching: rows decoded together, arriving and leaving at different steps, give
+exactly what each request gives alone through `generate`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gen_helpers import CharTokenizer, tiny
+
+from lmforge.errors import GenerationError
+from lmforge.generate import (
+    ContinuousBatcher,
+    GenerationConfig,
+    TextStream,
+    generate,
+    generate_outputs,
+)
+
+PROMPTS = [[5, 17, 33], [9, 2, 250, 41, 7, 8, 100], [1], [60, 61, 62, 63, 64], [3, 4] * 10]
+
+
+def run(batcher: ContinuousBatcher, arrivals: dict[int, list[tuple[list[int], GenerationConfig]]]):
+    """Add requests at the given steps, step until idle; returns {row: tokens}, {row: reason},
+    the row ids of each request in order, and the largest batch seen."""
+    tokens, reasons, requests, peak, step = {}, {}, [], 0, 0
+    while step <= max(arrivals) or not batcher.idle:
+        for prompt, gen in arrivals.get(step, []):
+            rows = batcher.add(prompt, gen)
+            requests.append(rows)
+            tokens.update({r: [] for r in rows})
+        for event in batcher.step():
+            if event.token is not None:
+                tokens[event.row].append(event.token)
+            if event.finish_reason is not None:
+                reasons[event.row] = event.finish_reason
+        peak = max(peak, batcher.active)
+        step += 1
+    return tokens, reasons, requests, peak
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_staggered_greedy_rows_equal_each_request_alone(preset):
+    model = tiny(preset, seed=1)
+    gens = [GenerationConfig(max_new_tokens=m, temperature=0) for m in (10, 4, 15, 7, 12)]
+    work = list(zip(PROMPTS, gens, strict=True))
+    arrivals = {0: work[:2], 2: [work[2]], 3: [work[3]], 9: [work[4]]}
+    tokens, reasons, requests, peak = run(ContinuousBatcher(model, max_rows=8), arrivals)
+    assert peak >= 3  # rows really shared the batch
+    order = [0, 1, 2, 3, 4]
+    for i, rows in zip(order, requests, strict=True):
+        assert [tokens[r] for r in rows] == generate(model, [PROMPTS[i]], gens[i])
+        assert all(reasons[r] == "length" for r in rows)
+
+
+def test_seeded_sampling_n_and_penalties_match_generate_whatever_shares_the_batch():
+    model = tiny("llama-tiny", seed=2)
+    sampled = GenerationConfig(
+        max_new_tokens=9, temperature=0.9, top_p=0.9, seed=5, num_return_sequences=3
+    )
+    penalized = GenerationConfig(
+        max_new_tokens=8, temperature=1.3, top_k=20, seed=7, presence_penalty=0.5,
+        frequency_penalty=0.3,
+    )  # fmt: skip
+    greedy = GenerationConfig(max_new_tokens=11, temperature=0, repetition_penalty=1.3)
+    arrivals = {0: [(PROMPTS[1], sampled)], 1: [(PROMPTS[3], penalized)], 4: [(PROMPTS[0], greedy)]}
+    tokens, _, requests, _ = run(ContinuousBatcher(model, max_rows=8), arrivals)
+    for (prompt, gen), rows in zip(
+        [*arrivals[0], *arrivals[1], *arrivals[4]], requests, strict=True
+    ):
+        assert [tokens[r] for r in rows] == generate(model, [prompt], gen)
+    assert len({tuple(tokens[r]) for r in requests[0]}) > 1  # the 3 samples differ
+
+
+def test_max_rows_queues_requests_and_a_large_request_runs_alone():
+    model = tiny("gpt-tiny")
+    gen = GenerationConfig(max_new_tokens=5, temperature=0)
+    batcher = ContinuousBatcher(model, max_rows=2)
+    arrivals = {0: [(p, gen) for p in PROMPTS[:4]]}
+    tokens, _, requests, peak = run(batcher, arrivals)
+    assert peak == 2
+    assert [tokens[r[0]] for r in requests] == generate(model, PROMPTS[:4], gen)
+    wide = GenerationConfig(max_new_tokens=3, temperature=0, num_return_sequences=3)
+    _, _, _, peak = run(ContinuousBatcher(model, max_rows=2), {0: [(PROMPTS[0], wide)]})
+    assert peak == 3
+
+
+def test_cancel_frees_running_and_queued_rows():
+    model = tiny("gpt-tiny")
+    gen = GenerationConfig(max_new_tokens=30, temperature=0)
+    batcher = ContinuousBatcher(model, max_rows=1)
+    first = batcher.add(PROMPTS[0], gen)
+    second = batcher.add(PROMPTS[1], gen)
+    batcher.step()
+    assert (batcher.active, batcher.waiting) == (1, 1)
+    batcher.cancel(second[0])
+    batcher.cancel(first[0])
+    assert batcher.step() == [] and batcher.idle
+
+
+def test_eos_and_stop_strings_end_rows_like_generate():
+    model = tiny("llama-tiny", seed=4, vocab_size=95)  # every id one printable character
+    tok = CharTokenizer()
+    free = generate(model, [PROMPTS[3]], GenerationConfig(max_new_tokens=20, temperature=0))[0]
+    eos = next(t for i, t in enumerate(free) if i >= 3 and t not in free[:i])
+    with_eos = GenerationConfig(max_new_tokens=20, temperature=0, eos_id=eos)
+    text = tok.decode(free)
+    stop = text[6:8]
+    with_stop = GenerationConfig(max_new_tokens=20, temperature=0, stop=[stop])
+    batcher = ContinuousBatcher(model, tokenizer=tok, max_rows=4)
+    arrivals = {0: [(PROMPTS[3], with_eos), (PROMPTS[3], with_stop), (PROMPTS[0], with_eos)]}
+    tokens, reasons, requests, _ = run(batcher, arrivals)
+    (a,), (b,), (c,) = requests
+    assert tokens[a] == generate(model, [PROMPTS[3]], with_eos)[0] and reasons[a] == "stop"
+    assert len(tokens[a]) < 20
+    reference = generate_outputs(model, [PROMPTS[3]], with_stop, tokenizer=tok)[0]
+    stream = TextStream(tok, [stop], prompt_ids=PROMPTS[3])
+    streamed = "".join(stream.push(t) for t in tokens[b]) + stream.finish()
+    assert reasons[b] == "stop" and streamed == reference.text == text[: text.index(stop)]
+    assert tokens[c] == generate(model, [PROMPTS[0]], with_eos)[0]
+
+
+def test_a_row_that_outlives_a_longer_neighbour_stays_within_the_context():
+    model = tiny("gpt-tiny", seed=5)  # learned positions: 64 at most
+    long_life = GenerationConfig(max_new_tokens=54, temperature=0)
+    long_prompt = GenerationConfig(max_new_tokens=14, temperature=0)
+    a, b = list(range(1, 11)), list(range(100, 150))
+    tokens, _, (ra, rb), peak = run(
+        ContinuousBatcher(model), {0: [(a, long_life)], 30: [(b, long_prompt)]}
+    )
+    assert peak == 2
+    assert tokens[ra[0]] == generate(model, [a], long_life)[0]
+    assert tokens[rb[0]] == generate(model, [b], long_prompt)[0]
+
+
+def test_logprobs_are_the_models_raw_log_softmax():
+    model = tiny("gpt-tiny", seed=6)
+    batcher = ContinuousBatcher(model)
+    gen = GenerationConfig(max_new_tokens=4, temperature=0.7, seed=0)
+    (row,) = batcher.add(PROMPTS[0], gen, logprobs=3)
+    batcher.add(PROMPTS[1], gen)  # a neighbour without logprobs
+    events = []
+    while not batcher.idle:
+        events += [e for e in batcher.step() if e.row == row]
+    new = [e.token for e in events]
+    with torch.no_grad():
+        logp = model(torch.tensor([PROMPTS[0] + new])).logits[0].log_softmax(-1)
+    for i, e in enumerate(events):
+        at = len(PROMPTS[0]) - 1 + i
+        assert e.logprob == pytest.approx(float(logp[at, e.token]), abs=1e-4)
+        top = logp[at].topk(3)
+        assert [t for t, _ in e.top_logprobs] == top.indices.tolist()
+
+
+def test_bad_requests_fail_when_added():
+    model = tiny("gpt-tiny")
+    batcher = ContinuousBatcher(model)
+    with pytest.raises(GenerationError, match="context"):
+        batcher.add([1] * 60, GenerationConfig(max_new_tokens=10))
+    with pytest.raises(GenerationError, match="tokenizer"):
+        batcher.add([1], GenerationConfig(max_new_tokens=4, stop=["x"]))
+    with pytest.raises(GenerationError, match="num_beams"):
+        batcher.add([1], GenerationConfig(max_new_tokens=4, num_beams=2))
+    with pytest.raises(GenerationError, match="decoder-only"):
+        ContinuousBatcher(tiny("t5-tiny"))
