@@ -13,8 +13,11 @@ from typing import Annotated
 import typer
 
 from lmforge.cli.data import data_app
+from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
 from lmforge.cli.longctx import register as register_longctx
+from lmforge.cli.prompt import register as register_prompt
+from lmforge.cli.serve import register as register_serve
 from lmforge.errors import LmforgeError
 
 app = typer.Typer(
@@ -29,7 +32,17 @@ app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(data_app, name="data")
 register_longctx(app)
 register_interop(app)
+register_finetune(app)
+register_prompt(app)
+register_serve(app)
 
+StrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="none, ddp (DistributedDataParallel) or fsdp (FSDP2); run under torchrun for "
+        "several processes."
+    ),
+]
 DataOpt = Annotated[
     list[Path] | None,
     typer.Option("--data", help="A .txt/.md/.jsonl file or folder; repeat for more."),
@@ -70,6 +83,7 @@ def pretrain(
     config: Annotated[Path | None, typer.Option(help="YAML/JSON run config.")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="Use this tokenizer dir.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    strategy: StrategyOpt = None,
 ) -> None:
     """Pretrain a model from scratch on an objective (default data: the embedded corpus)."""
     from lmforge.config.train import parse_overrides
@@ -78,6 +92,8 @@ def pretrain(
     values = parse_overrides(overrides or [])
     if max_steps is not None:
         values["max_steps"] = max_steps
+    if strategy is not None:
+        values["strategy"] = strategy
     r = run(
         data,
         out,
@@ -156,20 +172,45 @@ def generate(
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="A checkpoint directory.")],
     data: DataOpt = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Windows (or examples) per batch.")] = 8,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where a fine-tuned model's report goes (default: by the data file)."),
+    ] = None,
 ) -> None:
-    """Perplexity of a causal LM on text files."""
+    """Perplexity of a causal LM on text; a fine-tuned model's scores on a labelled file."""
     from lmforge.errors import DataError
-    from lmforge.evaluate import perplexity
+    from lmforge.recipes.finetuned import read_task_info
 
     if not data:
         raise DataError("evaluate needs --data PATH (a .txt/.jsonl file or folder).")
+    if read_task_info(model_dir) is not None:
+        from lmforge.cli.finetune import summary, truncation_lines
+        from lmforge.recipes.finetuned import evaluate_finetuned
+
+        if len(data) != 1:
+            raise DataError(
+                "a fine-tuned model is evaluated on one labelled file; pass one --data."
+            )
+        with truncation_lines():
+            scores, paths = evaluate_finetuned(
+                model_dir, data[0], report_dir=report_dir, batch_size=batch_size
+            )
+        typer.echo(summary(scores))
+        typer.echo(f"report: {', '.join(str(p) for p in paths)}")
+        return
+    from lmforge.evaluate import perplexity
+
     r = perplexity(model_dir, data, batch_size=batch_size)
-    typer.echo(f"perplexity {r.perplexity:.3f} (loss {r.loss:.4f} nats/token over {r.tokens} tokens)")
+    typer.echo(
+        f"perplexity {r.perplexity:.3f} (loss {r.loss:.4f} nats/token over {r.tokens} tokens)"
+    )
 
 
 @app.command()
-def presets(name: Annotated[str | None, typer.Argument(help="Show one preset in full.")] = None) -> None:
+def presets(
+    name: Annotated[str | None, typer.Argument(help="Show one preset in full.")] = None,
+) -> None:
     """List model presets, or show every field of one."""
     import json
 

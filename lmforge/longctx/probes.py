@@ -179,10 +179,14 @@ def ppl_by_length(
     for length in lengths:
         n_windows = span // length
         if n_windows < 1:
-            raise DataError(f"the text has {len(tokens)} tokens, fewer than one window of {length}; add text.")
+            raise DataError(
+                f"the text has {len(tokens)} tokens, fewer than one window of {length}; add text."
+            )
         total, n = 0.0, 0
         for at in range(0, n_windows, batch_size):
-            idx = np.arange(at, min(at + batch_size, n_windows))[:, None] * length + np.arange(length + 1)
+            idx = np.arange(at, min(at + batch_size, n_windows))[:, None] * length + np.arange(
+                length + 1
+            )
             w = torch.from_numpy(tokens[idx].astype(np.int64)).to(device)
             with torch.no_grad():
                 logits = model(w[:, :-1]).logits

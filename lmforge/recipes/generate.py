@@ -9,7 +9,8 @@ import torch
 
 from lmforge.errors import GenerationError
 from lmforge.generate import GenerationConfig, generate
-from lmforge.models import Transformer, load_model
+from lmforge.models import Transformer
+from lmforge.recipes.finetuned import load_finetuned
 from lmforge.tokenizer import Tokenizer
 
 
@@ -22,7 +23,8 @@ def _load(model_dir: Path) -> tuple[Transformer, Tokenizer]:
 @lru_cache(maxsize=2)
 def _load_cached(model_dir: str, stamp: int) -> tuple[Transformer, Tokenizer]:
     # keyed on the weights' modification time, so a retrained model is never served stale
-    return load_model(model_dir), Tokenizer.load(model_dir)
+    # a PEFT run's out dir (base + adapter) generates as its adapted model
+    return load_finetuned(model_dir), Tokenizer.load(model_dir)
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
