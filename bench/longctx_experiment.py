@@ -114,13 +114,24 @@ def main() -> None:
     # streaming far past the trained length at constant memory: sinks + window vs window only
     stream_tokens = tokens_from_documents(tok, default_corpus())[: args.stream_tokens + 1]
     base_model = load_model(base, args.device if args.device != "auto" else "cpu")
-    lines += ["", f"## Streaming {len(stream_tokens) - 1:,} tokens through a 4 + 252 token cache", ""]
-    lines += ["| cache | perplexity | first 10% | last 10% | cache slots |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Streaming {len(stream_tokens) - 1:,} tokens through a 4 + 252 token cache",
+        "",
+    ]
+    lines += [
+        "| cache | perplexity | first 10% | last 10% | cache slots |",
+        "|---|---|---|---|---|",
+    ]
     streams = {}
     for name, sinks in (("4 sinks + 252 recent", 4), ("256 recent, no sinks", 0)):
-        r = streaming_perplexity(base_model, stream_tokens, window=256 - sinks, sinks=sinks, chunk=64)
+        r = streaming_perplexity(
+            base_model, stream_tokens, window=256 - sinks, sinks=sinks, chunk=64
+        )
         streams[name] = r
-        lines.append(f"| {name} | {r.ppl:.1f} | {r.ppl_by_segment[0][1]:.1f} | {r.ppl_by_segment[-1][1]:.1f} | {r.cache_slots} |")
+        lines.append(
+            f"| {name} | {r.ppl:.1f} | {r.ppl_by_segment[0][1]:.1f} | {r.ppl_by_segment[-1][1]:.1f} | {r.cache_slots} |"
+        )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(
         {n: {"passkey": r["passkey"].accuracy, "lengths": lengths, "ppl": r["ppl"].ppl, "ppl_lengths": r["ppl"].lengths}
