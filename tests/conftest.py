@@ -21,7 +21,15 @@ def tiny_run(tmp_path_factory):
         None,
         out,
         preset="gpt-tiny",
-        overrides={"max_steps": 150, "eval_every": 50, "vocab_size": 512, "batch_size": 8, "seq_len": 64, "lr": 3e-3, "warmup_steps": 10},
+        overrides={
+            "max_steps": 150,
+            "eval_every": 50,
+            "vocab_size": 512,
+            "batch_size": 8,
+            "seq_len": 64,
+            "lr": 3e-3,
+            "warmup_steps": 10,
+        },
         progress=False,
     )
     return result

@@ -62,12 +62,14 @@ def test_checkpoint_from_two_ranks_resumes_with_one(tmp_path, single):
 def test_pretrain_cli_under_torchrun(tmp_path):
     """The command documented in docs/distributed.md, on 2 CPU processes."""
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog." for i in range(300)))
+    corpus.write_text(
+        "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog." for i in range(300))
+    )
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
         "-m", "lmforge", "pretrain", "--preset", "gpt-tiny", "--data", str(corpus), "--out", str(out),
-        "--max-steps", "4", "strategy=ddp", "batch_size=4", "seq_len=32", "eval_every=2", "vocab_size=300",
+        "--max-steps", "4", "--strategy", "ddp", "batch_size=4", "seq_len=32", "eval_every=2", "vocab_size=300",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
