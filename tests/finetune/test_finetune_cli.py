@@ -6,21 +6,8 @@ import json
 import shutil
 import sys
 
+from cli_helpers import run_cli
 from ft_helpers import tagged_rows, write_csv, write_jsonl
-
-from lmforge.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["lmforge", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 TRAIN = ["batch_size=16", "lr=1e-2", "device=cpu", "precision=fp32", "warmup_steps=2"]
 

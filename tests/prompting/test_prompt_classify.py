@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_cli
 from prompt_helpers import REVIEWS, write_jsonl
 
 from lmforge.errors import ConfigError, DataError
@@ -97,22 +97,6 @@ def test_classify_errors(tiny_bert):
 
 
 # ------------------------------------------------------------------ the CLI
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from lmforge.cli import app, main
-    from lmforge.cli.prompt import register
-
-    if not any(c.name == "prompt" for c in app.registered_commands):
-        register(app)  # until lmforge/cli/__init__.py registers the verb itself
-    monkeypatch.setattr(sys, "argv", ["lmforge", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_gpt"])
 def test_cli_prompt_end_to_end(model_name, request, monkeypatch, capsys, tmp_path, reviews_file):
     model_dir = request.getfixturevalue(model_name)
