@@ -84,6 +84,10 @@ def pretrain(
     tokenizer: Annotated[Path | None, typer.Option(help="Use this tokenizer dir.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     strategy: StrategyOpt = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Continue pretraining this model dir (its weights and tokenizer)."),
+    ] = None,
 ) -> None:
     """Pretrain a model from scratch on an objective (default data: the embedded corpus)."""
     from lmforge.config.train import parse_overrides
@@ -103,6 +107,7 @@ def pretrain(
         overrides=values,
         tokenizer_dir=tokenizer,
         resume=resume,
+        init_from=init,
     )
     ppl = f"{r.eval_ppl:.2f}" if r.eval_ppl is not None else "n/a"
     trained = f"trained {r.n_params / 1e6:.2f}M parameters for {r.train.steps} steps"

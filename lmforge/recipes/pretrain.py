@@ -1,4 +1,7 @@
-"""Pretraining from scratch: documents -> tokenizer -> batches for an objective -> model -> `fit`.
+"""Pretraining: documents -> tokenizer -> batches for an objective -> model -> `fit`.
+
+From scratch by default; with `init_from` it is continued (domain) pretraining: the model and its
+tokenizer start from an existing model dir and train on new text with the same objective.
 
     objective   preset arch       tokenizer   batches                              loss
     causal-lm   decoder           bpe         TokenWindows (next token)            causal_lm_loss
@@ -39,8 +42,8 @@ from lmforge.data.seq2seq import (
     span_count,
     split_pairs,
 )
-from lmforge.errors import ConfigError, TokenizerError, did_you_mean
-from lmforge.models import Transformer, is_model_dir
+from lmforge.errors import CheckpointError, ConfigError, TokenizerError, did_you_mean
+from lmforge.models import Transformer, is_model_dir, load_model
 from lmforge.objectives import causal_lm_loss, mlm_nsp_loss, seq2seq_loss
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 from lmforge.train import TrainResult, fit
@@ -155,8 +158,9 @@ def pretrain(
     tokenizer_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> PretrainResult:
-    """Pretrain a model from scratch on one objective.
+    """Pretrain a model on one objective, from scratch or (with `init_from`) continued.
 
     Args:
         data: text/jsonl files or folders; None uses the embedded default corpus. For
@@ -173,6 +177,8 @@ def pretrain(
         tokenizer_dir: use this tokenizer instead of training one.
         resume: continue from the newest checkpoint in out_dir/checkpoints.
         progress: show a progress bar.
+        init_from: a model dir to continue pretraining from (its config, weights and
+            tokenizer); `preset` is then ignored and model overrides (say dropout) apply on top.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(
@@ -189,10 +195,22 @@ def pretrain(
     # every checkpoint holds the run's config.json; any complete one tells the model config
     saved = [p for p in list_checkpoints(out_dir / "checkpoints") if is_model_dir(p)]
     resume_dir = saved[-1] if resume and saved else None
+    if init_from is not None:
+        init_from = Path(init_from)
+        if not is_model_dir(init_from) or not (init_from / "tokenizer.json").is_file():
+            raise CheckpointError(
+                f"{init_from} is not a model dir with a tokenizer (config.json, "
+                "model.safetensors, tokenizer.json); pass the --out dir of a pretrain run or a "
+                "converted model."
+            )
+        name = init_from.name
     # the model config before the tokenizer exists: fail fast on a wrong arch, and know seq_len
-    probe = (
-        ModelConfig.from_dir(resume_dir) if resume_dir is not None else _preset_config(model_values)
-    )
+    if resume_dir is not None:
+        probe = ModelConfig.from_dir(resume_dir)
+    elif init_from is not None:
+        probe = _init_config(init_from, model_values)
+    else:
+        probe = _preset_config(model_values)
     _check_objective(objective, probe, name)
     seq_len = cfg.seq_len or probe.max_seq_len
     if seq_len > probe.max_seq_len:
@@ -214,6 +232,8 @@ def pretrain(
     kind = tokenizer_kind or ("wordpiece" if objective == "mlm-nsp" else "bpe")
     if tokenizer_dir is not None:
         tok = Tokenizer.load(tokenizer_dir)
+    elif init_from is not None and resume_dir is None:
+        tok = Tokenizer.load(init_from)
     elif resume_dir is not None and (out_dir / "tokenizer.json").is_file():
         tok = Tokenizer.load(out_dir)
     else:
@@ -235,7 +255,15 @@ def pretrain(
                 "tokenizer lacks; train one with kind='bpe'."
             )
         specials = {"eos_id": eos, "decoder_start_id": tok.pad_id}  # T5: start = pad
-    mcfg = _model_config(model_values, tok, resume_dir, **specials)
+    if init_from is not None and resume_dir is None:
+        mcfg = probe
+        if mcfg.vocab_size < tok.vocab_size:
+            raise ConfigError(
+                f"{init_from} has vocab_size={mcfg.vocab_size}, fewer than the tokenizer's "
+                f"{tok.vocab_size} tokens; use the model's own tokenizer."
+            )
+    else:
+        mcfg = _model_config(model_values, tok, resume_dir, **specials)
     _check_objective(objective, mcfg, name)
 
     if objective == "causal-lm":
@@ -249,6 +277,8 @@ def pretrain(
 
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg)
+    if init_from is not None and resume_dir is None:  # on resume the checkpoint has the weights
+        model.load_state_dict(load_model(init_from).state_dict())
     result = fit(
         model,
         d.loss,
@@ -290,6 +320,12 @@ def pretrain(
         objective,
         best,
     )
+
+
+def _init_config(init_from: Path, model_values: dict[str, Any]) -> ModelConfig:
+    """The config of the model to continue from, with the run's model overrides applied."""
+    values = {k: v for k, v in model_values.items() if k != "__preset__"}
+    return ModelConfig.from_dir(init_from).replace(**values)
 
 
 def _preset_config(model_values: dict[str, Any]) -> ModelConfig:

@@ -4,6 +4,7 @@ encoder-decoders, each with a falling loss; wrong presets and bad pairs give one
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from lmforge.cli import main
 from lmforge.config import ModelConfig
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.recipes.pretrain import pretrain
 from lmforge.tokenizer import Tokenizer
 
@@ -171,3 +172,34 @@ def test_cli_objective_option(monkeypatch, capsys, tmp_path, pairs_file):
         and err.strip()
         == "error: objective mlm-nsp needs an encoder preset such as bert-mini; gpt-tiny is a decoder."
     )
+
+
+def test_continued_pretraining_starts_from_the_model(tmp_path, tiny_run):
+    """init_from: same tokenizer and config, step-0 held-out loss = the base model's, and the
+    first training losses far below a fresh model's ln(vocab)."""
+    from lmforge.evaluate import perplexity
+
+    domain = tmp_path / "domain.txt"
+    domain.write_text(
+        "\n\n".join(f"Section {i}. The for statement iterates over a sequence." for i in range(200))
+    )
+    base = tiny_run.out_dir
+    out = tmp_path / "continued"
+    r = pretrain(
+        [domain], out, init_from=base, progress=False,
+        overrides={**TINY, "max_steps": 6, "eval_every": 3, "dropout": 0.0},
+    )  # fmt: skip
+    assert (out / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()
+    base_cfg = ModelConfig.from_dir(base)
+    assert r.model_config == base_cfg.replace(dropout=0.0)
+    first = _records(out)[0]["loss"]
+    assert first < 0.8 * math.log(base_cfg.vocab_size), first
+    # the continued model fits the domain text better than the base it started from
+    before = perplexity(base, [domain]).loss
+    after = perplexity(out, [domain]).loss
+    assert after < before
+
+
+def test_continued_pretraining_needs_a_model_dir(tmp_path):
+    with pytest.raises(CheckpointError, match="not a model dir"):
+        pretrain(None, tmp_path / "out", init_from=tmp_path, overrides=TINY, progress=False)
