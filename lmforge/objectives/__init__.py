@@ -1,5 +1,6 @@
 """Losses: each objective maps (model, batch) to a loss and the metrics it logs."""
 
+from lmforge.objectives.contrastive import in_batch_contrastive_loss, negative_sampling_loss
 from lmforge.objectives.lm import IGNORE, LossOutput, causal_lm_loss, cross_entropy
 from lmforge.objectives.mlm import mlm_nsp_loss
 from lmforge.objectives.seq2seq import seq2seq_loss
@@ -13,6 +14,8 @@ __all__ = [
     "causal_lm_loss",
     "cross_entropy",
     "distillation_loss",
+    "in_batch_contrastive_loss",
     "mlm_nsp_loss",
+    "negative_sampling_loss",
     "seq2seq_loss",
 ]
