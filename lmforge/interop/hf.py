@@ -50,6 +50,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "chat_template.jinja",
     "chat_template.json",
+    "sentence_bert_config.json",  # sentence-transformers' max_seq_length for embeddings
 )
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"

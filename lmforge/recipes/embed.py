@@ -10,6 +10,7 @@ so the cosine similarity of two texts is the dot product e_hat_a . e_hat_b.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +44,16 @@ def max_tokens(model: Transformer, tokenizer: Tokenizer, max_length: int | None 
             raise ConfigError(f"max_length must be at least 1, got {max_length}.")
         limit = min(limit, max_length)
     return limit
+
+
+def sentence_max_length(model_dir: str | Path) -> int | None:
+    """`max_seq_length` from a sentence-transformers `sentence_bert_config.json`, if any."""
+    path = Path(model_dir) / "sentence_bert_config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def encode_texts(tokenizer: Tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -96,7 +107,8 @@ def embed(
         batch_size: texts per forward pass.
         normalize: divide each embedding by its L2 norm (cosine similarity = dot product).
         max_length: truncate each text to this many tokens, special tokens included
-            (default: the model's and tokenizer's limit).
+            (default: `max_seq_length` of the dir's `sentence_bert_config.json` when there is
+            one, as sentence-transformers does, else the model's and tokenizer's limit).
 
     Returns:
         (len(texts), d_model) float32 tensor on the CPU.
@@ -113,6 +125,8 @@ def embed(
             "add pad_token to tokenizer_config.json or pass batch_size=1."
         )
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    if max_length is None:
+        max_length = sentence_max_length(model_dir)
     ids = encode_texts(tokenizer, texts, max_tokens(model, tokenizer, max_length))
     out = []
     for start in range(0, len(ids), batch_size):

@@ -60,6 +60,11 @@ def test_minilm_embeddings_match_sentence_transformers(minilm):
     assert bool((cosine >= 0.9999).all()), cosine
     # one text at a time (no padding) gives the same vectors
     torch.testing.assert_close(embed(ours_dir, texts[1]), ours[1:2], atol=1e-5, rtol=0)
+    # a text longer than sentence-transformers' max_seq_length (256) is cut where it cuts it
+    long = " ".join(ENGLISH[:4] * 30)
+    assert len(reference.tokenizer(long)["input_ids"]) > 300
+    theirs_long = reference.encode([long], convert_to_tensor=True, normalize_embeddings=True)
+    assert float((embed(ours_dir, long) * theirs_long.cpu()).sum()) >= 0.9999
     # paraphrases are closer than unrelated sentences
     sims = cosine_matrix(embed(ours_dir, ["A man plays guitar.", ENGLISH[0], ENGLISH[1]]))
     assert sims[0, 1] > sims[0, 2] + 0.3
