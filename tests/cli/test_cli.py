@@ -177,3 +177,31 @@ def test_console_script_prints_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def _verbs() -> list[list[str]]:
+    """Every command path the CLI registers: ["pretrain"], ["probe", "passkey"], ..."""
+    import typer.main
+
+    from lmforge.cli import app
+
+    group = typer.main.get_command(app)
+    paths = []
+    for name, command in group.commands.items():
+        subs = getattr(command, "commands", None)
+        paths += [[name, sub] for sub in subs] if subs else [[name]]
+    return paths
+
+
+def test_every_verb_answers_help(monkeypatch, capsys):
+    """Each verb parses and documents itself; the verbs themselves run in their own tests."""
+    verbs = _verbs()
+    names = {" ".join(v) for v in verbs}
+    for expected in ("quickstart", "pretrain", "generate", "evaluate", "finetune", "prompt",
+                     "serve", "chat", "convert", "embed", "fill-mask", "extend-context",
+                     "probe passkey", "probe ppl-by-length", "data prepare", "tokenizer train"):  # fmt: skip
+        assert expected in names, expected
+    for verb in verbs:
+        code, out, err = run_cli(monkeypatch, capsys, *verb, "--help")
+        assert code == 0, (verb, err)
+        assert "Usage" in out, verb
