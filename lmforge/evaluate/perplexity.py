@@ -19,7 +19,7 @@ from lmforge.models import load_model
 from lmforge.objectives import causal_lm_loss
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import evaluate_loss
-from lmforge.train.loop import resolve_device
+from lmforge.utils.device import resolve_device
 
 
 @dataclass

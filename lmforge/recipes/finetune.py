@@ -50,7 +50,7 @@ from lmforge.recipes.task_model import (
 )
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import TrainResult, fit
-from lmforge.train.loop import resolve_device
+from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text
 
 __all__ = ["METHODS", "FinetuneConfig", "FinetuneResult", "finetune"]

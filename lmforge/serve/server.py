@@ -17,15 +17,9 @@ from lmforge.serve.app import create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.protocol import Limits, Served
 from lmforge.tokenizer import Tokenizer
+from lmforge.utils.device import resolve_device
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" is CUDA when there is a GPU, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def build_app(

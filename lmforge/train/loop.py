@@ -43,6 +43,7 @@ from lmforge.train.checkpoint import (
     tied_names,
 )
 from lmforge.train.optim import build_optimizer, get_lr
+from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text
 
 Batch = dict[str, torch.Tensor]
@@ -66,12 +67,6 @@ class TrainResult:
     stopped_early: bool = False
     interrupted: bool = False
     best_score: float | None = None  # cfg.select_metric at the best evaluation
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
