@@ -12,28 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError, TokenizerError
-from lmforge.models import Transformer, load_model
+from lmforge.models import Transformer
+from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer import Tokenizer
-
-
-def load_model_and_tokenizer(model_dir: str | Path) -> tuple[Transformer, Tokenizer]:
-    """The model and tokenizer of a model dir, cached while `model.safetensors` is unchanged."""
-    model_dir = Path(model_dir)
-    weights = model_dir / "model.safetensors"
-    stamp = weights.stat().st_mtime_ns if weights.exists() else 0
-    return _load_cached(str(model_dir.resolve()), stamp)
-
-
-@lru_cache(maxsize=2)
-def _load_cached(model_dir: str, stamp: int) -> tuple[Transformer, Tokenizer]:
-    return load_model(model_dir), Tokenizer.load(model_dir)
 
 
 def max_tokens(model: Transformer, tokenizer: Tokenizer, max_length: int | None = None) -> int:

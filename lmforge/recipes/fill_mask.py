@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import CheckpointError, ConfigError, TokenizerError
-from lmforge.recipes.embed import encode_texts, load_model_and_tokenizer, max_tokens
+from lmforge.recipes.embed import encode_texts, max_tokens
+from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer import Tokenizer
 
 

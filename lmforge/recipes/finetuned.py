@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,22 @@ def load_finetuned(model_dir: str | Path, device: str | torch.device = "cpu") ->
         load_adapter(model, model_dir)
         model.to(device)
     return model.eval()
+
+
+def load_model_and_tokenizer(model_dir: str | Path) -> tuple[Transformer, Tokenizer]:
+    """`load_finetuned` and the tokenizer of a model dir, cached while its weight files
+    (model and adapter) are unchanged, so repeated calls from a notebook load once."""
+    model_dir = Path(model_dir)
+    stamps = tuple(
+        p.stat().st_mtime_ns if p.exists() else 0
+        for p in (model_dir / "model.safetensors", model_dir / "adapter.safetensors")
+    )
+    return _load_cached(str(model_dir.resolve()), stamps)
+
+
+@lru_cache(maxsize=2)
+def _load_cached(model_dir: str, stamps: tuple[int, ...]) -> tuple[Transformer, Tokenizer]:
+    return load_finetuned(model_dir), Tokenizer.load(model_dir)
 
 
 def pad_id_of(tokenizer: Tokenizer, model: Transformer) -> int:

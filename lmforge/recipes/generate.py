@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from lmforge.errors import GenerationError
 from lmforge.generate import GenerationConfig, generate
-from lmforge.models import Transformer
-from lmforge.recipes.finetuned import load_finetuned
+from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer import Tokenizer
-
-
-def _load(model_dir: Path) -> tuple[Transformer, Tokenizer]:
-    weights = model_dir / "model.safetensors"
-    stamp = weights.stat().st_mtime_ns if weights.exists() else 0
-    return _load_cached(str(model_dir.resolve()), stamp)
-
-
-@lru_cache(maxsize=2)
-def _load_cached(model_dir: str, stamp: int) -> tuple[Transformer, Tokenizer]:
-    # keyed on the weights' modification time, so a retrained model is never served stale
-    # a PEFT run's out dir (base + adapter) generates as its adapted model
-    return load_finetuned(model_dir), Tokenizer.load(model_dir)
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
@@ -53,7 +38,7 @@ def generate_from_dir(
     stop: list[str] | None = None,
 ) -> list[str]:
     """Continue `prompt` with the model in `model_dir`; returns the new text of each sequence."""
-    model, tok = _load(Path(model_dir))
+    model, tok = load_model_and_tokenizer(model_dir)  # a PEFT run's dir: with its adapter
     gen = GenerationConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
