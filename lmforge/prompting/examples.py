@@ -1,6 +1,7 @@
 """Labelled examples for prompting: reading CSV/JSONL files and drawing demonstrations.
 
-A file holds one example per row (CSV/TSV with a header) or per line (JSONL) with a text field
+A file holds one example per row (CSV/TSV with a header), per line (JSONL) or per object (a JSON
+list), read by `lmforge.data.tasks.read_rows` as fine-tuning files are, with a text field
 and, optionally, a label field. Labels are compared as strings (`1` and `"1"` are the same label).
 
 Demonstrations (in-context examples) for query i are K examples drawn uniformly without
@@ -11,16 +12,13 @@ row when the pool is the data, or any pool row with the same text) is never amon
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge.data.tasks import read_rows
 from lmforge.errors import DataError
-
-SUFFIXES = (".jsonl", ".csv", ".tsv")
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,7 @@ class Example:
 def read_examples(
     path: str | Path, text_field: str = "text", label_field: str = "label"
 ) -> list[Example]:
-    """Examples of a `.jsonl`, `.csv` or `.tsv` file; every row labelled, or none.
+    """Examples of a `.jsonl`, `.json`, `.csv` or `.tsv` file; every row labelled, or none.
 
     Args:
         path: the file.
@@ -42,14 +40,7 @@ def read_examples(
         label_field: the column / key holding the label (may be absent from the whole file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist; pass a .jsonl or .csv file.")
-    if path.suffix.lower() not in SUFFIXES:
-        raise DataError(
-            f"{path} is not a .jsonl, .csv or .tsv file; write one row per example with a "
-            f"'{text_field}' field and an optional '{label_field}' field."
-        )
-    rows = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_csv(path)
+    rows = read_rows(path, "data")
     if not rows:
         raise DataError(f"{path} holds no examples; add at least one row.")
     examples: list[Example] = []
@@ -71,30 +62,6 @@ def read_examples(
             "label every row or none."
         )
     return examples
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"line {n} of {path} is not valid JSON ({e.msg}); fix it."
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(f"line {n} of {path} is not a JSON object; write one per line.")
-            rows.append(row)
-    return rows
-
-
-def _read_csv(path: Path) -> list[dict]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f, delimiter=delimiter))
 
 
 def has_labels(examples: Sequence[Example]) -> bool:
