@@ -14,9 +14,15 @@ transformers + peft) use the hyper-parameters in `HYPER`:
     no LoRA dropout, on the query and value projections. The epoch with the best validation
     macro-F1 is kept and scored on the test split.
 
+`--lr` and `--epochs` override the method's learning rate and the number of epochs (the defaults
+are `HYPER`'s); both scripts give them the same meaning and record them in the JSON line.
+`--work DIR` keeps the lmforge run directory (its `metrics.jsonl` has each epoch's validation
+scores as they come) instead of a temporary one.
+
 Usage (one JSON line per run is appended to --json):
     .venv/bin/python bench/finetune_real.py --method full --train-limit 2000 --json runs/real.jsonl
     .venv/bin/python bench/finetune_real.py --method lora --train-limit 2000 --json runs/real.jsonl
+    .venv/bin/python bench/finetune_real.py --method lora --lr 1e-3 --epochs 5 --json runs/real.jsonl
 """
 
 from __future__ import annotations
@@ -80,9 +86,10 @@ def write_splits(out: Path, train_limit: int | None, eval_limit: int | None) -> 
     return paths
 
 
-def steps_for(n_train: int) -> tuple[int, int]:
-    """(optimizer steps, warm-up steps) of a run over n_train examples."""
-    steps = math.ceil(n_train / HYPER["batch_size"]) * HYPER["epochs"]
+def steps_for(n_train: int, epochs: int | None = None) -> tuple[int, int]:
+    """(optimizer steps, warm-up steps) of a run over n_train examples (HYPER's epochs unless given)."""
+    epochs = HYPER["epochs"] if epochs is None else epochs
+    steps = math.ceil(n_train / HYPER["batch_size"]) * epochs
     return steps, round(HYPER["warmup_fraction"] * steps)
 
 
@@ -104,6 +111,8 @@ def run(
     device: str,
     seed: int,
     eval_limit: int | None = None,
+    lr: float | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     from lmforge.interop import import_hf
     from lmforge.recipes.finetune import FinetuneConfig, finetune
@@ -114,11 +123,13 @@ def run(
     import_s = time.perf_counter() - t0
     files = write_splits(work / "data", train_limit, eval_limit)
     n_train = len(read_split("train", train_limit))
-    steps, warmup = steps_for(n_train)
+    lr = HYPER["lr"][method] if lr is None else lr
+    epochs = HYPER["epochs"] if epochs is None else epochs
+    steps, warmup = steps_for(n_train, epochs)
     fc = FinetuneConfig(
         task="classify",
         method=method,
-        epochs=HYPER["epochs"],
+        epochs=epochs,
         max_len=HYPER["max_len"],
         lora_r=HYPER["lora_r"],
         lora_alpha=HYPER["lora_alpha"],
@@ -127,7 +138,7 @@ def run(
     )
     overrides = {
         "batch_size": HYPER["batch_size"],
-        "lr": HYPER["lr"][method],
+        "lr": lr,
         "min_lr": 0.0,
         "schedule": "linear",
         "warmup_steps": warmup,
@@ -154,6 +165,8 @@ def run(
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "train_examples": n_train,
         "test_examples": test["n"],
+        "lr": lr,
+        "epochs": epochs,
         "steps": result.train.steps,
         "test_accuracy": test["accuracy"],
         "test_macro_f1": test["macro_f1"],
@@ -173,11 +186,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=HYPER["seed"])
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: HYPER's, 5e-5 full / 5e-4 LoRA)",
+    )
+    parser.add_argument("--epochs", type=int, default=HYPER["epochs"], help="passes over train")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep the run here (metrics.jsonl, best model) instead of a temp dir",
+    )
     parser.add_argument("--json", type=Path, default=None, help="append the result here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        row = run(args.method, args.train_limit, args.threads, Path(tmp), args.device, args.seed,
-                  args.eval_limit)  # fmt: skip
+        work = args.work if args.work is not None else Path(tmp)
+        row = run(args.method, args.train_limit, args.threads, work, args.device, args.seed,
+                  args.eval_limit, args.lr, args.epochs)  # fmt: skip
         record(args.json, row)
 
 

@@ -8,9 +8,14 @@ keeps the checkpoint's pooler instead. Learning rate per step, as lmforge's `get
 
     lr_t = lr (t + 1) / W  for t < W;   lr_t = lr (1 - (t - W) / (S - W))  after   (S steps, W warm-up)
 
+`--lr` and `--epochs` override the method's learning rate and the number of epochs, with the same
+meaning as in `bench/finetune_real.py`; both are recorded in the JSON line. Each epoch's validation
+scores are printed to stderr as they come.
+
 Usage:
     .venv/bin/python bench/hf_finetune_real.py --method full --train-limit 2000 --json runs/real.jsonl
     .venv/bin/python bench/hf_finetune_real.py --method lora --train-limit 2000 --json runs/real.jsonl
+    .venv/bin/python bench/hf_finetune_real.py --method lora --lr 1e-3 --epochs 5 --json runs/real.jsonl
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +123,8 @@ def run(
     device: str,
     seed: int,
     eval_limit: int | None = None,
+    lr: float | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any]:
     import transformers
 
@@ -132,15 +140,16 @@ def run(
     model = build(method, keep_pooler, labels, seed).to(dev)
     n_all = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    steps, warmup = steps_for(len(train_rows))
-    lr = HYPER["lr"][method]
+    lr = HYPER["lr"][method] if lr is None else lr
+    epochs = HYPER["epochs"] if epochs is None else epochs
+    steps, warmup = steps_for(len(train_rows), epochs)
     opt = torch.optim.AdamW(param_groups(model, HYPER["weight_decay"]), lr=lr,
                             betas=HYPER["betas"], eps=HYPER["eps"])  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
-    per_epoch = steps // HYPER["epochs"]
+    per_epoch = steps // epochs
     best: tuple[float, int, dict] | None = None
     step = 0
-    for _ in range(HYPER["epochs"]):
+    for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(train_rows), generator=gen).tolist()
         for b in range(per_epoch):
@@ -155,6 +164,9 @@ def run(
             opt.zero_grad(set_to_none=True)
             step += 1
         valid = scores(model, splits["valid"], labels)
+        print(f"epoch {epoch + 1}/{epochs} step {step}: valid accuracy {valid['accuracy']:.4f} "
+              f"macro-F1 {valid['macro_f1']:.4f} ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr, flush=True)  # fmt: skip
         if best is None or valid["macro_f1"] > best[0]:
             best = (valid["macro_f1"], step, copy.deepcopy(model.state_dict()))
     assert best is not None
@@ -170,6 +182,8 @@ def run(
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
         "train_examples": len(train_rows),
         "test_examples": len(splits["test"].input_ids),
+        "lr": lr,
+        "epochs": epochs,
         "steps": step,
         "test_accuracy": test["accuracy"],
         "test_macro_f1": test["macro_f1"],
@@ -192,10 +206,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=HYPER["seed"])
     parser.add_argument("--keep-pooler", action="store_true", help="keep the checkpoint's pooler")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: HYPER's, 5e-5 full / 5e-4 LoRA)",
+    )
+    parser.add_argument("--epochs", type=int, default=HYPER["epochs"], help="passes over train")
     parser.add_argument("--json", type=Path, default=None, help="append the result here")
     args = parser.parse_args()
     row = run(args.method, args.train_limit, args.threads, args.keep_pooler, args.device,
-              args.seed, args.eval_limit)  # fmt: skip
+              args.seed, args.eval_limit, args.lr, args.epochs)  # fmt: skip
     record(args.json, row)
 
 
