@@ -27,6 +27,7 @@ from lmforge.generate.core import (
 )
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
 from lmforge.generate.sampling import TokenHistory, make_generator, select_next
+from lmforge.generate.static import StaticDecoder, static_cache_len, static_unsupported
 from lmforge.generate.stops import StopStrings
 
 Prompts = list[list[int]] | list[int] | Tensor
@@ -71,6 +72,7 @@ class SamplingRun:
         self.outputs = [
             GenerationOutput(prompt_index=i) for i in range(len(self.prompts)) for _ in range(n)
         ]
+        self.compile = compile
         self._decode = compiled(decode_one_token, compile)
 
     def steps(self) -> Iterator[list[int | None]]:
@@ -84,7 +86,9 @@ class SamplingRun:
         device = model_device(model)
         begin = start(model, self.prompts, gen)
         batch, n = len(self.prompts), gen.num_return_sequences
-        cache = model.new_cache(batch, begin.cache_len)
+        static = static_unsupported(model) is None
+        cache_len = static_cache_len(begin.cache_len, self.compile) if static else begin.cache_len
+        cache = model.new_cache(batch, cache_len)
         logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
         mask, encoder = begin.mask, begin.encoder
         if n > 1:  # prefill once per prompt, then copy the cache for each sample
@@ -92,6 +96,8 @@ class SamplingRun:
             logits, mask = logits[index], mask[index]
             cache.reorder(index)
             encoder = encoder.select(index) if encoder is not None else None
+        # the static step when the model allows it; the plain step (growing mask) otherwise
+        fast = StaticDecoder(model, cache, mask, self.compile) if static else None
         history = None
         if gen.uses_penalties:
             seen = [h for h in begin.history for _ in range(n)]
@@ -105,6 +111,9 @@ class SamplingRun:
                 break
             if history is not None:
                 history.add(token)
+            if fast is not None:
+                logits = fast(token[:, None])
+                continue
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)  # (N, past + 1)
             logits = self._decode(model, token[:, None], mask, cache, encoder)
 

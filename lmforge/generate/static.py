@@ -1,0 +1,235 @@
+"""A static decode step: one new token per row against the whole preallocated KV cache.
+
+The plain step (`decode_one_token`) runs the model's forward with a mask that grows by one
+column per token: the cache is read as `[:end]` (a new shape every step) and the mask is checked
+on the host (`bool(mask.all())`). This step keeps every shape fixed for a whole generation, and
+every per-step quantity on the device, so `torch.compile(fullgraph=True, dynamic=False)` can
+capture it as one graph (gpt-fast style):
+
+    slot          the cache slot of the new token, a (1,) long tensor (= tokens cached so far)
+    pos[b]        row b's position: the real (non-padding) tokens before the new one
+    k, v          written into every layer's cache with index_copy_ at `slot`
+    allowed[b, j] = keep[b, j] and j <= slot [and slot - j < window]
+    mask[b, j]    = bias(slot, j) if allowed[b, j] else the dtype's minimum
+    out           = softmax(q K^T * scale + mask) V over all max_len slots
+
+`keep` (B, max_len) is False at left-padding slots of the prompt and True elsewhere, so padded
+batches need no per-step host check. Slots after `slot` are masked: their weight exp(min - max)
+is exactly 0, so attending over the whole cache gives what attending over its first slot + 1
+entries gives.
+
+Covered: decoder-only models with a non-rolling cache, the "sdpa" attention backend, learned,
+sinusoidal, RoPE (not "dynamic" scaling, which reads the largest position on the host), ALiBi,
+relative or no positions, an optional (non-rolling) sliding window; no soft prompt or prefix
+tuning. `static_unsupported` names the first thing that rules a model out; the engine then uses
+the plain step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmforge.models.cache import KVCache
+from lmforge.models.positions import apply_rope
+from lmforge.models.transformer import Transformer
+
+
+def static_unsupported(model: nn.Module, cache: KVCache | None = None) -> str | None:
+    """Why the static step cannot run `model` (with `cache`), or None when it can."""
+    if type(model) is not Transformer:
+        return f"{type(model).__name__} is not lmforge's Transformer (its forward is unknown)"
+    cfg = model.cfg
+    if cfg.arch != "decoder":
+        return f"arch={cfg.arch!r} (the static step covers decoder-only models)"
+    if "lm" not in cfg.heads:
+        return "no LM head"
+    if getattr(model, "prompt", None) is not None:
+        return "a soft prompt (prompt tuning)"
+    stack = model.decoder
+    if stack.prefix is not None:
+        return "prefix tuning"
+    if cfg.pos == "rope" and cfg.rope_scaling == "dynamic":
+        return "dynamic RoPE scaling (reads the largest position on the host)"
+    if cache is not None and cache.rolling:
+        return "a rolling KV cache"
+    for block in stack.layers:
+        if block.attn.backend != "sdpa":
+            return f"attention backend {block.attn.backend!r}"
+        if hasattr(block, "cross_attn"):
+            return "cross-attention"
+    return None
+
+
+CACHE_BUCKET = 64  # compiled steps: cache lengths rounded up to a multiple of this
+
+
+def static_cache_len(n: int, compile: bool) -> int:
+    """Cache slots for `n` tokens. A compiled step has static shapes, so each cache length is
+    one compilation; rounding up to a multiple of CACHE_BUCKET lets calls of nearby lengths
+    share one (the extra slots are masked, as the unwritten ones always are)."""
+    return -(-n // CACHE_BUCKET) * CACHE_BUCKET if compile else n
+
+
+def static_mask(stack: nn.Module, keep: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, 1|H, 1, max_len) additive mask of the new query at cache slot `slot` (see the module
+    docstring): 0 (or the position bias) where allowed, the dtype's minimum elsewhere."""
+    slots = torch.arange(keep.size(1), device=keep.device)  # (L,)
+    allowed = keep & (slots <= slot)[None]  # (B, L)
+    window = stack.cfg.sliding_window
+    if window is not None:
+        allowed = allowed & ((slot - slots) < window)[None]
+    allowed = allowed[:, None, None, :]  # (B, 1, 1, L)
+    lowest = torch.finfo(dtype).min
+    bias_fn = stack._bias_fn()
+    if bias_fn is None:
+        return torch.zeros(allowed.shape, dtype=dtype, device=keep.device).masked_fill(
+            ~allowed, lowest
+        )
+    bias = bias_fn(slot, slots).to(dtype)  # (1, H, 1, L)
+    return bias.masked_fill(~allowed, lowest)
+
+
+def _attend(
+    attn: nn.Module,
+    x: Tensor,
+    mask: Tensor,
+    rope: tuple[Tensor, Tensor] | None,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    slot: Tensor,
+) -> Tensor:
+    """Self-attention of one new token per row: (B, 1, d) -> (B, 1, d), k/v written at `slot`.
+
+    With T = 1, (B, 1, H * hd) viewed as (B, H, 1, hd) is already the head-major layout, so no
+    transposes are needed on the way in or out."""
+    b = x.size(0)
+    h, hkv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
+    q = attn.q_proj(x).view(b, h, 1, hd)
+    k = attn.k_proj(x).view(b, hkv, 1, hd)
+    v = attn.v_proj(x).view(b, hkv, 1, hd)
+    if rope is not None:
+        q = apply_rope(q, *rope)
+        k = apply_rope(k, *rope)
+    k_cache.index_copy_(2, slot, k)
+    v_cache.index_copy_(2, slot, v)
+    out = F.scaled_dot_product_attention(
+        q, k_cache, v_cache, attn_mask=mask, scale=attn.scale, enable_gqa=h != hkv
+    )  # (B, H, 1, hd)
+    return attn.o_proj(out.reshape(b, 1, h * hd))
+
+
+def static_step(
+    model: nn.Module,
+    ids: Tensor,
+    pos: Tensor,
+    slot: Tensor,
+    keep: Tensor,
+    ks: list[Tensor],
+    vs: list[Tensor],
+) -> Tensor:
+    """One decoding step with fixed shapes: (B, 1) ids at positions pos (B, 1), written at cache
+    slot `slot` ((1,) long) of the per-layer caches ks, vs (each (B, H_kv, max_len, hd));
+    keep (B, max_len) bool marks the non-padding slots. Returns (B, V) float32 logits.
+
+    The same computation as `Transformer.forward` for a decoder (dropout is off: generation runs
+    in eval mode), written without the host checks and growing shapes; see the module docstring.
+    """
+    stack = model.decoder
+    x = model.embed(ids, pos)  # (B, 1, d)
+    mask = static_mask(stack, keep, slot, x.dtype)
+    rope = stack.rope(pos, x.dtype) if stack.rope is not None else None
+    for i, block in enumerate(stack.layers):
+        if block.pre_norm:
+            x = x + _attend(block.attn, block.attn_norm(x), mask, rope, ks[i], vs[i], slot)
+            x = x + block.mlp(block.mlp_norm(x))
+        else:
+            x = block.attn_norm(x + _attend(block.attn, x, mask, rope, ks[i], vs[i], slot))
+            x = block.mlp_norm(x + block.mlp(x))
+    if stack.norm is not None:
+        x = stack.norm(x)
+    heads = model.heads
+    if heads.logit_scale != 1.0:
+        x = x * heads.logit_scale
+    return heads.lm_head(x)[:, -1].float()
+
+
+# one compiled step per model: torch.compile keys its cache on the function's code, and a
+# frozen graph holds the weights as constants, so each model gets its own function object
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Callable]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _weights_key(model: nn.Module) -> tuple:
+    """Identity and in-place version of every parameter and buffer: changes when weights do."""
+    return tuple(
+        (t.data_ptr(), t._version, t.dtype, t.device)
+        for t in list(model.parameters()) + list(model.buffers())
+    )
+
+
+def compiled_step(model: nn.Module) -> Callable:
+    """`static_step` under torch.compile for `model` (fullgraph, static shapes), reused while
+    the model's weights are unchanged and rebuilt when they change."""
+    key = _weights_key(model)
+    hit = _COMPILED.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    # a fresh code object: torch.compile caches per code object, and a stale entry (frozen
+    # weights of before) must not be found
+    fn = type(static_step)(
+        static_step.__code__.replace(), static_step.__globals__, "static_step_compiled"
+    )
+    step = torch.compile(fn, fullgraph=True, dynamic=False)
+    _COMPILED[model] = (key, step)
+    return step
+
+
+class StaticDecoder:
+    """Runs `static_step` (compiled or not) for one generation over `cache`.
+
+    Args:
+        model: a model `static_unsupported` accepts.
+        cache: the KV cache the prefill filled (its `length` = prompt width).
+        mask: (B, T) the prompt's attention mask, 1 = token, 0 = left padding.
+        compile: use `compiled_step`.
+    """
+
+    def __init__(self, model: nn.Module, cache: KVCache, mask: Tensor, compile: bool) -> None:
+        self.model, self.cache = model, cache
+        b, t = mask.shape
+        keep = torch.ones(b, cache.max_len, dtype=torch.bool, device=mask.device)
+        keep[:, :t] = mask.bool()
+        self.keep = keep
+        self.pos = mask.long().sum(1, keepdim=True)  # (B, 1): real tokens before the next one
+        self.ks = [cache.k[i] for i in range(cache.k.size(0))]
+        self.vs = [cache.v[i] for i in range(cache.v.size(0))]
+        self.slot = torch.full((1,), cache.length, dtype=torch.long, device=mask.device)
+        self.step = compiled_step(model) if compile else static_step
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` (as `KVCache.reorder`, which must be called too)."""
+        self.keep, self.pos = self.keep[index], self.pos[index]
+        self.ks = [self.cache.k[i] for i in range(self.cache.k.size(0))]
+        self.vs = [self.cache.v[i] for i in range(self.cache.v.size(0))]
+
+    def __call__(self, token: Tensor) -> Tensor:
+        """(B, 1) newest tokens -> (B, V) float32 logits of the next ones."""
+        cache = self.cache
+        if cache.length >= cache.max_len:
+            from lmforge.errors import GenerationError
+
+            raise GenerationError(
+                f"the sequence would reach {cache.length + 1} tokens but the cache holds "
+                f"{cache.max_len}; ask for fewer new tokens or a shorter prompt."
+            )
+        logits = self.step(self.model, token, self.pos, self.slot, self.keep, self.ks, self.vs)
+        cache.length += 1
+        self.slot += 1  # in place, outside the step: the step's inputs keep their identity
+        self.pos += 1
+        return logits
