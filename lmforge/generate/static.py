@@ -94,6 +94,21 @@ def static_mask(stack: nn.Module, keep: Tensor, slot: Tensor, dtype: torch.dtype
     return bias.masked_fill(~allowed, lowest)
 
 
+def _plain_linears(*modules: nn.Module) -> bool:
+    """All plain `nn.Linear` (not LoRA- or quantization-wrapped), all with or all without bias."""
+    return (
+        all(type(m) is nn.Linear for m in modules) and len({m.bias is None for m in modules}) == 1
+    )
+
+
+def _fused_qkv(attn: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """[W_q; W_k; W_v] and [b_q; b_k; b_v]: the weight and bias of the fused projection."""
+    projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+    weight = torch.cat([p.weight for p in projs])
+    bias = None if projs[0].bias is None else torch.cat([p.bias for p in projs])
+    return weight, bias
+
+
 def _attend(
     attn: nn.Module,
     x: Tensor,
@@ -102,24 +117,44 @@ def _attend(
     k_cache: Tensor,
     v_cache: Tensor,
     slot: Tensor,
+    explicit: bool,
 ) -> Tensor:
-    """Self-attention of one new token per row: (B, 1, d) -> (B, 1, d), k/v written at `slot`.
+    """Self-attention of one new token per row: (B, 1, d) -> (B, 1, d), k/v written at `slot`;
+    `explicit`: the formula written out instead of the fused SDPA kernel (see `static_step`).
 
     With T = 1, (B, 1, H * hd) viewed as (B, H, 1, hd) is already the head-major layout, so no
     transposes are needed on the way in or out."""
     b = x.size(0)
     h, hkv, hd = attn.n_head, attn.n_kv_head, attn.head_dim
-    q = attn.q_proj(x).view(b, h, 1, hd)
-    k = attn.k_proj(x).view(b, hkv, 1, hd)
-    v = attn.v_proj(x).view(b, hkv, 1, hd)
+    if explicit and _plain_linears(attn.q_proj, attn.k_proj, attn.v_proj):
+        # fused q, k, v: one (H + 2 H_kv) hd x d product instead of three. Inside a frozen
+        # compiled graph the concatenation of the weights is folded into a constant once
+        q, k, v = F.linear(x, *_fused_qkv(attn)).split([h * hd, hkv * hd, hkv * hd], dim=-1)
+        q, k, v = q.view(b, h, 1, hd), k.view(b, hkv, 1, hd), v.view(b, hkv, 1, hd)
+    else:
+        q = attn.q_proj(x).view(b, h, 1, hd)
+        k = attn.k_proj(x).view(b, hkv, 1, hd)
+        v = attn.v_proj(x).view(b, hkv, 1, hd)
     if rope is not None:
         q = apply_rope(q, *rope)
         k = apply_rope(k, *rope)
     k_cache.index_copy_(2, slot, k)
     v_cache.index_copy_(2, slot, v)
-    out = F.scaled_dot_product_attention(
-        q, k_cache, v_cache, attn_mask=mask, scale=attn.scale, enable_gqa=h != hkv
-    )  # (B, H, 1, hd)
+    if not explicit:
+        out = F.scaled_dot_product_attention(
+            q, k_cache, v_cache, attn_mask=mask, scale=attn.scale, enable_gqa=h != hkv
+        )  # (B, H, 1, hd)
+        return attn.o_proj(out.reshape(b, 1, h * hd))
+    # softmax(q K^T * scale + mask) V written out, for the compiler to fuse; query heads that
+    # share a key/value head (grouped-query attention) are batched together: (B, H_kv, rep, .)
+    rep = h // hkv
+    scale = attn.scale if attn.scale is not None else hd**-0.5
+    q = q.view(b, hkv, rep, hd)
+    scores = (q @ k_cache.transpose(-2, -1)).float() * scale  # (B, H_kv, rep, L)
+    m = mask.float()
+    scores = scores + (m if m.size(1) == 1 else m.view(m.size(0), hkv, rep, -1))
+    weights = torch.softmax(scores, dim=-1).to(q.dtype)
+    out = weights @ v_cache  # (B, H_kv, rep, hd)
     return attn.o_proj(out.reshape(b, 1, h * hd))
 
 
@@ -131,6 +166,7 @@ def static_step(
     keep: Tensor,
     ks: list[Tensor],
     vs: list[Tensor],
+    explicit: bool = False,
 ) -> Tensor:
     """One decoding step with fixed shapes: (B, 1) ids at positions pos (B, 1), written at cache
     slot `slot` ((1,) long) of the per-layer caches ks, vs (each (B, H_kv, max_len, hd));
@@ -138,6 +174,10 @@ def static_step(
 
     The same computation as `Transformer.forward` for a decoder (dropout is off: generation runs
     in eval mode), written without the host checks and growing shapes; see the module docstring.
+    explicit: attention as matmul + softmax + matmul instead of SDPA. Compiled steps use it: on
+    CPU the fused SDPA kernel parallelises over (batch, head) pairs and costs more than the
+    whole step's other non-matmul work for a single query, while the written-out form lets the
+    compiler fuse the mask, scale and softmax into one loop.
     """
     stack = model.decoder
     x = model.embed(ids, pos)  # (B, 1, d)
@@ -145,10 +185,13 @@ def static_step(
     rope = stack.rope(pos, x.dtype) if stack.rope is not None else None
     for i, block in enumerate(stack.layers):
         if block.pre_norm:
-            x = x + _attend(block.attn, block.attn_norm(x), mask, rope, ks[i], vs[i], slot)
+            x = x + _attend(
+                block.attn, block.attn_norm(x), mask, rope, ks[i], vs[i], slot, explicit
+            )
             x = x + block.mlp(block.mlp_norm(x))
         else:
-            x = block.attn_norm(x + _attend(block.attn, x, mask, rope, ks[i], vs[i], slot))
+            a = _attend(block.attn, x, mask, rope, ks[i], vs[i], slot, explicit)
+            x = block.attn_norm(x + a)
             x = block.mlp_norm(x + block.mlp(x))
     if stack.norm is not None:
         x = stack.norm(x)
@@ -157,6 +200,11 @@ def static_step(
         x = x * heads.logit_scale
     return heads.lm_head(x)[:, -1].float()
 
+
+# inductor options of the compiled step. freezing: the weights are constants of the graph, so
+# linear layers get weights prepacked once for the CPU's matmul library (rebuilt by
+# `compiled_step` whenever a weight changes)
+COMPILE_OPTIONS = {"freezing": True}
 
 # one compiled step per model: torch.compile keys its cache on the function's code, and a
 # frozen graph holds the weights as constants, so each model gets its own function object
@@ -185,7 +233,14 @@ def compiled_step(model: nn.Module) -> Callable:
     fn = type(static_step)(
         static_step.__code__.replace(), static_step.__globals__, "static_step_compiled"
     )
-    step = torch.compile(fn, fullgraph=True, dynamic=False)
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+
+    def step(*args):
+        # compilation happens inside a call (the first, or one with new shapes); the options are
+        # inductor settings, patched in for the call only
+        with torch._inductor.config.patch(COMPILE_OPTIONS):
+            return compiled(*args)
+
     _COMPILED[model] = (key, step)
     return step
 
@@ -211,6 +266,7 @@ class StaticDecoder:
         self.vs = [cache.v[i] for i in range(cache.v.size(0))]
         self.slot = torch.full((1,), cache.length, dtype=torch.long, device=mask.device)
         self.step = compiled_step(model) if compile else static_step
+        self.explicit = compile
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (as `KVCache.reorder`, which must be called too)."""
@@ -228,7 +284,9 @@ class StaticDecoder:
                 f"the sequence would reach {cache.length + 1} tokens but the cache holds "
                 f"{cache.max_len}; ask for fewer new tokens or a shorter prompt."
             )
-        logits = self.step(self.model, token, self.pos, self.slot, self.keep, self.ks, self.vs)
+        logits = self.step(
+            self.model, token, self.pos, self.slot, self.keep, self.ks, self.vs, self.explicit
+        )
         cache.length += 1
         self.slot += 1  # in place, outside the step: the step's inputs keep their identity
         self.pos += 1

@@ -40,8 +40,9 @@ def plain_generate(monkeypatch, model, prompts, gen):
         return generate(model, prompts, gen)
 
 
+@pytest.mark.parametrize("explicit", [False, True], ids=["sdpa", "explicit"])
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_static_logits_match_plain_step_with_left_padding(name):
+def test_static_logits_match_plain_step_with_left_padding(name, explicit):
     preset, overrides = VARIANTS[name]
     model = tiny(preset, **overrides)
     ids, mask = pad(PROMPTS, 0, torch.device("cpu"))
@@ -50,6 +51,7 @@ def test_static_logits_match_plain_step_with_left_padding(name):
         caches = [model.new_cache(len(PROMPTS), ids.size(1) + steps) for _ in range(2)]
         logits = [prefill(model, ids, mask, c) for c in caches]
         static = StaticDecoder(model, caches[1], mask, compile=False)
+        static.explicit = explicit  # the attention form compiled steps use
         grown = mask
         for _ in range(steps):
             token = logits[0].argmax(-1)[:, None]
