@@ -21,7 +21,7 @@ from lmforge.generate.core import GenerationOutput, compiled, decode_one_token, 
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
 from lmforge.generate.processors import apply_penalties
 from lmforge.generate.sampling import TokenHistory
-from lmforge.generate.static import StaticDecoder, static_cache_len, static_unsupported
+from lmforge.generate.static import StaticDecoder, static_unsupported
 
 
 class Finished:
@@ -93,8 +93,7 @@ def _search(
     begin = start(model, prompts, gen)
     batch = len(prompts)
     static = static_unsupported(model) is None
-    cache_len = static_cache_len(begin.cache_len, compile) if static else begin.cache_len
-    cache = model.new_cache(batch, cache_len)
+    cache = model.new_cache(batch, begin.cache_len)
     logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
     index = torch.arange(batch, device=device).repeat_interleave(nb)  # each prompt -> nb beams
     logits, mask = logits[index], begin.mask[index]

@@ -27,7 +27,7 @@ from lmforge.generate.core import (
 )
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
 from lmforge.generate.sampling import TokenHistory, make_generator, select_next
-from lmforge.generate.static import StaticDecoder, static_cache_len, static_unsupported
+from lmforge.generate.static import StaticDecoder, static_unsupported
 from lmforge.generate.stops import StopStrings
 
 Prompts = list[list[int]] | list[int] | Tensor
@@ -87,8 +87,7 @@ class SamplingRun:
         begin = start(model, self.prompts, gen)
         batch, n = len(self.prompts), gen.num_return_sequences
         static = static_unsupported(model) is None
-        cache_len = static_cache_len(begin.cache_len, self.compile) if static else begin.cache_len
-        cache = model.new_cache(batch, cache_len)
+        cache = model.new_cache(batch, begin.cache_len)
         logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
         mask, encoder = begin.mask, begin.encoder
         if n > 1:  # prefill once per prompt, then copy the cache for each sample

@@ -1,22 +1,21 @@
-"""A static decode step: one new token per row against the whole preallocated KV cache.
+"""A static decode step: one new token per row, no host checks, one graph for a whole generation.
 
 The plain step (`decode_one_token`) runs the model's forward with a mask that grows by one
-column per token: the cache is read as `[:end]` (a new shape every step) and the mask is checked
-on the host (`bool(mask.all())`). This step keeps every shape fixed for a whole generation, and
-every per-step quantity on the device, so `torch.compile(fullgraph=True, dynamic=False)` can
-capture it as one graph (gpt-fast style):
+column per token and checks it on the host (`bool(mask.all())`, twice per step), and reads the
+cache through 5-D select/slice chains. This step keeps every per-step quantity on the device, so
+`torch.compile(fullgraph=True)` captures it as one graph (gpt-fast style):
 
     slot          the cache slot of the new token, a (1,) long tensor (= tokens cached so far)
     pos[b]        row b's position: the real (non-padding) tokens before the new one
-    k, v          written into every layer's cache with index_copy_ at `slot`
+    k, v          written into every layer's preallocated cache with index_copy_ at `slot`
     allowed[b, j] = keep[b, j] and j <= slot [and slot - j < window]
     mask[b, j]    = bias(slot, j) if allowed[b, j] else the dtype's minimum
-    out           = softmax(q K^T * scale + mask) V over all max_len slots
+    out           = softmax(q K^T * scale + mask) V over the slots 0 .. slot
 
-`keep` (B, max_len) is False at left-padding slots of the prompt and True elsewhere, so padded
-batches need no per-step host check. Slots after `slot` are masked: their weight exp(min - max)
-is exactly 0, so attending over the whole cache gives what attending over its first slot + 1
-entries gives.
+`keep` (B, max_len) is False at the left-padding slots of the prompt and True elsewhere, so
+padded batches need no per-step host check. The keys are views of the cache's first slot + 1
+slots: their length is the only size that changes between steps, and the compiled step marks it
+dynamic (one compilation for the whole generation, and no attention over unwritten slots).
 
 Covered: decoder-only models with a non-rolling cache, the "sdpa" attention backend, learned,
 sinusoidal, RoPE (not "dynamic" scaling, which reads the largest position on the host), ALiBi,
@@ -63,16 +62,6 @@ def static_unsupported(model: nn.Module, cache: KVCache | None = None) -> str | 
         if hasattr(block, "cross_attn"):
             return "cross-attention"
     return None
-
-
-CACHE_BUCKET = 64  # compiled steps: cache lengths rounded up to a multiple of this
-
-
-def static_cache_len(n: int, compile: bool) -> int:
-    """Cache slots for `n` tokens. A compiled step has static shapes, so each cache length is
-    one compilation; rounding up to a multiple of CACHE_BUCKET lets calls of nearby lengths
-    share one (the extra slots are masked, as the unwritten ones always are)."""
-    return -(-n // CACHE_BUCKET) * CACHE_BUCKET if compile else n
 
 
 def static_mask(stack: nn.Module, keep: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
@@ -222,8 +211,9 @@ def _weights_key(model: nn.Module) -> tuple:
 
 
 def compiled_step(model: nn.Module) -> Callable:
-    """`static_step` under torch.compile for `model` (fullgraph, static shapes), reused while
-    the model's weights are unchanged and rebuilt when they change."""
+    """`static_step` under torch.compile for `model` (fullgraph; static shapes except the
+    number of cached slots), reused while the model's weights are unchanged and rebuilt when
+    they change (a frozen graph holds them as constants)."""
     key = _weights_key(model)
     hit = _COMPILED.get(model)
     if hit is not None and hit[0] == key:
@@ -233,7 +223,7 @@ def compiled_step(model: nn.Module) -> Callable:
     fn = type(static_step)(
         static_step.__code__.replace(), static_step.__globals__, "static_step_compiled"
     )
-    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+    compiled = torch.compile(fn, fullgraph=True)
 
     def step(*args):
         # compilation happens inside a call (the first, or one with new shapes); the options are
@@ -284,9 +274,17 @@ class StaticDecoder:
                 f"the sequence would reach {cache.length + 1} tokens but the cache holds "
                 f"{cache.max_len}; ask for fewer new tokens or a shorter prompt."
             )
-        logits = self.step(
-            self.model, token, self.pos, self.slot, self.keep, self.ks, self.vs, self.explicit
-        )
+        # attend over the slots written so far: the views' length is the one dimension that
+        # changes from step to step, and the compiled step treats it as symbolic
+        end = cache.length + 1
+        ks = [k[:, :, :end] for k in self.ks]
+        vs = [v[:, :, :end] for v in self.vs]
+        keep = self.keep[:, :end]
+        if self.explicit:
+            for t in (*ks, *vs):
+                torch._dynamo.mark_dynamic(t, 2)
+            torch._dynamo.mark_dynamic(keep, 1)
+        logits = self.step(self.model, token, self.pos, self.slot, keep, ks, vs, self.explicit)
         cache.length += 1
         self.slot += 1  # in place, outside the step: the step's inputs keep their identity
         self.pos += 1

@@ -11,12 +11,7 @@ import lmforge.generate.engine as engine
 from lmforge.generate import GenerationConfig, generate
 from lmforge.generate.core import decode_one_token, prefill
 from lmforge.generate.inputs import pad
-from lmforge.generate.static import (
-    CACHE_BUCKET,
-    StaticDecoder,
-    static_cache_len,
-    static_unsupported,
-)
+from lmforge.generate.static import StaticDecoder, static_unsupported
 
 VARIANTS = {
     "gpt": ("gpt-tiny", {}),
@@ -110,12 +105,6 @@ def test_unsupported_models_are_named_and_still_generate():
         assert generate(model, [PROMPTS[0]], gen)[0] == greedy_reference(model, PROMPTS[0], 4)
 
 
-def test_static_cache_len_buckets_only_when_compiled():
-    assert static_cache_len(70, compile=False) == 70
-    assert static_cache_len(70, compile=True) == 2 * CACHE_BUCKET
-    assert static_cache_len(CACHE_BUCKET, compile=True) == CACHE_BUCKET
-
-
 def test_static_step_refuses_to_overflow_the_cache():
     model = tiny("gpt-tiny")
     ids, mask = pad([[1, 2]], 0, torch.device("cpu"))
@@ -135,5 +124,8 @@ def test_compiled_static_step_gives_the_plain_tokens(monkeypatch):
     gen = GenerationConfig(max_new_tokens=6, temperature=0.0)
     expected = plain_generate(monkeypatch, model, PROMPTS, gen)
     assert generate(model, PROMPTS, gen, compile=True) == expected
-    # the same shapes again: no recompilation needed, same tokens
+    # the same shapes again, then longer generations (the cached length is a dynamic size)
     assert generate(model, PROMPTS, gen, compile=True) == expected
+    longer = GenerationConfig(max_new_tokens=12, temperature=0.0)
+    expected = plain_generate(monkeypatch, model, PROMPTS, longer)
+    assert generate(model, PROMPTS, longer, compile=True) == expected
