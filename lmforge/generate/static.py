@@ -190,10 +190,15 @@ def static_step(
     return heads.lm_head(x)[:, -1].float()
 
 
-# inductor options of the compiled step. freezing: the weights are constants of the graph, so
-# linear layers get weights prepacked once for the CPU's matmul library (rebuilt by
-# `compiled_step` whenever a weight changes)
-COMPILE_OPTIONS = {"freezing": True}
+# inductor options of the compiled step:
+# - freezing: the weights are constants of the graph, packed once into the layout the matrix
+#   kernels read (the graph is rebuilt by `compiled_step` whenever a weight changes);
+# - max_autotune with the "CPP" GEMM backend: inductor also generates its own C++ matrix kernels
+#   for each linear's shape (vectorised, multi-threaded over the output features), times them
+#   against the ATen/MKL call once at compile time and keeps the faster. For one to eight rows
+#   (decoding) the generated kernels read the weights several times faster than MKL's on the
+#   CPUs measured (BENCHMARKS.md), at the price of a longer first call.
+COMPILE_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 # one compiled step per model: torch.compile keys its cache on the function's code, and a
 # frozen graph holds the weights as constants, so each model gets its own function object
