@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmforge.errors import GenerationError
 from lmforge.models.cache import KVCache
 from lmforge.models.positions import apply_rope
 from lmforge.models.transformer import Transformer
@@ -65,8 +66,9 @@ def static_unsupported(model: nn.Module, cache: KVCache | None = None) -> str | 
 
 
 def static_mask(stack: nn.Module, keep: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, 1|H, 1, max_len) additive mask of the new query at cache slot `slot` (see the module
-    docstring): 0 (or the position bias) where allowed, the dtype's minimum elsewhere."""
+    """(B, 1|H, 1, L) additive mask of the new query at cache slot `slot` over the first
+    L = keep.size(1) slots (see the module docstring): 0 (or the position bias) where allowed,
+    the dtype's minimum elsewhere."""
     slots = torch.arange(keep.size(1), device=keep.device)  # (L,)
     allowed = keep & (slots <= slot)[None]  # (B, L)
     window = stack.cfg.sliding_window
@@ -157,16 +159,17 @@ def static_step(
     vs: list[Tensor],
     explicit: bool = False,
 ) -> Tensor:
-    """One decoding step with fixed shapes: (B, 1) ids at positions pos (B, 1), written at cache
-    slot `slot` ((1,) long) of the per-layer caches ks, vs (each (B, H_kv, max_len, hd));
-    keep (B, max_len) bool marks the non-padding slots. Returns (B, V) float32 logits.
+    """One decoding step: (B, 1) ids at positions pos (B, 1), written at cache slot `slot`
+    ((1,) long) of the per-layer cache views ks, vs (each (B, H_kv, L, hd), L = slot + 1: the
+    slots written so far and the new one); keep (B, L) bool marks the non-padding slots. Every
+    shape is fixed for a generation except L. Returns (B, V) float32 logits.
 
     The same computation as `Transformer.forward` for a decoder (dropout is off: generation runs
-    in eval mode), written without the host checks and growing shapes; see the module docstring.
-    explicit: attention as matmul + softmax + matmul instead of SDPA. Compiled steps use it: on
-    CPU the fused SDPA kernel parallelises over (batch, head) pairs and costs more than the
-    whole step's other non-matmul work for a single query, while the written-out form lets the
-    compiler fuse the mask, scale and softmax into one loop.
+    in eval mode), written without host checks; see the module docstring.
+    explicit: attention as matmul + softmax + matmul instead of SDPA. Compiled steps use it: for
+    a single query the fused SDPA CPU kernel splits the work into (batch, head) tasks and took 19%
+    of the compiled step at batch 8 (BENCHMARKS.md), while the written-out form lets the compiler
+    fuse the mask, scale and softmax into one loop.
     """
     stack = model.decoder
     x = model.embed(ids, pos)  # (B, 1, d)
@@ -230,10 +233,12 @@ def compiled_step(model: nn.Module) -> Callable:
     )
     compiled = torch.compile(fn, fullgraph=True)
 
+    import torch._inductor.config as inductor_config
+
     def step(*args):
         # compilation happens inside a call (the first, or one with new shapes); the options are
         # inductor settings, patched in for the call only
-        with torch._inductor.config.patch(COMPILE_OPTIONS):
+        with inductor_config.patch(COMPILE_OPTIONS):
             return compiled(*args)
 
     _COMPILED[model] = (key, step)
@@ -273,8 +278,6 @@ class StaticDecoder:
         """(B, 1) newest tokens -> (B, V) float32 logits of the next ones."""
         cache = self.cache
         if cache.length >= cache.max_len:
-            from lmforge.errors import GenerationError
-
             raise GenerationError(
                 f"the sequence would reach {cache.length + 1} tokens but the cache holds "
                 f"{cache.max_len}; ask for fewer new tokens or a shorter prompt."

@@ -129,3 +129,16 @@ def test_compiled_static_step_gives_the_plain_tokens(monkeypatch):
     longer = GenerationConfig(max_new_tokens=12, temperature=0.0)
     expected = plain_generate(monkeypatch, model, PROMPTS, longer)
     assert generate(model, PROMPTS, longer, compile=True) == expected
+
+
+@pytest.mark.slow
+def test_compiled_step_is_rebuilt_when_weights_change(monkeypatch):
+    """A frozen graph holds the weights as constants: after an in-place update (an optimizer
+    step) the next compiled generation must see the new weights."""
+    model = tiny("gpt-tiny", seed=1)
+    gen = GenerationConfig(max_new_tokens=5, temperature=0.0)
+    generate(model, PROMPTS, gen, compile=True)
+    with torch.no_grad():
+        model.heads.lm_head.weight.mul_(-1.0)  # tied to the embedding: both change
+    expected = plain_generate(monkeypatch, model, PROMPTS, gen)
+    assert generate(model, PROMPTS, gen, compile=True) == expected
