@@ -267,6 +267,7 @@ class StaticDecoder:
         self.slot = torch.full((1,), cache.length, dtype=torch.long, device=mask.device)
         self.step = compiled_step(model) if compile else static_step
         self.explicit = compile
+        self.checked = False  # has a call of this generation run the compiled step's guards?
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (as `KVCache.reorder`, which must be called too)."""
@@ -292,7 +293,16 @@ class StaticDecoder:
             for t in (*ks, *vs):
                 torch._dynamo.mark_dynamic(t, 2)
             torch._dynamo.mark_dynamic(keep, 1)
-        logits = self.step(self.model, token, self.pos, self.slot, keep, ks, vs, self.explicit)
+        args = (self.model, token, self.pos, self.slot, keep, ks, vs, self.explicit)
+        if self.explicit and self.checked:
+            # the first call of this generation ran every guard (and compiled if none matched);
+            # later calls differ only in the symbolic number of slots, so only the guards that
+            # tell this model's compiled graphs apart (batch size, dtype) need to run
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                logits = self.step(*args)
+        else:
+            logits = self.step(*args)
+            self.checked = True
         cache.length += 1
         self.slot += 1  # in place, outside the step: the step's inputs keep their identity
         self.pos += 1

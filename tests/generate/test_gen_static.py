@@ -129,6 +129,11 @@ def test_compiled_static_step_gives_the_plain_tokens(monkeypatch):
     longer = GenerationConfig(max_new_tokens=12, temperature=0.0)
     expected = plain_generate(monkeypatch, model, PROMPTS, longer)
     assert generate(model, PROMPTS, longer, compile=True) == expected
+    # another batch size (a second graph of the same step), then the first one again: after its
+    # first call a generation runs only the guards that tell the graphs apart
+    one = plain_generate(monkeypatch, model, PROMPTS[:1], longer)
+    assert generate(model, PROMPTS[:1], longer, compile=True) == one
+    assert generate(model, PROMPTS, longer, compile=True) == expected
 
 
 @pytest.mark.slow
