@@ -1,7 +1,11 @@
 """The generation engine: greedy and sampled decoding of a batch of prompts.
 
     prompts -> left-pad + mask -> prefill (fills the KV cache) -> logits
-    repeat:  logits -> processors -> argmax or sample -> token -> stop? -> decode_one_token
+    repeat:  logits -> processors -> argmax or sample -> token -> stop? -> decode step
+
+The decode step is the static one (`lmforge.generate.static`: fixed shapes, no host checks,
+compilable as one graph) for the models it covers, `decode_one_token` (the model's forward with
+a growing mask) for the others.
 
 Each row stops on its own: at the EOS token (which is not returned), at a stop string (the text
 is cut before it), or after `max_new_tokens`. Rows that stopped keep riding along in the batch,
@@ -180,7 +184,10 @@ def generate(
             tensor; for an encoder-decoder these are the source sequences.
         gen: decoding settings (default `GenerationConfig()`).
         tokenizer: needed only for stop strings.
-        compile: wrap `decode_one_token` with torch.compile.
+        compile: torch.compile the decode step: the static step (`compiled_step`: one graph,
+            frozen weights, autotuned matrix kernels; the first call per model and batch size
+            compiles, tens of seconds for a small model) or, for models it does not cover,
+            `decode_one_token` with dynamic shapes.
 
     Returns:
         The new tokens of every returned sequence (EOS not included), prompt-major: prompt i's
