@@ -245,6 +245,15 @@ def compiled_step(model: nn.Module) -> Callable:
     return step
 
 
+def _default_stance() -> bool:
+    """True when torch.compile runs as usual: no caller-set stance (such as "force_eager") that
+    skipping guards would override."""
+    import torch._dynamo.eval_frame as eval_frame
+
+    stance = getattr(eval_frame, "_stance", None)
+    return stance is not None and stance.stance == "default" and stance.backend is None
+
+
 class StaticDecoder:
     """Runs `static_step` (compiled or not) for one generation over `cache`.
 
@@ -294,7 +303,7 @@ class StaticDecoder:
                 torch._dynamo.mark_dynamic(t, 2)
             torch._dynamo.mark_dynamic(keep, 1)
         args = (self.model, token, self.pos, self.slot, keep, ks, vs, self.explicit)
-        if self.explicit and self.checked:
+        if self.explicit and self.checked and _default_stance():
             # the first call of this generation ran every guard (and compiled if none matched);
             # later calls differ only in the symbolic number of slots, so only the guards that
             # tell this model's compiled graphs apart (batch size, dtype) need to run

@@ -136,6 +136,15 @@ def test_compiled_static_step_gives_the_plain_tokens(monkeypatch):
     assert generate(model, PROMPTS, longer, compile=True) == expected
 
 
+def test_compile_respects_a_force_eager_stance(monkeypatch):
+    """Under the caller's "force_eager" stance nothing is compiled (and guards are not skipped)."""
+    model = tiny("gpt-tiny", seed=2)
+    gen = GenerationConfig(max_new_tokens=5, temperature=0.0)
+    expected = plain_generate(monkeypatch, model, PROMPTS, gen)
+    with torch.compiler.set_stance("force_eager"):
+        assert generate(model, PROMPTS, gen, compile=True) == expected
+
+
 @pytest.mark.slow
 def test_compiled_step_is_rebuilt_when_weights_change(monkeypatch):
     """A frozen graph holds the weights as constants: after an in-place update (an optimizer
