@@ -8,6 +8,10 @@ reported, with the ratio lmforge / Hugging Face. Both must produce the same gree
 
     python bench/decode_speed.py                                  # gpt-mini, CPU, fp32, batch 1 and 8
     python bench/decode_speed.py --compile                        # adds lmforge with compile=True
+
+lmforge decodes with its static step (`lmforge.generate.static`) for these models; compile=True
+compiles that step (fullgraph, static shapes). The first call of each contender is timed and
+reported on its own (for compile=True it includes compiling), and is left out of the rates.
     python bench/decode_speed.py --device cuda --dtype bf16 --compile --hf-static
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,7 +100,7 @@ def main() -> None:
     print(f"- parameters: {common.n_params(ours):,}; dtype {args.dtype}")
 
     results: dict[str, dict] = {}
-    rows = []
+    rows, first_rows = [], []
     gen = torch.Generator().manual_seed(2)
     for batch in args.batch_sizes:
         vocab = ours.cfg.vocab_size
@@ -108,7 +113,13 @@ def main() -> None:
             contenders["hf-static"] = hf_call(hf, prompts, args.new_tokens, True)
 
         print(f"\n## batch {batch}")
-        outputs = {name: fn() for name, fn in contenders.items()}  # also the first warm-up
+        outputs, first = {}, {}
+        for name, fn in contenders.items():  # also the first warm-up
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            common.sync(device)
+            first[name] = time.perf_counter() - t0
+            print(f"- first call {name}: {first[name]:.2f} s (compilation included, if any)")
         for name, toks in outputs.items():
             if any(len(t) != args.new_tokens for t in toks):
                 raise RuntimeError(f"{name} did not produce {args.new_tokens} tokens per row")
@@ -131,7 +142,8 @@ def main() -> None:
         for n, r in rates.items():
             same = "-" if n == "hf" else ("yes" if match[n] else "no")
             rows.append([batch, n, common.median(r), common.spread(r), *ratios[n], same])
-        results[str(batch)] = {"tokens_per_s": rates, "match": match}
+            first_rows.append([batch, n, f"{first[n]:.2f}", f"{common.median(times[n]):.3f}"])
+        results[str(batch)] = {"tokens_per_s": rates, "match": match, "first_call_s": first}
 
     print()
     headers = [
@@ -145,6 +157,15 @@ def main() -> None:
     ]
     headers.append("same tokens")
     print(common.markdown_table(headers, rows))
+    print(
+        "\nFirst call (untimed warm-up above; for compile=True it includes compiling the step), "
+        "end to end:\n"
+    )
+    print(
+        common.markdown_table(
+            ["batch", "generator", "first call, s", "later calls, s (median)"], first_rows
+        )
+    )
     if args.json is not None:
         args.json.write_text(
             json.dumps(

@@ -3,7 +3,9 @@ profile (torch.profiler) and a per-function Python profile (cProfile).
 
 Variants, all greedy on the same model and prompts, each generating `--new-tokens` tokens:
 
-- generate:      `lmforge.generate.generate` (prefill + decode_one_token + processors + records)
+- generate:      `lmforge.generate.generate` (prefill + the static step of
+                 `lmforge.generate.static` + processors + records), eager
+- generate-compile: the same with compile=True (`--compile`; the warm-up call compiles)
 - loop-mask:     prefill, then model(token, attention_mask=grown mask, cache) + argmax + tolist,
                  what the engine does without its bookkeeping
 - loop-nomask:   the same with attention_mask=None (no mask growth, no `bool(mask.all())` syncs)
@@ -14,6 +16,7 @@ Variants, all greedy on the same model and prompts, each generating `--new-token
 - hf:            Hugging Face `generate` on the same weights, for scale
 
     python bench/profile_decode.py --batch-size 1
+    python bench/profile_decode.py --batch-size 8 --compile
     python bench/profile_decode.py --device cuda --dtype bf16 --batch-size 8
 """
 
@@ -116,6 +119,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="add generate with compile=True")
     ap.add_argument("--top", type=int, default=25, help="rows of each profile table")
     args = ap.parse_args()
 
@@ -140,9 +144,13 @@ def main() -> None:
         "matmul-fused": matmul_floor(ours, args.batch_size, new, fused=True),
         "hf": hf_call(hf, prompts, new, False),
     }
+    if args.compile:
+        variants["generate-compile"] = lmforge_call(ours, prompts, new, True)
     ref = torch.tensor(variants["generate"](), device=device)
-    for name in ("loop-mask", "loop-nomask", "loop-nosync"):
-        same = torch.equal(variants[name]().to(ref.device), ref)
+    for name in ("loop-mask", "loop-nomask", "loop-nosync", "generate-compile"):
+        if name not in variants:
+            continue
+        same = torch.equal(torch.as_tensor(variants[name]()).to(ref.device), ref)
         print(f"- {name} tokens equal generate's: {'yes' if same else 'no'}")
     times = common.alternate(variants, device, args.repeats, warmup=1, log=None)
     rows = []

@@ -21,6 +21,7 @@ from lmforge.generate.core import GenerationOutput, compiled, decode_one_token, 
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
 from lmforge.generate.processors import apply_penalties
 from lmforge.generate.sampling import TokenHistory
+from lmforge.generate.static import StaticDecoder, static_unsupported
 
 
 class Finished:
@@ -91,11 +92,14 @@ def _search(
 
     begin = start(model, prompts, gen)
     batch = len(prompts)
+    static = static_unsupported(model) is None
     cache = model.new_cache(batch, begin.cache_len)
     logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
     index = torch.arange(batch, device=device).repeat_interleave(nb)  # each prompt -> nb beams
     logits, mask = logits[index], begin.mask[index]
     cache.reorder(index)
+    # the static step when the model allows it; the plain step (growing mask) otherwise
+    fast = StaticDecoder(model, cache, mask, compile) if static else None
     encoder = begin.encoder.select(index) if begin.encoder is not None else None
     history = None
     if gen.uses_penalties:
@@ -151,11 +155,15 @@ def _search(
         if all(done) or step == gen.max_new_tokens - 1:
             break
         cache.reorder(beam_idx)
-        mask = torch.cat([mask[beam_idx], mask.new_ones(mask.size(0), 1)], dim=1)
         encoder = encoder.select(beam_idx) if encoder is not None else None
         if history is not None:
             history.select(beam_idx)
             history.add(new_tok)
+        if fast is not None:
+            fast.reorder(beam_idx)
+            logits = fast(new_tok[:, None])
+            continue
+        mask = torch.cat([mask[beam_idx], mask.new_ones(mask.size(0), 1)], dim=1)
         logits = decode(model, new_tok[:, None], mask, cache, encoder)
 
     for b in range(batch):

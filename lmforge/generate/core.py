@@ -90,7 +90,8 @@ def decode_one_token(
     """One decoding step: (B, 1) newest tokens at the next cache slot -> (B, V) next logits.
 
     `attention_mask` is (B, past + 1); positions come from it, so left padding stays invisible.
-    This is the function `compile=True` hands to torch.compile.
+    The plain step: models that `lmforge.generate.static` covers decode with its static step
+    instead; for the others this is the function `compile=True` hands to torch.compile.
     """
     return _forward(model, token, attention_mask, cache, encoder, True)[:, -1].float()
 

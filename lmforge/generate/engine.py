@@ -1,7 +1,11 @@
 """The generation engine: greedy and sampled decoding of a batch of prompts.
 
     prompts -> left-pad + mask -> prefill (fills the KV cache) -> logits
-    repeat:  logits -> processors -> argmax or sample -> token -> stop? -> decode_one_token
+    repeat:  logits -> processors -> argmax or sample -> token -> stop? -> decode step
+
+The decode step is the static one (`lmforge.generate.static`: fixed shapes, no host checks,
+compilable as one graph) for the models it covers, `decode_one_token` (the model's forward with
+a growing mask) for the others.
 
 Each row stops on its own: at the EOS token (which is not returned), at a stop string (the text
 is cut before it), or after `max_new_tokens`. Rows that stopped keep riding along in the batch,
@@ -27,6 +31,7 @@ from lmforge.generate.core import (
 )
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
 from lmforge.generate.sampling import TokenHistory, make_generator, select_next
+from lmforge.generate.static import StaticDecoder, static_unsupported
 from lmforge.generate.stops import StopStrings
 
 Prompts = list[list[int]] | list[int] | Tensor
@@ -71,6 +76,7 @@ class SamplingRun:
         self.outputs = [
             GenerationOutput(prompt_index=i) for i in range(len(self.prompts)) for _ in range(n)
         ]
+        self.compile = compile
         self._decode = compiled(decode_one_token, compile)
 
     def steps(self) -> Iterator[list[int | None]]:
@@ -84,6 +90,7 @@ class SamplingRun:
         device = model_device(model)
         begin = start(model, self.prompts, gen)
         batch, n = len(self.prompts), gen.num_return_sequences
+        static = static_unsupported(model) is None
         cache = model.new_cache(batch, begin.cache_len)
         logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
         mask, encoder = begin.mask, begin.encoder
@@ -92,6 +99,8 @@ class SamplingRun:
             logits, mask = logits[index], mask[index]
             cache.reorder(index)
             encoder = encoder.select(index) if encoder is not None else None
+        # the static step when the model allows it; the plain step (growing mask) otherwise
+        fast = StaticDecoder(model, cache, mask, self.compile) if static else None
         history = None
         if gen.uses_penalties:
             seen = [h for h in begin.history for _ in range(n)]
@@ -105,6 +114,9 @@ class SamplingRun:
                 break
             if history is not None:
                 history.add(token)
+            if fast is not None:
+                logits = fast(token[:, None])
+                continue
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)  # (N, past + 1)
             logits = self._decode(model, token[:, None], mask, cache, encoder)
 
@@ -172,7 +184,10 @@ def generate(
             tensor; for an encoder-decoder these are the source sequences.
         gen: decoding settings (default `GenerationConfig()`).
         tokenizer: needed only for stop strings.
-        compile: wrap `decode_one_token` with torch.compile.
+        compile: torch.compile the decode step: the static step (`compiled_step`: one graph,
+            frozen weights, autotuned matrix kernels; the first call per model and batch size
+            compiles, tens of seconds for a small model) or, for models it does not cover,
+            `decode_one_token` with dynamic shapes.
 
     Returns:
         The new tokens of every returned sequence (EOS not included), prompt-major: prompt i's

@@ -23,7 +23,7 @@ from lmforge.config import ModelConfig
 from lmforge.errors import GenerationError
 from lmforge.models.attention import Attention
 from lmforge.models.cache import KVCache
-from lmforge.models.layers import MLP, build_norm
+from lmforge.models.layers import MLP, build_norm, dropout
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import (
     RelativePositionBias,
@@ -49,9 +49,9 @@ class Block(nn.Module):
     def _residual(self, x: Tensor, norm: nn.Module, fn) -> tuple[Tensor, Tensor | None]:
         if self.pre_norm:
             out, w = fn(norm(x))
-            return x + self.dropout(out), w
+            return x + dropout(self.dropout, out), w
         out, w = fn(x)
-        return norm(x + self.dropout(out)), w
+        return norm(x + dropout(self.dropout, out)), w
 
     def forward(
         self,
@@ -204,7 +204,7 @@ class Stack(nn.Module):
         if memory is not None and memory_mask is not None and not bool(memory_mask.all()):
             mem_mask = padding_mask(memory_mask, x.dtype)
         prefixes = self.prefix(x.size(0)) if self.prefix is not None else None
-        x = self.dropout(x)
+        x = dropout(self.dropout, x)
         attentions = [] if need_weights else None
         for i, block in enumerate(self.layers):
             kwargs = dict(
@@ -226,5 +226,5 @@ class Stack(nn.Module):
         if cache is not None:
             cache.advance(x.size(1))
         if self.norm is not None:
-            x = self.dropout(self.norm(x))
+            x = dropout(self.dropout, self.norm(x))
         return StackOutput(x, attentions)
