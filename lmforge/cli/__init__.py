@@ -153,6 +153,13 @@ def generate(
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
     num_return_sequences: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same text).")] = None,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            help="torch.compile the decode step: 3-4x faster per token on CPU, after tens of "
+            "seconds of compiling; worth it for long outputs."
+        ),
+    ] = False,
 ) -> None:
     """Continue a prompt with a trained model."""
     from lmforge.recipes.generate import generate_from_dir
@@ -166,6 +173,7 @@ def generate(
         top_p=top_p,
         num_return_sequences=num_return_sequences,
         seed=seed,
+        compile=compile,
     )
     for i, text in enumerate(texts):
         if len(texts) > 1:

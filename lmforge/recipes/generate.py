@@ -36,6 +36,7 @@ def generate_from_dir(
     num_return_sequences: int = 1,
     seed: int | None = None,
     stop: list[str] | None = None,
+    compile: bool = False,
 ) -> list[str]:
     """Continue `prompt` with the model in `model_dir`; returns the new text of each sequence."""
     model, tok = load_model_and_tokenizer(model_dir)  # a PEFT run's dir: with its adapter
@@ -50,5 +51,5 @@ def generate_from_dir(
     )
     ids = prompt_ids(tok, prompt)
     with torch.no_grad():
-        outputs = generate(model, [ids], gen, tokenizer=tok)
+        outputs = generate(model, [ids], gen, tokenizer=tok, compile=compile)
     return [tok.decode(out) for out in outputs]
