@@ -52,7 +52,7 @@ DataOpt = Annotated[
 @app.command()
 def quickstart(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/quickstart"),
-    max_steps: Annotated[int, typer.Option(help="Training steps.")] = 300,
+    max_steps: Annotated[int, typer.Option(help="Training steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a BPE tokenizer and a small GPT on the embedded corpus, then generate (no download)."""

@@ -33,7 +33,7 @@ PROMPTS = ("The for statement", "A class definition", "")
 def quickstart(
     out: str | Path = "runs/quickstart",
     *,
-    max_steps: int = 300,
+    max_steps: int = 200,
     seed: int = 0,
     progress: bool = True,
 ) -> PretrainResult:
