@@ -135,16 +135,7 @@ def main() -> None:
     headers = ["tokens", "backend", "peak memory (MiB)", "fwd+bwd ms (median)", "note"]
     print(common.markdown_table(headers, rows))
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "machine": common.machine_info(device),
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
+        common.write_json(args.json, args, device, results)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ drift in machine load hits both sides alike; report medians and ratios, never a 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -173,6 +174,16 @@ def machine_info(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def write_json(path, args, device: torch.device, results) -> None:
+    """The run's arguments, machine and results as one JSON file (for --json)."""
+    record = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "machine": machine_info(device),
+        "results": results,
+    }
+    path.write_text(json.dumps(record, indent=2))
 
 
 def print_machine(device: torch.device) -> None:

@@ -18,7 +18,6 @@ reported on its own (for compile=True it includes compiling), and is left out of
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,16 +166,7 @@ def main() -> None:
         )
     )
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "machine": common.machine_info(device),
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
+        common.write_json(args.json, args, device, results)
 
 
 if __name__ == "__main__":
