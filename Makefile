@@ -24,6 +24,11 @@ demo: $(BASE)
 test: $(TEST)
 	$(BIN)/python -m pytest -q
 
+# the speed comparisons with Hugging Face recorded in BENCHMARKS.md (minutes, not seconds)
+bench: $(TEST)
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/decode_speed.py --compile --hf-static
+
 lint: $(TEST)
 	$(BIN)/ruff check lmforge tests bench
 	$(BIN)/ruff format --check lmforge tests bench
