@@ -94,7 +94,9 @@ def test_read_examples_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_examples(tmp_path / "missing.jsonl")
     (tmp_path / "x.txt").write_text("hello")
-    with pytest.raises(DataError, match=r"ends in '\.txt'; pass a \.csv, \.tsv, \.jsonl or \.json file"):
+    with pytest.raises(
+        DataError, match=r"ends in '\.txt'; pass a \.csv, \.tsv, \.jsonl or \.json file"
+    ):
         read_examples(tmp_path / "x.txt")
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2 is not valid JSON"):
