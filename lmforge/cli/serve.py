@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -31,10 +32,32 @@ def serve(
     dtype: Annotated[str, typer.Option(help="auto (bfloat16 on CUDA), float32, bfloat16.")] = (
         "auto"
     ),
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="Most tokens one choice may generate (also the default).")
+    ] = 4096,
+    max_requests: Annotated[
+        int, typer.Option(min=1, help="Requests in flight at once; one more gets 429.")
+    ] = 256,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections at once; one more gets 503.")
+    ] = 512,
+    kv_memory_gb: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, help="KV-cache memory for all requests (default: half of what is free)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions)."""
+    from lmforge.serve import Limits
     from lmforge.serve import serve as run
+    from lmforge.serve.app import check_api_key
 
+    check_api_key(api_key)
+    if kv_memory_gb is not None and not math.isfinite(kv_memory_gb):
+        raise typer.BadParameter("must be a finite number of GB.", param_hint="--kv-memory-gb")
+    kv = None if kv_memory_gb is None else int(kv_memory_gb * 2**30)
+    limits = Limits(max_tokens=max_tokens, max_requests=max_requests, kv_bytes=kv)
     typer.echo(f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch})")
     run(
         model_dir,
@@ -45,6 +68,8 @@ def serve(
         model_name=model_name,
         device=device,
         dtype=dtype,
+        limits=limits,
+        max_connections=max_connections,
     )
 
 

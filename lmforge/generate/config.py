@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lmforge.errors import GenerationError
+
+#: A temperature below this samples as temperature 0 (greedy), as vLLM does.
+GREEDY_BELOW = 1e-5
+
+_FLOATS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "length_penalty",
+)
 
 
 @dataclass
@@ -13,7 +27,8 @@ class GenerationConfig:
 
     Attributes:
         max_new_tokens: the most tokens generated per returned sequence.
-        temperature: logits / T before sampling; 0 means greedy (argmax). Default 1.0.
+        temperature: logits / T before sampling; 0 (or below 1e-5) means greedy (argmax).
+            Default 1.0.
         top_k: keep only the k most likely tokens (None = off).
         top_p: nucleus sampling, keep the smallest set with cumulative probability >= p (1 = off).
         min_p: keep tokens with probability >= min_p * the top probability (0 = off).
@@ -51,11 +66,17 @@ class GenerationConfig:
             self.stop = [self.stop]
         self.stop = list(self.stop)
         self._validate()
+        if self.temperature < GREEDY_BELOW:  # logits / 1e-300 overflow: this close to 0 is 0
+            self.temperature = 0.0
 
     def _validate(self) -> None:
         def fail(msg: str) -> None:
             raise GenerationError(msg)
 
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                fail(f"{name} must be a finite number, got {value}.")
         if self.max_new_tokens < 1:
             fail(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
         if self.temperature < 0:

@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,9 +27,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lmforge.errors import LmforgeError, ServeError
+from lmforge.serve.admission import Admission, Reservation
 from lmforge.serve.engine import Engine, EngineFailure, Ticket
 from lmforge.serve.errors import ApiError, error_body
-from lmforge.serve.protocol import Job, Served, plan_chat, plan_completion
+from lmforge.serve.protocol import Job, Limits, Served, plan_chat, plan_completion
 from lmforge.serve.responses import Answer, Kind, sse
 
 
@@ -57,8 +60,10 @@ class _AuthGuard:
         await response(scope, receive, send)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The decoded JSON body; 413 past `limit` bytes, 400 when it is not JSON."""
+async def read_json(request: Request, limits: Limits) -> Any:
+    """The decoded JSON body: 413 past `max_body_bytes`, 408 when the client takes longer than
+    `body_seconds` to send it, 400 when it is not JSON or nests deeper than `max_json_depth`."""
+    limit = limits.max_body_bytes
     too_big = ApiError(
         f"the request body is larger than {limit} bytes; send a shorter prompt.",
         status=413,
@@ -68,16 +73,52 @@ async def read_json(request: Request, limit: int) -> Any:
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_big
     try:
-        return json.loads(body)
+        async with asyncio.timeout(limits.body_seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_big
+    except TimeoutError:
+        raise ApiError(
+            f"the request body did not arrive within {limits.body_seconds:g} s; send it at once.",
+            status=408,
+            code="request_timeout",
+        ) from None
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        value = None
+        depth = limits.max_json_depth + 1
     except (ValueError, UnicodeDecodeError):
         raise ApiError(
             "the request body is not valid JSON; send a JSON object.", code="invalid_json"
         ) from None
+    else:
+        depth = json_depth(value, limits.max_json_depth)
+    if depth > limits.max_json_depth:
+        raise ApiError(
+            f"the request body nests arrays and objects deeper than {limits.max_json_depth} "
+            "levels; send a flatter body.",
+            code="invalid_json",
+        )
+    return value
+
+
+def json_depth(value: Any, stop: int) -> int:
+    """How deep arrays and objects nest in a decoded JSON value (a scalar is 0), counted
+    without recursion; counting ends once it passes `stop`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            if deepest > stop:
+                return deepest
+            stack.extend((child, level + 1) for child in item if isinstance(child, list | dict))
+    return deepest
 
 
 def _handle_error(_: Request, exc: Exception) -> JSONResponse:
@@ -98,8 +139,33 @@ def _handle_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=500)
 
 
-def create_app(engine: Engine, served: Served, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app over a (not yet started) engine; the app's lifespan runs the engine."""
+def check_api_key(api_key: str | None) -> None:
+    """Refuse a key that would turn auth off ("") or lock everyone out (" ", "a b")."""
+    if api_key is None:
+        return
+    if not api_key.strip() or any(c.isspace() for c in api_key):
+        raise ServeError(
+            "the API key is empty or contains whitespace; pass a key without spaces with "
+            "--api-key (or LMFORGE_API_KEY), or leave both unset to serve without a key."
+        )
+
+
+def create_app(
+    engine: Engine,
+    served: Served,
+    api_key: str | None = None,
+    admission: Admission | None = None,
+) -> FastAPI:
+    """The FastAPI app over a (not yet started) engine; the app's lifespan runs the engine.
+
+    Requests are admitted by `admission` (requests in flight, KV memory; default: only the
+    request count of `served.limits`), and tokenized and templated on worker threads, never on
+    the event loop, so /health answers while they run."""
+    check_api_key(api_key)
+    limits = served.limits
+    if admission is None:
+        admission = Admission(limits.max_requests, limits.kv_bytes or 2**62, 0, 0)
+    planner = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lmforge-plan")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -107,10 +173,11 @@ def create_app(engine: Engine, served: Served, api_key: str | None = None) -> Fa
         try:
             yield
         finally:
+            planner.shutdown(wait=False, cancel_futures=True)
             engine.stop()
 
     app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.engine, app.state.served = engine, served
+    app.state.engine, app.state.served, app.state.admission = engine, served, admission
     for exc_type in (ApiError, HTTPException, RequestValidationError, Exception):
         app.add_exception_handler(exc_type, _handle_error)
     if api_key:
@@ -133,6 +200,7 @@ def create_app(engine: Engine, served: Served, api_key: str | None = None) -> Fa
             "max_batch": engine.max_batch,
             **engine.load(),
             **engine.stats,
+            **admission.snapshot(),
         }
 
     @app.get("/v1/models")
@@ -150,21 +218,50 @@ def create_app(engine: Engine, served: Served, api_key: str | None = None) -> Fa
             )
         return card()
 
+    async def prepare(plan: Callable[[Any, Served], Job], body: Any) -> Job:
+        """Check, template and tokenize on a worker thread, within `plan_seconds`."""
+        future = asyncio.get_running_loop().run_in_executor(planner, plan, body, served)
+        try:
+            return await asyncio.wait_for(future, limits.plan_seconds)
+        except ApiError:
+            raise
+        except LmforgeError as exc:  # a check below the protocol layer (tokenizer, config)
+            raise ApiError(str(exc), code="invalid_value") from None
+        except TimeoutError:
+            raise ApiError(
+                f"preparing the prompt took longer than {limits.plan_seconds:g} s; send a "
+                "shorter prompt or retry when the server is less busy.",
+                status=503,
+                type="server_error",
+                code="prompt_timeout",
+            ) from None
+
     async def generate(request: Request, plan: Callable[[Any, Served], Job], kind: Kind):
-        body = await read_json(request, served.limits.max_body_bytes)
-        job = plan(body, served)
-        answer = Answer(kind, job, served)
-        ticket = engine.submit(job)
+        admission.enter()
+        held = _Held(admission)
+        try:
+            body = await read_json(request, limits)
+            job = await prepare(plan, body)
+            span = max(len(p) for p in job.prompts) + job.gen.max_new_tokens
+            held.reservation = admission.reserve(len(job.prompts) * job.n, span)
+            answer = Answer(kind, job, served)
+            ticket = engine.submit(job)
+        except BaseException:
+            held.release()
+            raise
         if job.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(
-                _events(ticket, answer),
+                _events(ticket, answer, held),
                 media_type="text/event-stream",
                 headers=headers,
-                background=BackgroundTask(ticket.cancel),  # also if the stream never started
+                background=BackgroundTask(_end, ticket, held),  # also if it never started
             )
-        if not await _collect(ticket, answer, request):
-            return Response(status_code=499)  # the client is gone; nobody reads this
+        try:
+            if not await _collect(ticket, answer, request):
+                return Response(status_code=499)  # the client is gone; nobody reads this
+        finally:
+            held.release()
         return JSONResponse(answer.body())
 
     @app.post("/v1/completions")
@@ -176,6 +273,28 @@ def create_app(engine: Engine, served: Served, api_key: str | None = None) -> Fa
         return await generate(request, plan_chat, "chat")
 
     return app
+
+
+class _Held:
+    """A request's place in the admission ledgers, given back once."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission, self.reservation = admission, None
+        self._open = True
+
+    reservation: Reservation | None
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            self.admission.leave()
+        if self.reservation is not None:
+            self.reservation.release()
+
+
+def _end(ticket: Ticket, held: _Held) -> None:
+    ticket.cancel()
+    held.release()
 
 
 async def _collect(ticket: Ticket, answer: Answer, request: Request) -> bool:
@@ -207,7 +326,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _events(ticket: Ticket, answer: Answer) -> AsyncIterator[str]:
+async def _events(ticket: Ticket, answer: Answer, held: _Held) -> AsyncIterator[str]:
     """Server-sent events; a client that disconnects cancels this generator, freeing its rows."""
     try:
         for chunk in answer.opening():
@@ -223,6 +342,7 @@ async def _events(ticket: Ticket, answer: Answer) -> AsyncIterator[str]:
             yield sse(answer.usage_chunk())
         yield sse("[DONE]")
     finally:
+        held.release()
         if answer.finished:
             ticket.done = True
         else:

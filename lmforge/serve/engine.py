@@ -82,6 +82,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._owner: dict[int, Ticket] = {}  # row id -> ticket (engine thread only)
+        self._fresh: set[Ticket] = set()  # tickets without a token yet (engine thread only)
         self._load = {"active_rows": 0, "waiting_rows": 0}  # replaced whole, never mutated
         self.stats = {
             "completed_rows": 0,
@@ -158,8 +159,10 @@ class Engine:
                 ticket.rows[row] = p * job.n + j
                 self._owner[row] = ticket
             ticket.open += len(rows)
+        self._fresh.add(ticket)
 
     def _drop(self, ticket: Ticket) -> None:
+        self._fresh.discard(ticket)
         for row in ticket.rows:
             if self._owner.pop(row, None) is not None:
                 self.batcher.cancel(row)
@@ -171,7 +174,11 @@ class Engine:
         except Exception as exc:  # a failing model must not take the server down
             log.exception("decoding failed")
             self.stats["failures"] += 1
-            self._fail_all(f"decoding failed ({type(exc).__name__}: {exc}).")
+            message = f"decoding failed ({type(exc).__name__}: {exc})."
+            if self._fresh:
+                self._fail_fresh(message)
+            else:
+                self._fail_all(message)
             return
         self._snapshot()  # before any client sees this step's tokens
         self.stats["peak_active_rows"] = max(self.stats["peak_active_rows"], len(events))
@@ -181,6 +188,7 @@ class Engine:
             if ticket is None:
                 continue
             self.stats["generated_tokens"] += event.token is not None
+            self._fresh.discard(ticket)
             if event.finish_reason is not None:
                 del self._owner[event.row]
                 self.stats["completed_rows"] += 1
@@ -206,6 +214,16 @@ class Engine:
     def _snapshot(self) -> None:
         self._load = {"active_rows": self.batcher.active, "waiting_rows": self.batcher.waiting}
 
+    def _fail_fresh(self, message: str) -> None:
+        """Fail only the requests that had no token yet: a step fails when admitting them
+        (their prefill, their cache) far more often than while decoding rows that already
+        stepped, which keep their place in the batch. Should the batch itself be broken, the
+        next step fails with no fresh request and `_fail_all` starts over."""
+        for ticket in list(self._fresh):
+            ticket._push(EngineFailure(message))
+            ticket.done = True
+            self._drop(ticket)
+
     def _fail_all(self, message: str) -> None:
         """Answer every open ticket with a failure and start from an empty batch."""
         for ticket in {id(t): t for t in self._owner.values()}.values():
@@ -213,6 +231,7 @@ class Engine:
         for row in list(self._owner):
             self.batcher.cancel(row)
         self._owner.clear()
+        self._fresh.clear()
         with self._cond:
             pending, self._new = self._new, []
         for ticket in pending:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lmforge.errors import ServeError
@@ -53,10 +54,15 @@ def error_body(
 def check_range(
     name: str, value: float | int | None, low: float | None = None, high: float | None = None
 ) -> None:
-    """400 when `value` (if given) lies outside [low, high], with OpenAI's codes."""
+    """400 when `value` (if given) is not finite or lies outside [low, high], with OpenAI's
+    codes."""
     if value is None:
         return
     kind = "integer" if isinstance(value, int) else "number"
+    if not math.isfinite(value):
+        raise ApiError(
+            f"'{name}' must be a finite number, got {value}.", param=name, code="invalid_value"
+        )
     if low is not None and value < low:
         raise ApiError(
             f"'{name}' must be at least {low}, got {value}.",

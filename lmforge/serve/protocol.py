@@ -21,13 +21,32 @@ from lmforge.tokenizer.chat import chat_stops, encode_chat
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for."""
+    """What one request may ask for, and what the server takes on at once.
+
+    Attributes:
+        max_tokens: the most tokens one choice may generate; a request without `max_tokens`
+            gets min(this, the context left after its prompt).
+        max_json_depth: the deepest nesting of arrays and objects a body may have.
+        max_requests: generation requests in flight at once (planned, queued or decoding);
+            one more is answered 429.
+        plan_seconds: the longest the tokenizer and chat template may take for one request.
+        body_seconds: the longest a client may take to send its body (408 past it).
+        kv_bytes: KV-cache memory the admitted requests may reserve together (None: half the
+            memory free when the server starts); a request that cannot fit now is answered
+            429, one that could never fit 400.
+    """
 
     max_n: int = 8
     max_stop: int = 4
     max_logprobs: int = 20
     max_prompts: int = 16
     max_body_bytes: int = 1 << 20
+    max_tokens: int = 4096
+    max_json_depth: int = 32
+    max_requests: int = 256
+    plan_seconds: float = 10.0
+    body_seconds: float = 30.0
+    kv_bytes: int | None = None
 
 
 @dataclass
@@ -60,7 +79,7 @@ class Job:
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Body):
@@ -190,10 +209,12 @@ def _sampling(req: _Sampling, served: Served) -> tuple[int, list[str]]:
 def _max_tokens(
     name: str, value: int | None, prompts: list[list[int]], served: Served, prompt_param: str
 ) -> int:
-    """max_tokens >= 1, and each prompt + max_tokens within the context (400 otherwise)."""
-    check_range(name, value, 1)
+    """max_tokens in [1, the server's limit], and each prompt + max_tokens within the context
+    (400 otherwise); without one, as many as fit, up to the server's limit."""
+    check_range(name, value, 1, served.limits.max_tokens)
     longest = max(len(p) for p in prompts)
-    wanted = value if value is not None else max(served.context - longest, 1)
+    room = max(served.context - longest, 1)
+    wanted = value if value is not None else min(room, served.limits.max_tokens)
     if longest + wanted > served.context:
         raise ApiError(
             f"this model's context is {served.context} tokens but the request needs "

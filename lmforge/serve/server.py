@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastapi import FastAPI
 
 from lmforge.errors import ServeError
 from lmforge.recipes.finetuned import load_finetuned
-from lmforge.serve.app import create_app
+from lmforge.serve.admission import Admission, free_memory, kv_bytes_per_token
+from lmforge.serve.app import check_api_key, create_app
 from lmforge.serve.engine import Engine
+from lmforge.serve.errors import error_body
 from lmforge.serve.protocol import Limits, Served
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils.device import resolve_device
@@ -35,6 +40,7 @@ def build_app(
     """Load `model_dir` (model + tokenizer) and return the app; the app's lifespan runs the
     decoding engine. The model is served under `model_name` (default: the dir's name)."""
     model_dir = Path(model_dir)
+    check_api_key(api_key)
     if max_batch < 1:
         raise ServeError(f"--max-batch must be at least 1, got {max_batch}.")
     if dtype not in ("auto", *_DTYPES):
@@ -50,15 +56,20 @@ def build_app(
         dtype = "bfloat16" if where.type == "cuda" else "float32"
     model = model.to(_DTYPES[dtype]).eval()
     tokenizer = Tokenizer.load(model_dir)
+    limits = limits or Limits()
+    per_token = kv_bytes_per_token(model, _DTYPES[dtype])
+    per_row = 9 * model.cfg.vocab_size  # float32 logits and counts, bool seen-mask
+    kv = limits.kv_bytes if limits.kv_bytes is not None else free_memory(where) // 2
+    admission = Admission(limits.max_requests, kv, per_token, per_row)
     served = Served(
         name=model_name or model_dir.resolve().name,
         tokenizer=tokenizer,
         context=model.cfg.max_seq_len,
         vocab_size=min(model.cfg.vocab_size, tokenizer.vocab_size),
         created=int(time.time()),
-        limits=limits or Limits(),
+        limits=limits,
     )
-    return create_app(Engine(model, tokenizer, max_batch), served, api_key)
+    return create_app(Engine(model, tokenizer, max_batch), served, api_key, admission)
 
 
 def serve(
@@ -72,8 +83,11 @@ def serve(
     device: str = "auto",
     dtype: str = "auto",
     log_level: str = "info",
+    limits: Limits | None = None,
+    max_connections: int = 512,
 ) -> None:
-    """Serve `model_dir` over HTTP until interrupted (uvicorn)."""
+    """Serve `model_dir` over HTTP until interrupted (uvicorn); SIGTERM or Ctrl-C stops it
+    within a few seconds, requests in flight included."""
     import uvicorn
 
     app = build_app(
@@ -83,8 +97,111 @@ def serve(
         model_name=model_name,
         device=device,
         dtype=dtype,
+        limits=limits,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(uvicorn_config(app, host, port, log_level, max_connections)).run()
+
+
+#: Seconds a client may take to send a request's headers (its body: `Limits.body_seconds`).
+HEADER_SECONDS = 10.0
+#: Seconds requests in flight get to finish when the server is asked to stop.
+GRACEFUL_SECONDS = 2
+
+
+def uvicorn_config(
+    app: FastAPI, host: str, port: int, log_level: str = "info", max_connections: int = 512
+) -> Any:
+    """uvicorn's settings for serving `app`: header, keep-alive and shutdown timeouts, at most
+    `max_connections` open connections (one more is answered 503 and closed)."""
+    import uvicorn
+
+    if max_connections < 1:
+        raise ServeError(f"--max-connections must be at least 1, got {max_connections}.")
+    protocol = _guarded_h11(max_connections)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=protocol,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        h11_max_incomplete_event_size=64 * 1024,
+        backlog=max_connections,
+    )
+
+
+def _guarded_h11(max_connections: int) -> type:
+    """uvicorn's h11 protocol with a header timeout and a connection limit."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    body = json.dumps(
+        error_body(
+            "the server has too many open connections; retry shortly.",
+            "server_error",
+            code="too_many_connections",
+        )
+    ).encode()
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\nretry-after: 1\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+    log = logging.getLogger("lmforge.serve")
+    last_warning = [0.0]
+
+    class GuardedH11(H11Protocol):
+        """Closes a connection whose request headers are not in after HEADER_SECONDS (the
+        first request's or a kept-alive connection's next), and answers 503 to a connection
+        past `max_connections`."""
+
+        _header_timer: Any = None
+        _armed_for: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                now = time.monotonic()
+                if now - last_warning[0] > 10:  # one line, not one per refused socket
+                    last_warning[0] = now
+                    log.warning("refusing connections past --max-connections %d", max_connections)
+                transport.write(busy)
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._armed_for = self.cycle
+            self._header_timer = self.loop.call_later(HEADER_SECONDS, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if self.cycle is self._armed_for and not self.transport.is_closing():
+                self.transport.close()  # no complete request line and headers in time
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._header_timer is not None and self.cycle is not self._armed_for:
+                self._disarm()  # the headers arrived: the body has its own timeout
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -102,11 +219,17 @@ class BackgroundServer:
         ...     client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
     """
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        max_connections: int = 512,
+    ) -> None:
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning")
+        config = uvicorn_config(app, self.host, self.port, "warning", max_connections)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="lmforge-uvicorn", daemon=True)
 
