@@ -35,7 +35,28 @@ Head = Literal["lm", "mlm", "nsp", "classify", "tokens"]
 RopeScaling = Literal["linear", "dynamic", "yarn", "llama3"]
 
 
-@dataclass(config=ConfigDict(extra="forbid", validate_assignment=False))
+#: Upper bounds on every size: far above any published model, low enough that a damaged or
+#: hostile config.json (n_layer=1e9) fails here instead of building layers until memory runs out.
+MAX_SIZES = {
+    "vocab_size": 1 << 24,
+    "n_layer": 1024,
+    "n_decoder_layer": 1024,
+    "n_head": 1024,
+    "n_kv_head": 1024,
+    "d_model": 1 << 16,
+    "head_dim": 1 << 13,
+    "d_ff": 1 << 20,
+    "max_seq_len": 1 << 24,
+    "type_vocab_size": 1 << 16,
+    "num_labels": 1 << 20,
+    "rel_buckets": 1 << 16,
+    "sliding_window": 1 << 24,
+}
+#: The most parameters a config may describe (about 2.2 trillion).
+MAX_PARAMS = 1 << 41
+
+
+@dataclass(config=ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False))
 class ModelConfig:
     """Everything needed to build a model; stored as `config.json` in a checkpoint.
 
@@ -142,6 +163,22 @@ class ModelConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name, most in MAX_SIZES.items():
+            value = getattr(self, name)
+            if value is not None and value > most:
+                raise ConfigError(
+                    f"{name}={value} is larger than lmforge allows ({most}); the config is "
+                    "damaged or asks for an impossible model, fix the value."
+                )
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps must be a small positive number, got {self.norm_eps}.")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}.")
+        if self.size_estimate() > MAX_PARAMS:
+            raise ConfigError(
+                f"this config describes about {self.size_estimate():.3g} parameters, more than "
+                f"lmforge allows ({MAX_PARAMS:.3g}); lower n_layer, d_model, d_ff or vocab_size."
+            )
         if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
             raise ConfigError(
                 f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head} "
@@ -176,6 +213,17 @@ class ModelConfig:
                     f"{name}={value} is outside the vocabulary (vocab_size={self.vocab_size})."
                 )
 
+    def size_estimate(self) -> int:
+        """An upper estimate of the parameter count, from the sizes alone (for bounds checks):
+        embeddings + positions + layers * (attention + MLP) + an untied head."""
+        d, hd = self.d_model, self.head_dim or self.d_model // max(self.n_head, 1)
+        attn = d * hd * (2 * self.n_head + 2 * (self.n_kv_head or self.n_head))
+        mlp = 3 * d * (self.d_ff or 4 * d)
+        layers = self.n_layer + (self.n_decoder_layer or 0)
+        positions = self.max_seq_len * d if self.pos == "learned" else 0
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + positions + layers * (2 * attn + mlp) + head
+
     # ----------------------------------------------------------------- derived properties
     @property
     def is_causal(self) -> bool:
@@ -202,6 +250,10 @@ class ModelConfig:
                 f"unknown model config key '{key}'{did_you_mean(key, _FIELDS)}; "
                 "see `lmforge presets` for the valid keys."
             )
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"a model config must be a mapping of keys to values, got {type(values).__name__}."
+            )
         try:
             return cls(**values)
         except ValidationError as e:
@@ -227,8 +279,21 @@ class ModelConfig:
             values = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; pass a JSON file.") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read ({e.strerror}).") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text; pass a JSON file.") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"config file {path} is not valid JSON ({e.msg}).") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path} nests too deeply to be a config.") from None
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"config file {path} holds a JSON {type(values).__name__}, not an object of "
+                "model config keys; pass a model's config.json."
+            )
         return cls.from_dict(values)
 
     @classmethod

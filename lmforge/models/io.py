@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lmforge.config import ModelConfig
@@ -74,6 +74,7 @@ def load_state_dict(
     path = source
     expected = model.state_dict()
     for name, t in state.items():
+        check_finite(name, t, path)
         if name in expected and expected[name].shape != t.shape:
             raise CheckpointError(
                 f"tensor '{name}' has shape {tuple(t.shape)} in {path} but the model expects "
@@ -89,6 +90,54 @@ def load_state_dict(
         raise CheckpointError(f"weights in {path} do not fit the model: {what}.")
 
 
+def check_finite(name: str, tensor: torch.Tensor, source: str | Path) -> None:
+    """Refuse a floating tensor holding NaN or Inf, naming it (checked in slices of 16M
+    values, so the check needs little memory beside the tensor)."""
+    if not tensor.is_floating_point() or tensor.device.type == "meta":
+        return
+    for part in tensor.detach().reshape(-1).split(1 << 24):
+        if not bool(torch.isfinite(part).all()):
+            raise CheckpointError(
+                f"tensor '{name}' in {source} holds NaN or Inf values; the weights are damaged "
+                "(or training diverged), use an earlier checkpoint."
+            )
+
+
+def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header, reading no tensor data (the
+    library checks every offset against the file's size)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"cannot read weights {path} ({e}); the file is damaged or not safetensors."
+        ) from None
+
+
+def check_header(cfg: ModelConfig, path: str | Path) -> None:
+    """Compare the shapes a config implies with a weights file's header before building the
+    model: a config claiming more (or other) tensors than the file holds fails here, without
+    allocating anything."""
+    have = header_shapes(path)
+    with torch.device("meta"):
+        skeleton = Transformer(cfg)
+    tied = {n for n, _ in skeleton.named_parameters(remove_duplicate=False)} - {
+        n for n, _ in skeleton.named_parameters()
+    }
+    for name, t in skeleton.state_dict().items():
+        if name in have and have[name] != tuple(t.shape):
+            raise CheckpointError(
+                f"tensor '{name}' has shape {have[name]} in {path} but the config implies "
+                f"{tuple(t.shape)}; the config does not match the weights."
+            )
+        if name not in have and name not in tied:
+            raise CheckpointError(
+                f"{path} has no tensor '{name}', which the config needs; the config does not "
+                "match the weights."
+            )
+
+
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Transformer:
     """Build the model from `config.json` and load `model.safetensors`."""
     model_dir = Path(model_dir)
@@ -100,6 +149,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
             "pass the --out directory of `lmforge pretrain` or a converted model."
         )
     cfg = ModelConfig.from_dir(model_dir)
+    check_header(cfg, model_dir / WEIGHTS)
     model = Transformer(cfg)
     load_state(model, model_dir / WEIGHTS)
     return model.to(device).eval()
