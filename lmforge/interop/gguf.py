@@ -27,10 +27,10 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
-from lmforge.interop.gguf_file import GGUFFile, read_gguf
+from lmforge.interop.gguf_file import GGUFFile, meta_float, meta_int, meta_str, read_gguf
 from lmforge.interop.gguf_vocab import tokenizer_from_gguf
 from lmforge.interop.hf import expected_shapes
-from lmforge.models.io import save_weights
+from lmforge.models.io import check_finite, save_weights
 
 SUPPORTED_GGUF_ARCHITECTURES: tuple[str, ...] = ("llama",)
 ROPE_FREQS = "rope_freqs.weight"
@@ -114,22 +114,22 @@ def llama3_from_rope_freqs(
 
 
 # ------------------------------------------------------------------ config
-def _int(meta: dict[str, Any], key: str, default: int | None = None) -> int:
+def _int(meta: dict[str, Any], key: str, default: int | None = None, low: int = 1) -> int:
     value = meta.get(key, default)
     if value is None:
         raise CheckpointError(f"the GGUF file has no '{key}' metadata, which a llama model needs.")
-    if isinstance(value, np.ndarray):  # per-layer values: lmforge needs them all equal
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu":  # per-layer values
         if value.size == 0 or (value != value.flat[0]).any():
             raise CheckpointError(
                 f"'{key}' differs between layers ({value.tolist()[:4]}...), which lmforge's "
                 "one-config-per-model cannot represent."
             )
         value = value.flat[0]
-    return int(value)
+    return meta_int({key: value}, key, low=low)
 
 
 def _architecture(meta: dict[str, Any]) -> str:
-    arch = meta.get("general.architecture")
+    arch = meta_str(meta, "general.architecture")
     if arch is None:
         raise CheckpointError(
             "the GGUF file has no general.architecture metadata; it is damaged or not a model."
@@ -144,9 +144,9 @@ def _architecture(meta: dict[str, Any]) -> str:
 
 def _rope(meta: dict[str, Any], f: GGUFFile | None, head_dim: int, theta: float) -> dict[str, Any]:
     p = "llama.rope."
-    kind = meta.get(f"{p}scaling.type", "none")
-    factor = meta.get(f"{p}scaling.factor", meta.get(f"{p}scale_linear"))
-    original = meta.get(f"{p}scaling.original_context_length")
+    kind = meta_str(meta, f"{p}scaling.type", "none")
+    factor = meta_float(meta, f"{p}scaling.factor", meta_float(meta, f"{p}scale_linear"))
+    original = meta_int(meta, f"{p}scaling.original_context_length", low=1)
     if kind == "none" and meta.get(f"{p}scale_linear") is not None:
         kind = "linear"  # the older key of linear scaling
     if kind == "none" and f is not None and ROPE_FREQS in f.tensors:
@@ -168,8 +168,8 @@ def _rope(meta: dict[str, Any], f: GGUFFile | None, head_dim: int, theta: float)
             ("rope_beta_fast", "yarn_beta_fast"),
             ("rope_beta_slow", "yarn_beta_slow"),
         ):
-            if meta.get(f"{p}scaling.{theirs}"):
-                out[ours] = float(meta[f"{p}scaling.{theirs}"])
+            if meta_float(meta, f"{p}scaling.{theirs}"):
+                out[ours] = meta_float(meta, f"{p}scaling.{theirs}")
     return out
 
 
@@ -183,7 +183,7 @@ def config_from_gguf(meta: dict[str, Any], f: GGUFFile | None = None) -> ModelCo
     size is the embedding's row count (else `vocab_size` or the token list's length).
     """
     _architecture(meta)
-    if meta.get("llama.expert_count"):
+    if _int(meta, "llama.expert_count", 0, low=0):
         raise CheckpointError(
             "this GGUF llama model is a mixture of experts (llama.expert_count > 0), which "
             "lmforge cannot represent; only dense llama models can be imported."
@@ -204,12 +204,15 @@ def config_from_gguf(meta: dict[str, Any], f: GGUFFile | None = None) -> ModelCo
     if "token_embd.weight" in tensors:
         vocab = tensors["token_embd.weight"].shape[0]
     else:
-        vocab = int(meta.get("llama.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or []))
-    theta = float(meta.get("llama.rope.freq_base", 10000.0))
+        tokens = meta.get("tokenizer.ggml.tokens")
+        vocab = meta_int(meta, "llama.vocab_size", 0, low=0) or len(
+            tokens if isinstance(tokens, list) else []
+        )
+    theta = meta_float(meta, "llama.rope.freq_base", 10000.0)
     ids = {}
     for ours, key in (("bos_id", "bos"), ("eos_id", "eos"), ("pad_id", "padding")):
-        value = meta.get(f"tokenizer.ggml.{key}_token_id")
-        ids[ours] = int(value) if value is not None and 0 <= int(value) < vocab else None
+        value = meta_int(meta, f"tokenizer.ggml.{key}_token_id")
+        ids[ours] = value if value is not None and 0 <= value < vocab else None
     return ModelConfig.from_dict(
         dict(
             arch="decoder",
@@ -225,7 +228,7 @@ def config_from_gguf(meta: dict[str, Any], f: GGUFFile | None = None) -> ModelCo
             rope_theta=theta,
             **_rope(meta, f, head_dim, theta),
             norm="rmsnorm",
-            norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            norm_eps=meta_float(meta, "llama.attention.layer_norm_rms_epsilon", 1e-5),
             norm_placement="pre",
             mlp="glu",
             activation="silu",
@@ -279,6 +282,7 @@ def state_from_gguf(cfg: ModelConfig, f: GGUFFile) -> dict[str, torch.Tensor]:
                 f"implies {tuple(want)}; its metadata does not match the weights."
             )
         t = torch.from_numpy(f.tensor(theirs))
+        check_finite(theirs, t, f.path)
         if ".attn_q." in theirs:
             t = unpermute_rope(t, cfg.n_head)
         elif ".attn_k." in theirs:

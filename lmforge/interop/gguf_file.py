@@ -15,6 +15,7 @@ is stored with dims [cols, rows]. Version 1 (u32 counts) and big-endian files ar
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ from lmforge.interop.gguf_quants import QUANT_TYPES, dequantize, n_bytes, quant_
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NESTING = 8  # arrays of arrays of ... in metadata
+MAX_VALUES = 1 << 48  # values of one tensor
 
 # value type id -> (struct format, numpy dtype) of the scalar types
 _SCALARS: dict[int, tuple[str, str]] = {
@@ -65,7 +69,7 @@ class TensorInfo:
 
     @property
     def n_values(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
 
 class _Cursor:
@@ -90,19 +94,26 @@ class _Cursor:
     def string(self) -> str:
         return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype][0])
         if vtype == STRING:
             return self.string()
         if vtype == ARRAY:
+            if depth >= MAX_NESTING:
+                raise CheckpointError(
+                    f"{self.path} nests metadata arrays more than {MAX_NESTING} deep at offset "
+                    f"{self.pos}; the GGUF file is damaged."
+                )
             item_type, count = self.scalar("<I"), self.scalar("<Q")
             if item_type in _SCALARS:  # numeric arrays as numpy, read in one go
                 dtype = np.dtype(_SCALARS[item_type][1])
+                if count > len(self.buf):
+                    self.take(count)  # more items than bytes: report truncation
                 return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).copy()
-            if count > len(self.buf):
-                self.take(count)  # more items than bytes left: report truncation
-            return [self.value(item_type) for _ in range(count)]
+            if count * (8 if item_type == STRING else 12) > len(self.buf) - self.pos:
+                self.take(count * 8)  # more items than bytes left: report truncation
+            return [self.value(item_type, depth + 1) for _ in range(count)]
         raise CheckpointError(
             f"{self.path} holds a metadata value of unknown type {vtype} at offset {self.pos}; "
             "the GGUF file is damaged or newer than this reader."
@@ -157,17 +168,30 @@ class GGUFFile:
         for _ in range(n_tensors):
             name = cur.string()
             n_dims = cur.scalar("<I")
+            if n_dims > MAX_DIMS:
+                raise CheckpointError(
+                    f"tensor '{name}' in {self.path} has {n_dims} dimensions, more than GGUF's "
+                    f"{MAX_DIMS}; the GGUF file is damaged."
+                )
             dims = [cur.scalar("<Q") for _ in range(n_dims)]
+            if math.prod(dims) > MAX_VALUES:
+                raise CheckpointError(
+                    f"tensor '{name}' in {self.path} claims dims {dims}, more values than any "
+                    "file can hold; the GGUF file is damaged."
+                )
             infos.append((name, tuple(reversed(dims)), cur.scalar("<I"), cur.scalar("<Q")))
-        self.alignment = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-        if self.alignment < 1:
+        self.alignment = meta_int(
+            self.metadata, "general.alignment", DEFAULT_ALIGNMENT, low=1, high=1 << 16
+        )
+        if self.alignment & (self.alignment - 1):
             raise CheckpointError(
-                f"{self.path} sets general.alignment={self.alignment}; the GGUF file is damaged."
+                f"{self.path} sets general.alignment={self.alignment}, not a power of two; the "
+                "GGUF file is damaged."
             )
         self.data_start = -(-cur.pos // self.alignment) * self.alignment
         self.tensors: dict[str, TensorInfo] = {}
         for name, shape, ggml_type, offset in infos:
-            n_values = int(np.prod(shape, dtype=np.int64))
+            n_values = math.prod(shape)
             # a type lmforge cannot decode is reported when the tensor is read, not here
             length = n_bytes(ggml_type, n_values, name) if ggml_type in QUANT_TYPES else 0
             start = self.data_start + offset
@@ -200,6 +224,60 @@ class GGUFFile:
                 f"{self.path} has no tensor '{name}'; the file does not match its metadata."
             )
         return self.tensors[name]
+
+
+def _wrong_type(key: str, value: Any, want: str) -> CheckpointError:
+    shown = repr(value if not isinstance(value, np.ndarray | list) else value[:4])[:60]
+    return CheckpointError(
+        f"GGUF metadata '{key}' is {shown} ({type(value).__name__}) but must be {want}; the "
+        "file's metadata is damaged."
+    )
+
+
+def meta_int(
+    meta: dict[str, Any],
+    key: str,
+    default: int | None = None,
+    low: int | None = None,
+    high: int | None = None,
+) -> int | None:
+    """An integer metadata value (`default` when absent) within [low, high]; a string, array,
+    float or bool in its place is one clear error naming the key."""
+    value = meta.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, np.integer):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong_type(key, value, "an integer")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise CheckpointError(
+            f"GGUF metadata '{key}' is {value}, outside [{low}, {high}]; the file's metadata "
+            "is damaged."
+        )
+    return value
+
+
+def meta_float(meta: dict[str, Any], key: str, default: float | None = None) -> float | None:
+    """A finite number from metadata (`default` when absent); anything else names the key."""
+    value = meta.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, np.integer | np.floating):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong_type(key, value, "a number")
+    if not math.isfinite(value):
+        raise _wrong_type(key, value, "a finite number")
+    return float(value)
+
+
+def meta_str(meta: dict[str, Any], key: str, default: str | None = None) -> str | None:
+    """A string from metadata (`default` when absent); anything else names the key."""
+    value = meta.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise _wrong_type(key, value, "a string")
+    return value
 
 
 def read_gguf(path: str | Path) -> GGUFFile:

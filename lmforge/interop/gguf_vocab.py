@@ -25,6 +25,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers.processors import TemplateProcessing
 
 from lmforge.errors import CheckpointError
+from lmforge.interop.gguf_file import meta_int, meta_str
 from lmforge.tokenizer import Role, Tokenizer
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -64,6 +65,28 @@ def _meta(meta: dict[str, Any], key: str, default: Any = None) -> Any:
     return meta.get(f"tokenizer.ggml.{key}", default)
 
 
+def _flag(meta: dict[str, Any], key: str, default: bool) -> bool:
+    value = _meta(meta, key, default)
+    if isinstance(value, np.bool_ | np.integer):
+        value = value.item()
+    if not isinstance(value, bool | int):
+        raise CheckpointError(
+            f"tokenizer.ggml.{key} must be true or false; the GGUF file's tokenizer is damaged."
+        )
+    return bool(value)
+
+
+def _numbers(meta: dict[str, Any], key: str, default: np.ndarray) -> np.ndarray:
+    """A numeric metadata array (GGUF stores those as numpy arrays); anything else names it."""
+    value = _meta(meta, key, default)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.ndim != 1:
+        raise CheckpointError(
+            f"tokenizer.ggml.{key} must be an array of numbers; the GGUF file's tokenizer is "
+            "damaged."
+        )
+    return value.astype(np.float64)
+
+
 def spm_merges(
     tokens: list[str], scores: np.ndarray, mergeable: np.ndarray
 ) -> list[tuple[str, str]]:
@@ -72,36 +95,76 @@ def spm_merges(
     Every split piece = left + right with both halves in the vocabulary becomes the merge
     (left, right); merges are ranked by score(piece), highest first (ties: lower piece id, then
     shorter left half), so BPE's lowest-rank-first order joins pairs as SentencePiece does.
+
+    Only splits where both halves have the length of some vocabulary entry are tried, and the
+    characters compared are counted: the work stays linear in the vocabulary's size (one
+    2M-character piece costs as much as its length, not its length squared), and a vocabulary
+    built to need more is refused.
     """
     ids: dict[str, int] = {}
     for i, tok in enumerate(tokens):
         if mergeable[i]:
             ids.setdefault(tok, i)
+    lengths = sorted({len(t) for t in ids})
+    have = set(lengths)
+    budget = 64 * sum(lengths) + 64 * len(ids) + (1 << 20)
     found = []
     for piece, i in ids.items():
-        for k in range(1, len(piece)):
-            left, right = piece[:k], piece[k:]
-            if left in ids and right in ids:
-                found.append((-float(scores[i]), i, k, left, right))
+        size = len(piece)
+        for k in lengths:
+            if k >= size:
+                break
+            if size - k not in have:
+                continue
+            budget -= size
+            if budget < 0:
+                raise CheckpointError(
+                    "tokenizer.ggml.tokens is built so that deriving its merges would take "
+                    "time quadratic in its size; the GGUF file's tokenizer is damaged."
+                )
+            left = piece[:k]
+            if left in ids:
+                right = piece[k:]
+                if right in ids:
+                    found.append((-float(scores[i]), i, k, left, right))
     found.sort()
     return [(left, right) for *_, left, right in found]
 
 
-def _first_ids(tokens: list[str]) -> dict[str, int]:
+def _vocab(tokens: list[str]) -> dict[str, int]:
+    """token -> id; a string listed twice is refused (llama.cpp refuses it too)."""
     vocab: dict[str, int] = {}
     for i, tok in enumerate(tokens):
-        vocab.setdefault(tok, i)  # a repeated string keeps its first id
+        first = vocab.setdefault(tok, i)
+        if first != i:
+            raise CheckpointError(
+                f"tokenizer.ggml.tokens lists {tok[:40]!r} twice (ids {first} and {i}); the "
+                "GGUF file's tokenizer is damaged."
+            )
     return vocab
 
 
 def _gpt2_backend(meta: dict[str, Any], tokens: list[str]) -> tokenizers.Tokenizer:
-    merges = [tuple(m.split(" ", 1)) for m in _meta(meta, "merges", [])]
+    raw = _meta(meta, "merges", [])
+    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
+        raise CheckpointError(
+            "tokenizer.ggml.merges must be an array of strings; the GGUF file's tokenizer is "
+            "damaged."
+        )
+    merges = [tuple(m.split(" ", 1)) for m in raw]
     if any(len(m) != 2 for m in merges):
         raise CheckpointError(
             "tokenizer.ggml.merges holds an entry without a space between its two parts; the "
             "GGUF file's tokenizer is damaged."
         )
-    pre = _meta(meta, "pre", "default")
+    vocab = _vocab(tokens)
+    for left, right in merges:
+        if left not in vocab or right not in vocab or left + right not in vocab:
+            raise CheckpointError(
+                f"tokenizer.ggml.merges joins {left[:40]!r} and {right[:40]!r}, which (or whose "
+                "join) is not in tokenizer.ggml.tokens; the GGUF file's tokenizer is damaged."
+            )
+    pre = meta_str(meta, "tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         warnings.warn(
             f"GGUF pre-tokenizer '{pre}' is not known to lmforge; GPT-2's splitting is used, so "
@@ -109,7 +172,7 @@ def _gpt2_backend(meta: dict[str, Any], tokens: list[str]) -> tokenizers.Tokeniz
             stacklevel=3,
         )
     split, ignore_merges = PRE_TOKENIZERS.get(pre, (None, False))
-    model = models.BPE(vocab=_first_ids(tokens), merges=merges, ignore_merges=ignore_merges)
+    model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
     backend = tokenizers.Tokenizer(model)
     if split is None:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -127,7 +190,11 @@ def _gpt2_backend(meta: dict[str, Any], tokens: list[str]) -> tokenizers.Tokeniz
 def _llama_backend(
     meta: dict[str, Any], tokens: list[str], types: np.ndarray, unk: int | None
 ) -> tokenizers.Tokenizer:
-    scores = np.asarray(_meta(meta, "scores", np.zeros(len(tokens))), dtype=np.float64)
+    scores = _numbers(meta, "scores", np.zeros(len(tokens)))
+    if not np.isfinite(scores).all():
+        raise CheckpointError(
+            "tokenizer.ggml.scores holds NaN or Inf; the GGUF file's tokenizer is damaged."
+        )
     if len(scores) != len(tokens):
         raise CheckpointError(
             f"tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens; the "
@@ -135,14 +202,14 @@ def _llama_backend(
         )
     mergeable = np.isin(types, (NORMAL, USER_DEFINED))
     model = models.BPE(
-        vocab=_first_ids(tokens),
+        vocab=_vocab(tokens),
         merges=spm_merges(tokens, scores, mergeable),
         unk_token=tokens[unk] if unk is not None else None,
         fuse_unk=True,
         byte_fallback=bool((types == BYTE).any()),
     )
     backend = tokenizers.Tokenizer(model)
-    prefix = bool(_meta(meta, "add_space_prefix", True))
+    prefix = _flag(meta, "add_space_prefix", True)
     spaces = normalizers.Replace(" ", SPACE)
     backend.normalizer = (
         normalizers.Sequence([normalizers.Prepend(SPACE), spaces]) if prefix else spaces
@@ -161,10 +228,15 @@ def tokenizer_from_gguf(meta: dict[str, Any], max_length: int | None = None) -> 
         meta: the file's metadata (`GGUFFile.metadata`).
         max_length: the model's context length, recorded as `model_max_length`.
     """
-    kind = _meta(meta, "model")
+    kind = meta_str(meta, "tokenizer.ggml.model")
     tokens = _meta(meta, "tokens")
-    if kind in (None, "none", "no_vocab") or not tokens:
+    if kind in (None, "none", "no_vocab") or tokens is None or len(tokens) == 0:
         return None
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise CheckpointError(
+            "tokenizer.ggml.tokens must be an array of strings; the GGUF file's tokenizer is "
+            "damaged."
+        )
     if kind not in SUPPORTED_TOKENIZERS:
         raise CheckpointError(
             f"GGUF tokenizer model '{kind}' is not supported; supported tokenizer models: "
@@ -172,7 +244,7 @@ def tokenizer_from_gguf(meta: dict[str, Any], max_length: int | None = None) -> 
         )
     tokens = list(tokens)
     n = len(tokens)
-    types = np.asarray(_meta(meta, "token_type", np.full(n, NORMAL)), dtype=np.int64)
+    types = _numbers(meta, "token_type", np.full(n, NORMAL)).astype(np.int64)
     if len(types) != n:
         raise CheckpointError(
             f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens; the GGUF "
@@ -180,9 +252,9 @@ def tokenizer_from_gguf(meta: dict[str, Any], max_length: int | None = None) -> 
         )
     ids: dict[Role, int] = {}
     for role, key in _ROLE_KEYS.items():
-        value = _meta(meta, key)
-        if value is not None and 0 <= int(value) < n:
-            ids[role] = int(value)
+        value = meta_int(meta, f"tokenizer.ggml.{key}")
+        if value is not None and 0 <= value < n:
+            ids[role] = value
     if kind == "gpt2":
         backend = _gpt2_backend(meta, tokens)
     else:
@@ -214,8 +286,8 @@ def _add_markers(
 ) -> None:
     """BOS in front / EOS behind when `add_special_tokens=True`, as the file asks
     (`tokenizer.ggml.add_bos_token`: default on for SentencePiece, off for GPT-2 BPE)."""
-    add_bos = bool(_meta(meta, "add_bos_token", kind == "llama")) and "bos" in ids
-    add_eos = bool(_meta(meta, "add_eos_token", False)) and "eos" in ids
+    add_bos = _flag(meta, "add_bos_token", kind == "llama") and "bos" in ids
+    add_eos = _flag(meta, "add_eos_token", False) and "eos" in ids
     if not (add_bos or add_eos):
         return
 
