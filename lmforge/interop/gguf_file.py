@@ -251,9 +251,10 @@ def meta_int(
     if isinstance(value, bool) or not isinstance(value, int):
         raise _wrong_type(key, value, "an integer")
     if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"in [{low}, {high}]"
         raise CheckpointError(
-            f"GGUF metadata '{key}' is {value}, outside [{low}, {high}]; the file's metadata "
-            "is damaged."
+            f"GGUF metadata '{key}' is {value} but must be {bounds}; the file's metadata is "
+            "damaged."
         )
     return value
 

@@ -115,10 +115,24 @@ def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
         ) from None
 
 
+def least_values(cfg: ModelConfig) -> int:
+    """A lower bound on the weights a config implies: token embeddings + per block the query
+    and output projections and two feed-forward matrices (2 d h + 2 d f)."""
+    inner = cfg.n_head * cfg.head_dim
+    blocks = cfg.n_layer + (cfg.n_decoder_layer or 0)
+    return cfg.vocab_size * cfg.d_model + blocks * 2 * cfg.d_model * (inner + cfg.d_ff)
+
+
 def check_header(cfg: ModelConfig, path: str | Path) -> None:
     """Compare the shapes a config implies with a weights file's header before building the
     model: a config claiming more (or other) tensors than the file holds fails here, without
     allocating anything."""
+    size = Path(path).stat().st_size
+    if least_values(cfg) > size:  # every value takes at least a byte
+        raise CheckpointError(
+            f"the config describes at least {least_values(cfg):,} weights but {path} holds only "
+            f"{size:,} bytes; the config does not match the weights."
+        )
     have = header_shapes(path)
     with torch.device("meta"):
         skeleton = Transformer(cfg)
