@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from lmforge.cli.checks import refuse_non_finite_floats, unexpected
 from lmforge.cli.data import data_app
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
@@ -35,6 +36,7 @@ register_interop(app)
 register_finetune(app)
 register_prompt(app)
 register_serve(app)
+refuse_non_finite_floats()
 
 StrategyOpt = Annotated[
     str | None,
@@ -250,3 +252,8 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except MemoryError:
+        typer.echo("error: out of memory; use a smaller model, batch or input.", err=True)
+        sys.exit(1)
+    except Exception as e:  # a bug, not a user error: still one line, no traceback
+        unexpected(e)

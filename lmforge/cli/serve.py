@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,8 @@ def serve(
     from lmforge.serve import serve as run
     from lmforge.serve.app import check_api_key
 
+    if api_key is None and "LMFORGE_API_KEY" in os.environ:
+        api_key = os.environ["LMFORGE_API_KEY"]  # click reads an empty variable as unset
     check_api_key(api_key)
     if kv_memory_gb is not None and not math.isfinite(kv_memory_gb):
         raise typer.BadParameter("must be a finite number of GB.", param_hint="--kv-memory-gb")

@@ -22,7 +22,7 @@ Schedule = Literal["cosine", "linear", "constant"]
 SelectMode = Literal["min", "max"]
 
 
-@dataclass(config=ConfigDict(extra="forbid"))
+@dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class TrainConfig:
     """Training hyper-parameters (stored as `train_config.json` in the run dir).
 
@@ -165,6 +165,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be parsed ({e}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text; pass a YAML or JSON file."
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to be a config.") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror}).") from None
     if values is None:
         return {}
     if not isinstance(values, dict):

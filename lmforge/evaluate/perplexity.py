@@ -14,7 +14,7 @@ import torch
 
 from lmforge.data import read_documents
 from lmforge.data.lm import TokenWindows, tokens_from_documents
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models import load_model
 from lmforge.objectives import causal_lm_loss
 from lmforge.tokenizer import Tokenizer
@@ -38,6 +38,8 @@ def perplexity(
     device: str = "auto",
 ) -> PerplexityResult:
     """Score `data` (text/jsonl files or folders) with the model in `model_dir`."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
     model = load_model(model_dir, resolve_device(device))
     if model.cfg.arch != "decoder":
         raise CheckpointError(

@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluate.metrics import accuracy, macro_f1
 from lmforge.models import Transformer, load_model
@@ -29,6 +27,7 @@ from lmforge.prompting.examples import Example, draw_demonstrations, has_labels,
 from lmforge.prompting.scoring import LabelScorer, Mode, Prompt, calibrate, content_free_probs
 from lmforge.prompting.template import Template, Verbalizer
 from lmforge.tokenizer import Tokenizer
+from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text
 
 #: Zhao et al.'s content-free inputs.
@@ -249,7 +248,7 @@ def prompt_classify(
     pool_examples = read_examples(pool, text_field, label_field) if pool is not None else None
     if pool_examples is not None and not has_labels(pool_examples):
         raise DataError(f"the pool file {pool} has no '{label_field}' labels; label every row.")
-    torch_device = torch.device(device)
+    torch_device = resolve_device(device)
     model = load_model(model_dir, device=torch_device)
     tokenizer = Tokenizer.load(model_dir)
     result = classify(

@@ -220,6 +220,11 @@ class Tokenizer:
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` atomically into ``directory``."""
         out = Path(directory)
+        if out.exists() and not out.is_dir():
+            raise TokenizerError(
+                f"{out} is a file, not a directory; pass a directory (new or existing) to save "
+                "the tokenizer in."
+            )
         out.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = {
             "tokenizer_class": "PreTrainedTokenizerFast",

@@ -16,6 +16,10 @@ _KINDS = ("bpe", "wordpiece")
 _N_BYTES = 256
 
 
+#: The largest vocabulary `train_tokenizer` builds (past it the Rust trainer may abort).
+MAX_VOCAB = 1 << 21
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int,
@@ -70,6 +74,11 @@ def train_tokenizer(
         )
         raise TokenizerError(
             f"vocab size {vocab_size} is too small: {need}; pass --vocab-size {smallest} or more."
+        )
+    if vocab_size > MAX_VOCAB:
+        raise TokenizerError(
+            f"vocab size {vocab_size} is larger than lmforge trains ({MAX_VOCAB}); the largest "
+            "published vocabularies hold about 256,000 tokens, pass a smaller --vocab-size."
         )
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
         raise TokenizerError(

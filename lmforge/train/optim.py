@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lmforge.config.train import TrainConfig
+from lmforge.errors import ConfigError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -27,12 +28,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; a setting AdamW refuses is one sentence naming the key."""
+    check_adamw(cfg)
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
     )
+
+
+def check_adamw(cfg: TrainConfig) -> None:
+    """The ranges AdamW accepts: lr, eps, weight_decay >= 0 and finite, betas in [0, 1)."""
+    for key in ("lr", "eps", "weight_decay", "beta1", "beta2"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}.")
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{key} must be a finite number >= 0, got {value}.")
+    for key in ("beta1", "beta2"):
+        if getattr(cfg, key) >= 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}.")
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:

@@ -4,9 +4,32 @@ from __future__ import annotations
 
 import torch
 
+from lmforge.errors import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" is CUDA when there is a GPU, else the CPU; any other name is passed to torch."""
+    """ "auto" is CUDA when there is a GPU, else the CPU; any other name must be a device that
+    exists on this machine (a typo, a missing GPU or a GPU index past the last is one sentence).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"'{name}' is not a device name; use auto, cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device '{name}' asks for a GPU but this machine has none; use cpu.")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"device '{name}' does not exist: this machine has {count} GPU(s), "
+                f"cuda:0 to cuda:{count - 1}."
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{name}' (Apple GPU) is not available here; use cpu.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device '{name}' is not supported; use auto, cpu, cuda, cuda:N or mps.")
+    return device
