@@ -154,27 +154,43 @@ def _guarded_h11(max_connections: int) -> type:
 
     class GuardedH11(H11Protocol):
         """Closes a connection whose request headers are not in after HEADER_SECONDS (the
-        first request's or a kept-alive connection's next), and answers 503 to a connection
-        past `max_connections`."""
+        first request's or a kept-alive connection's next). Past `max_connections`, the
+        connection that has waited longest for its headers makes room for the new one (so a
+        flood of half-open sockets cannot lock clients out); with none waiting, 503."""
 
         _header_timer: Any = None
         _armed_for: Any = None
+        _armed_at = 0.0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                now = time.monotonic()
-                if now - last_warning[0] > 10:  # one line, not one per refused socket
-                    last_warning[0] = now
-                    log.warning("refusing connections past --max-connections %d", max_connections)
-                transport.write(busy)
-                transport.close()
-                return
+                waiting = [c for c in self.connections if c is not self and c._waiting()]
+                if waiting:
+                    min(waiting, key=lambda c: c._armed_at).transport.close()
+                else:
+                    now = time.monotonic()
+                    if now - last_warning[0] > 10:  # one line, not one per refused socket
+                        last_warning[0] = now
+                        log.warning(
+                            "refusing connections past --max-connections %d", max_connections
+                        )
+                    transport.write(busy)
+                    transport.close()
+                    return
             self._arm()
+
+        def _waiting(self) -> bool:
+            """True while the connection waits for a request's headers."""
+            return (
+                self._header_timer is not None
+                and self.cycle is self._armed_for
+                and not self.transport.is_closing()
+            )
 
         def _arm(self) -> None:
             self._disarm()
-            self._armed_for = self.cycle
+            self._armed_for, self._armed_at = self.cycle, time.monotonic()
             self._header_timer = self.loop.call_later(HEADER_SECONDS, self._too_slow)
 
         def _disarm(self) -> None:

@@ -1,0 +1,123 @@
+"""/health latency while the server is under hostile requests, and the peak memory it takes.
+
+A random gpt-tiny with a small BPE tokenizer whose chat template never ends (two nested
+range(99999) loops) is served on localhost; while /health is polled every 50 ms, the run sends
+at once: 8 completions with ~1 MB prompts, 4 chats through the freezing template, 6 requests with
+JSON nested 5,000 deep, and 600 half-open sockets that never finish their headers.
+
+    python bench/serve_hostile.py
+
+Prints /health's latency (median, p99, max), every request's status, how many sockets the
+server closed or refused, and the process's peak resident memory, with the load average.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import statistics
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.models import Transformer, save_model
+from lmforge.serve import BackgroundServer, Limits, build_app
+from lmforge.tokenizer import train_tokenizer
+
+FREEZER = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+
+
+def model_dir(root: Path) -> Path:
+    out = root / "hostile"
+    tok = train_tokenizer([f"the quick brown fox {i} jumps" for i in range(200)], vocab_size=300)
+    tok.chat_template = FREEZER
+    tok.save(out)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("gpt-tiny", vocab_size=tok.vocab_size, max_seq_len=512)
+    save_model(Transformer(cfg), out)
+    return out
+
+
+def post(url: str, body: bytes, statuses: Counter, what: str) -> None:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            r.read()
+            statuses[(what, r.status)] += 1
+    except urllib.error.HTTPError as e:
+        statuses[(what, e.code)] += 1
+    except OSError as e:
+        statuses[(what, type(e).__name__)] += 1
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        app = build_app(model_dir(Path(tmp)), device="cpu", limits=Limits(max_body_bytes=2 << 20))
+        with BackgroundServer(app, max_connections=512) as server:
+            url = server.url
+            big = json.dumps({"model": "hostile", "prompt": "the fox " * 131_072, "max_tokens": 4})
+            chat = json.dumps({"model": "hostile", "messages": [{"role": "user", "content": "hi"}]})
+            deep = b"[" * 5000 + b"]" * 5000
+            statuses: Counter = Counter()
+            jobs = [(url + "/v1/completions", big.encode(), "1MB prompt")] * 8
+            jobs += [(url + "/v1/chat/completions", chat.encode(), "freezing template")] * 4
+            jobs += [(url + "/v1/completions", deep, "JSON 5000 deep")] * 6
+            threads = [threading.Thread(target=post, args=(*j, statuses)) for j in jobs]
+            sockets = []
+            refused = 0
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for _ in range(600):
+                s = socket.create_connection((server.host, server.port), timeout=30)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finish
+                sockets.append(s)
+            waits = []
+            while any(t.is_alive() for t in threads) or time.perf_counter() - start < 12:
+                t0 = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=30) as r:
+                        r.read()
+                    waits.append(time.perf_counter() - t0)
+                except OSError:
+                    waits.append(float("inf"))
+                time.sleep(0.05)
+            for t in threads:
+                t.join()
+            closed = 0
+            for s in sockets:
+                s.settimeout(0.5)
+                try:
+                    reply = s.recv(64)
+                    refused += reply.startswith(b"HTTP/1.1 503")
+                    closed += reply == b""
+                except OSError:
+                    pass
+                s.close()
+            elapsed = time.perf_counter() - start
+    waits.sort()
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (2-core shared box)")
+    print(f"run {elapsed:.1f} s; /health polled {len(waits)} times")
+    print(
+        f"/health latency: median {statistics.median(waits) * 1000:.0f} ms, "
+        f"p99 {waits[int(len(waits) * 0.99) - 1] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms"
+    )
+    for (what, status), n in sorted(statuses.items(), key=str):
+        print(f"  {what:18s} -> {status} x{n}")
+    print(f"half-open sockets: {closed} closed by the header timeout, {refused} refused with 503")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of the process: {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
