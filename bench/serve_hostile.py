@@ -47,7 +47,7 @@ def model_dir(root: Path) -> Path:
     return out
 
 
-def post(url: str, body: bytes, statuses: Counter, what: str) -> None:
+def post(url: str, body: bytes, what: str, statuses: Counter) -> None:
     request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as r:
@@ -73,15 +73,19 @@ def main() -> None:
             jobs += [(url + "/v1/chat/completions", chat.encode(), "freezing template")] * 4
             jobs += [(url + "/v1/completions", deep, "JSON 5000 deep")] * 6
             threads = [threading.Thread(target=post, args=(*j, statuses)) for j in jobs]
-            sockets = []
+            sockets: list[socket.socket] = []
             refused = 0
+
+            def flood() -> None:
+                for _ in range(600):
+                    s = socket.create_connection((server.host, server.port), timeout=30)
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finishes
+                    sockets.append(s)
+
+            threads.append(threading.Thread(target=flood))
             start = time.perf_counter()
             for t in threads:
                 t.start()
-            for _ in range(600):
-                s = socket.create_connection((server.host, server.port), timeout=30)
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finish
-                sockets.append(s)
             waits = []
             while any(t.is_alive() for t in threads) or time.perf_counter() - start < 12:
                 t0 = time.perf_counter()
