@@ -1,9 +1,10 @@
 """/health latency while the server is under hostile requests, and the peak memory it takes.
 
 A random gpt-tiny with a small BPE tokenizer whose chat template never ends (two nested
-range(99999) loops) is served on localhost; while /health is polled every 50 ms, the run sends
-at once: 8 completions with ~1 MB prompts, 4 chats through the freezing template, 6 requests with
-JSON nested 5,000 deep, and 600 half-open sockets that never finish their headers.
+range(99999) loops) is served by `lmforge serve` in its own process; while /health is polled
+every 50 ms, the run sends at once: 8 completions with ~1 MB prompts, 4 chats through the
+freezing template, 6 requests with JSON nested 5,000 deep, and 600 half-open sockets that never
+finish their headers.
 
     python bench/serve_hostile.py
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,12 +28,13 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from lmforge.config import ModelConfig
 from lmforge.models import Transformer, save_model
-from lmforge.serve import BackgroundServer, Limits, build_app
+from lmforge.serve import free_port
 from lmforge.tokenizer import train_tokenizer
 
 FREEZER = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
@@ -59,13 +63,37 @@ def post(url: str, body: bytes, what: str, statuses: Counter) -> None:
         statuses[(what, type(e).__name__)] += 1
 
 
+def serving(directory: Path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "lmforge", "serve", str(directory), "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--device", "cpu"], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                r.read()
+                return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
-    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        app = build_app(model_dir(Path(tmp)), device="cpu", limits=Limits(max_body_bytes=2 << 20))
-        with BackgroundServer(app, max_connections=512) as server:
+        port = free_port()
+        proc = serving(model_dir(Path(tmp)), port)
+        server = SimpleNamespace(host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}")
+        try:
             url = server.url
-            big = json.dumps({"model": "hostile", "prompt": "the fox " * 131_072, "max_tokens": 4})
+            big = json.dumps({"model": "hostile", "prompt": "the fox " * 120_000, "max_tokens": 4})
             chat = json.dumps({"model": "hostile", "messages": [{"role": "user", "content": "hi"}]})
             deep = b"[" * 5000 + b"]" * 5000
             statuses: Counter = Counter()
@@ -109,6 +137,14 @@ def main() -> None:
                     pass
                 s.close()
             elapsed = time.perf_counter() - start
+            peak = peak_rss_mb(proc.pid)
+            stop = time.perf_counter()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            stopped = time.perf_counter() - stop
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     waits.sort()
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (2-core shared box)")
     print(f"run {elapsed:.1f} s; /health polled {len(waits)} times")
@@ -119,8 +155,8 @@ def main() -> None:
     for (what, status), n in sorted(statuses.items(), key=str):
         print(f"  {what:18s} -> {status} x{n}")
     print(f"half-open sockets: {closed} closed by the header timeout, {refused} refused with 503")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak resident memory of the process: {peak:.0f} MB")
+    print(f"peak resident memory of the server process: {peak:.0f} MB")
+    print(f"SIGTERM to exit: {stopped:.1f} s")
 
 
 if __name__ == "__main__":
