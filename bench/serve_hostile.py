@@ -78,6 +78,29 @@ def serving(directory: Path, port: int) -> subprocess.Popen:
     raise SystemExit("the server did not start")
 
 
+def poll_health(url: str, seconds: float, busy=lambda: False) -> list[float]:
+    """/health's latency every 50 ms for `seconds` (and while `busy()`); inf when it failed."""
+    waits, start = [], time.perf_counter()
+    while busy() or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=30) as r:
+                r.read()
+            waits.append(time.perf_counter() - t0)
+        except OSError:
+            waits.append(float("inf"))
+        time.sleep(0.05)
+    return sorted(waits)
+
+
+def summary(waits: list[float]) -> str:
+    return (
+        f"median {statistics.median(waits) * 1000:.0f} ms, "
+        f"p99 {waits[int(len(waits) * 0.99) - 1] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms, "
+        f"over 1 s: {sum(w > 1 for w in waits)} of {len(waits)}"
+    )
+
+
 def peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -93,6 +116,7 @@ def main() -> None:
         server = SimpleNamespace(host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}")
         try:
             url = server.url
+            quiet = poll_health(url, 12.0)  # the same box, no hostile requests: the baseline
             big = json.dumps({"model": "hostile", "prompt": "the fox " * 120_000, "max_tokens": 4})
             chat = json.dumps({"model": "hostile", "messages": [{"role": "user", "content": "hi"}]})
             deep = b"[" * 5000 + b"]" * 5000
@@ -114,16 +138,7 @@ def main() -> None:
             start = time.perf_counter()
             for t in threads:
                 t.start()
-            waits = []
-            while any(t.is_alive() for t in threads) or time.perf_counter() - start < 12:
-                t0 = time.perf_counter()
-                try:
-                    with urllib.request.urlopen(url + "/health", timeout=30) as r:
-                        r.read()
-                    waits.append(time.perf_counter() - t0)
-                except OSError:
-                    waits.append(float("inf"))
-                time.sleep(0.05)
+            waits = poll_health(url, 12.0, lambda: any(t.is_alive() for t in threads))
             for t in threads:
                 t.join()
             closed = 0
@@ -145,13 +160,9 @@ def main() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
-    waits.sort()
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (2-core shared box)")
-    print(f"run {elapsed:.1f} s; /health polled {len(waits)} times")
-    print(
-        f"/health latency: median {statistics.median(waits) * 1000:.0f} ms, "
-        f"p99 {waits[int(len(waits) * 0.99) - 1] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms"
-    )
+    print(f"/health, no hostile requests: {summary(quiet)}")
+    print(f"/health, under the hostile requests ({elapsed:.1f} s): {summary(waits)}")
     for (what, status), n in sorted(statuses.items(), key=str):
         print(f"  {what:18s} -> {status} x{n}")
     print(f"half-open sockets: {closed} closed by the header timeout, {refused} refused with 503")

@@ -40,8 +40,8 @@ def serve(
         int, typer.Option(min=1, help="Requests in flight at once; one more gets 429.")
     ] = 256,
     max_connections: Annotated[
-        int, typer.Option(min=1, help="Open connections at once; one more gets 503.")
-    ] = 512,
+        int, typer.Option(min=1, help="Open connections at once (past it, 503).")
+    ] = 4096,
     kv_memory_gb: Annotated[
         float | None,
         typer.Option(

@@ -84,7 +84,7 @@ def serve(
     dtype: str = "auto",
     log_level: str = "info",
     limits: Limits | None = None,
-    max_connections: int = 512,
+    max_connections: int = 4096,
 ) -> None:
     """Serve `model_dir` over HTTP until interrupted (uvicorn); SIGTERM or Ctrl-C stops it
     within a few seconds, requests in flight included."""
@@ -99,24 +99,54 @@ def serve(
         dtype=dtype,
         limits=limits,
     )
+    raise_open_file_limit()
     uvicorn.Server(uvicorn_config(app, host, port, log_level, max_connections)).run()
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (each connection is a
+    file); returns the soft limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 #: Seconds a client may take to send a request's headers (its body: `Limits.body_seconds`).
 HEADER_SECONDS = 10.0
+#: Past the connection limit, a connection still without headers after this long makes room.
+EVICT_AFTER_SECONDS = 2.0
 #: Seconds requests in flight get to finish when the server is asked to stop.
 GRACEFUL_SECONDS = 2
 
 
 def uvicorn_config(
-    app: FastAPI, host: str, port: int, log_level: str = "info", max_connections: int = 512
+    app: FastAPI, host: str, port: int, log_level: str = "info", max_connections: int = 4096
 ) -> Any:
     """uvicorn's settings for serving `app`: header, keep-alive and shutdown timeouts, at most
-    `max_connections` open connections (one more is answered 503 and closed)."""
+    `max_connections` open connections (fewer when the open-file limit is lower)."""
+    import resource
+
     import uvicorn
 
     if max_connections < 1:
         raise ServeError(f"--max-connections must be at least 1, got {max_connections}.")
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and max_connections > soft - 128:
+        logging.getLogger("lmforge.serve").warning(
+            "--max-connections %d lowered to %d by the open-file limit (ulimit -n %d)",
+            max_connections,
+            max(soft - 128, 1),
+            soft,
+        )
+        max_connections = max(soft - 128, 1)
     protocol = _guarded_h11(max_connections)
     return uvicorn.Config(
         app,
@@ -127,7 +157,6 @@ def uvicorn_config(
         timeout_keep_alive=5,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         h11_max_incomplete_event_size=64 * 1024,
-        backlog=max_connections,
     )
 
 
@@ -155,8 +184,10 @@ def _guarded_h11(max_connections: int) -> type:
     class GuardedH11(H11Protocol):
         """Closes a connection whose request headers are not in after HEADER_SECONDS (the
         first request's or a kept-alive connection's next). Past `max_connections`, the
-        connection that has waited longest for its headers makes room for the new one (so a
-        flood of half-open sockets cannot lock clients out); with none waiting, 503."""
+        connection that has waited longest for its headers, if longer than
+        EVICT_AFTER_SECONDS, makes room for the new one (a flood of half-open sockets cannot
+        lock clients out, and a client whose headers are merely not read yet keeps its place);
+        with none such, the new connection is answered 503."""
 
         _header_timer: Any = None
         _armed_for: Any = None
@@ -165,7 +196,12 @@ def _guarded_h11(max_connections: int) -> type:
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                waiting = [c for c in self.connections if c is not self and c._waiting()]
+                cutoff = time.monotonic() - EVICT_AFTER_SECONDS
+                waiting = [
+                    c
+                    for c in self.connections
+                    if c is not self and c._waiting() and c._armed_at < cutoff
+                ]
                 if waiting:
                     min(waiting, key=lambda c: c._armed_at).transport.close()
                 else:
@@ -240,7 +276,7 @@ class BackgroundServer:
         app: FastAPI,
         host: str = "127.0.0.1",
         port: int | None = None,
-        max_connections: int = 512,
+        max_connections: int = 4096,
     ) -> None:
         import uvicorn
 

@@ -223,12 +223,13 @@ def test_slow_body_is_408(hostile):
 
 
 def test_slow_headers_are_cut_and_extra_connections_refused(hostile, monkeypatch):
-    """Slowloris: past the connection limit the socket that waited longest for its headers is
-    closed to make room, the rest are closed after the header timeout, /health answers all
-    along."""
+    """Slowloris: past the connection limit new sockets get 503 at once, until the held ones
+    have waited EVICT_AFTER_SECONDS for their headers: then the oldest makes room (/health
+    answers), and all are closed after the header timeout."""
     import lmforge.serve.server as server_module
 
-    monkeypatch.setattr(server_module, "HEADER_SECONDS", 3.0)
+    monkeypatch.setattr(server_module, "HEADER_SECONDS", 4.0)
+    monkeypatch.setattr(server_module, "EVICT_AFTER_SECONDS", 1.0)
     start = time.perf_counter()
     socks = []
     try:
@@ -236,11 +237,13 @@ def test_slow_headers_are_cut_and_extra_connections_refused(hostile, monkeypatch
             s = socket.create_connection((hostile.host, hostile.port), timeout=10)
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
             socks.append(s)
-        assert timed_health(hostile.url) < 1.0  # evicts the oldest half-open socket
-        for s in socks[:20]:
-            assert closed_by_server(s)  # made room for the later ones
+        refused = [s.recv(4096) for s in socks[45:]]
+        assert all(r.startswith(b"HTTP/1.1 503") for r in refused), refused[:2]
+        time.sleep(1.2)
+        assert timed_health(hostile.url) < 1.0  # the oldest half-open socket made room
+        assert closed_by_server(socks[0])
         time.sleep(3.5)
-        for s in socks[21:]:
+        for s in socks[1:40]:
             assert closed_by_server(s)  # closed by the header timeout, no reply
     finally:
         for s in socks:
