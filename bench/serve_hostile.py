@@ -14,6 +14,7 @@ server closed or refused, and the process's peak resident memory, with the load 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -110,6 +111,13 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--parts",
+        default="big,template,deep,flood",
+        help="which hostile requests to send (comma-separated): big, template, deep, flood",
+    )
+    parts = set(parser.parse_args().parts.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         proc = serving(model_dir(Path(tmp)), port)
@@ -121,9 +129,11 @@ def main() -> None:
             chat = json.dumps({"model": "hostile", "messages": [{"role": "user", "content": "hi"}]})
             deep = b"[" * 5000 + b"]" * 5000
             statuses: Counter = Counter()
-            jobs = [(url + "/v1/completions", big.encode(), "1MB prompt")] * 8
-            jobs += [(url + "/v1/chat/completions", chat.encode(), "freezing template")] * 4
-            jobs += [(url + "/v1/completions", deep, "JSON 5000 deep")] * 6
+            jobs = [(url + "/v1/completions", big.encode(), "1MB prompt")] * 8 * ("big" in parts)
+            jobs += [(url + "/v1/chat/completions", chat.encode(), "freezing template")] * (
+                4 * ("template" in parts)
+            )
+            jobs += [(url + "/v1/completions", deep, "JSON 5000 deep")] * 6 * ("deep" in parts)
             threads = [threading.Thread(target=post, args=(*j, statuses)) for j in jobs]
             sockets: list[socket.socket] = []
             refused = 0
@@ -134,7 +144,8 @@ def main() -> None:
                     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finishes
                     sockets.append(s)
 
-            threads.append(threading.Thread(target=flood))
+            if "flood" in parts:
+                threads.append(threading.Thread(target=flood))
             start = time.perf_counter()
             for t in threads:
                 t.start()

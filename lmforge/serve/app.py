@@ -175,6 +175,9 @@ def create_app(
         finally:
             planner.shutdown(wait=False, cancel_futures=True)
             engine.stop()
+            close = getattr(served.tokenizer, "close", None)
+            if close is not None:
+                close()
 
     app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine, app.state.served, app.state.admission = engine, served, admission

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lmforge.errors import LmforgeError
 from lmforge.generate import GenerationConfig
 from lmforge.serve.errors import ApiError, check_range
-from lmforge.tokenizer.chat import chat_stops, encode_chat
+from lmforge.tokenizer.chat import chat_stops, encode_chat, render_chat
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Served:
     vocab_size: int
     created: int
     limits: Limits = field(default_factory=Limits)
+    max_token_chars: int | None = None  # the longest BPE vocabulary entry (None: no bound)
 
 
 @dataclass
@@ -240,8 +241,23 @@ def _config(req: _Sampling, n: int, max_tokens: int, stop: list[str]) -> Generat
     )
 
 
-def _text_ids(tokenizer: Any, text: str) -> list[int]:
+def check_length_bound(served: Served, text: str, param: str) -> None:
+    """400 before tokenizing a text that cannot fit: a BPE token covers at most
+    `max_token_chars` characters, so len(text) / max_token_chars tokens at least."""
+    longest = served.max_token_chars
+    if longest and len(text) > served.context * longest:
+        raise ApiError(
+            f"this model's context is {served.context} tokens but the text holds "
+            f"{len(text)} characters, at least {-(-len(text) // longest)} tokens; shorten it.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def _text_ids(tokenizer: Any, text: str, served: Served | None = None) -> list[int]:
     """[BOS] + tokens, as `lmforge generate` does: a prompt starts a document."""
+    if served is not None:
+        check_length_bound(served, text, "prompt")
     ids = list(tokenizer.encode(text)) if text else []
     start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     if start is not None:
@@ -272,7 +288,7 @@ def _completion_prompts(
     ids, texts = [], []
     for item in items:
         if isinstance(item, str):
-            ids.append(_text_ids(tok, item))
+            ids.append(_text_ids(tok, item, served))
             texts.append(item)
             continue
         if not item or any(not 0 <= t < served.vocab_size for t in item):
@@ -359,7 +375,11 @@ def plan_chat(body: Any, served: Served) -> Job:
         )
     messages = _messages(req)
     try:
-        prompt = encode_chat(served.tokenizer, messages)
+        text = render_chat(served.tokenizer, messages)
+        check_length_bound(served, text, "messages")
+        prompt = encode_chat(served.tokenizer, messages, text)
+    except ApiError:
+        raise
     except LmforgeError as exc:
         raise ApiError(str(exc), param="messages", code="invalid_value") from None
     name: Literal["max_completion_tokens", "max_tokens"] = (

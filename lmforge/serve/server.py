@@ -20,6 +20,7 @@ from lmforge.serve.admission import Admission, free_memory, kv_bytes_per_token
 from lmforge.serve.app import check_api_key, create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.errors import error_body
+from lmforge.serve.offload import OffloadedTokenizer
 from lmforge.serve.protocol import Limits, Served
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils.device import resolve_device
@@ -63,11 +64,14 @@ def build_app(
     admission = Admission(limits.max_requests, kv, per_token, per_row)
     served = Served(
         name=model_name or model_dir.resolve().name,
-        tokenizer=tokenizer,
+        tokenizer=OffloadedTokenizer(tokenizer),  # long prompts: no GIL shared with the loop
         context=model.cfg.max_seq_len,
         vocab_size=min(model.cfg.vocab_size, tokenizer.vocab_size),
         created=int(time.time()),
         limits=limits,
+        max_token_chars=max(map(len, tokenizer.backend.get_vocab()))
+        if tokenizer.kind == "bpe"
+        else None,
     )
     return create_app(Engine(model, tokenizer, max_batch), served, api_key, admission)
 

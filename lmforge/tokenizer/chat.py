@@ -164,9 +164,11 @@ def render_chat(
         _local.meter = None
 
 
-def encode_chat(tokenizer: Any, messages: list[Message]) -> list[int]:
-    """Token ids of the rendered chat prompt (special-token strings become their ids)."""
-    ids = list(tokenizer.encode(render_chat(tokenizer, messages)))
+def encode_chat(tokenizer: Any, messages: list[Message], rendered: str | None = None) -> list[int]:
+    """Token ids of the rendered chat prompt (special-token strings become their ids);
+    `rendered` is the prompt text when the caller has rendered it already."""
+    text = rendered if rendered is not None else render_chat(tokenizer, messages)
+    ids = list(tokenizer.encode(text))
     if not ids:
         raise TokenizerError("the chat prompt is empty; send at least one message with text.")
     return ids

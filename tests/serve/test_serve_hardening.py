@@ -341,3 +341,17 @@ def test_kv_bytes_per_token_is_what_a_real_cache_holds(reference):
     cache = model.new_cache(3, 10)
     held = sum(t.numel() * t.element_size() for t in (cache.k, cache.v))
     assert held == 3 * 10 * kv_bytes_per_token(model, torch.float32)
+
+
+def test_offloaded_encoding_gives_the_same_ids(reference):
+    from lmforge.serve.offload import OffloadedTokenizer
+
+    _, tok = reference
+    text = "the quick brown fox <|bos|> jumps 你好 " * 50
+    offloaded = OffloadedTokenizer(tok, threshold=100)
+    try:
+        assert offloaded.encode(text) == tok.encode(text)  # in the worker process
+        assert offloaded.encode("short") == tok.encode("short")  # in place
+        assert offloaded.vocab_size == tok.vocab_size
+    finally:
+        offloaded.close()
