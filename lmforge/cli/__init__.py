@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lmforge.cli.checks import refuse_non_finite_floats, unexpected
+from lmforge.cli.checks import unexpected
 from lmforge.cli.data import data_app
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
@@ -36,7 +36,6 @@ register_interop(app)
 register_finetune(app)
 register_prompt(app)
 register_serve(app)
-refuse_non_finite_floats()
 
 StrategyOpt = Annotated[
     str | None,
