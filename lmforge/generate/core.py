@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from lmforge.generate.inputs import EncoderState
@@ -83,17 +82,19 @@ def prefill(
 def decode_one_token(
     model: nn.Module,
     token: Tensor,
-    attention_mask: Tensor,
     cache: KVCache,
     encoder: EncoderState | None = None,
+    step=None,
 ) -> Tensor:
     """One decoding step: (B, 1) newest tokens at the next cache slot -> (B, V) next logits.
 
-    `attention_mask` is (B, past + 1); positions come from it, so left padding stays invisible.
-    The plain step: models that `lmforge.generate.static` covers decode with its static step
-    instead; for the others this is the function `compile=True` hands to torch.compile.
+    The model's own decode step (`Transformer.decode_step`): positions, the cache slot and the
+    padding come from `cache` (recorded at prefill), so nothing is checked on the host; `step`
+    is a compiled `Transformer.step` (`lmforge.generate.static.compiled_step`) or None.
     """
-    return _forward(model, token, attention_mask, cache, encoder, True)[:, -1].float()
+    if encoder is None:
+        return model.decode_step(token, cache, step=step)
+    return model.decode_step(token, cache, encoder.hidden, encoder.mask, step)
 
 
 def verify_tokens(
@@ -101,11 +102,6 @@ def verify_tokens(
 ) -> Tensor:
     """Several tokens at once (speculative verification): (B, T) -> (B, T, V) float32 logits."""
     return _forward(model, tokens, attention_mask, cache, None, False).float()
-
-
-def compiled(fn, enabled: bool):
-    """torch.compile(fn) with dynamic shapes (the cache and mask grow every step) if enabled."""
-    return torch.compile(fn, dynamic=True) if enabled else fn
 
 
 @contextmanager

@@ -17,6 +17,8 @@ generation of any length runs in constant memory:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
@@ -55,6 +57,13 @@ class KVCache:
             max_len, dtype=torch.long, device=device
         )  # absolute position per slot
         self._cross: list[tuple[Tensor, Tensor] | None] = [None] * n_layer
+        # per-row bookkeeping of the decode step, all on the device (no host syncs):
+        # keep[b, s] is False where slot s of row b holds padding (set once, at prefill),
+        # next_pos[b] counts row b's real tokens (the position of its next one), and `slot`
+        # mirrors `length` as a (1,) tensor: the slot the next token is written to
+        self.keep = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.next_pos = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
 
     @classmethod
     def for_model(
@@ -139,10 +148,17 @@ class KVCache:
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def advance(self, n: int) -> None:
-        """Mark n more time steps as written (called once per forward, after all layers)."""
+    def advance(self, n: int, keep: Tensor | None = None) -> None:
+        """Mark n more time steps as written (called once per forward, after all layers);
+        keep: (B, n) 1 for tokens, 0 for padding among them (None: all tokens)."""
         if not self.rolling:
+            if keep is not None:
+                self.keep[:, self.length : self.length + n] = keep.bool()
+                self.next_pos += keep.long().sum(1, keepdim=True)
+            else:
+                self.next_pos += n
             self.length += n
+            self.slot.fill_(self.length)
             return
         new = torch.arange(self._seen, self._seen + n, device=self.pos.device)
         positions = torch.cat([self.pos[: self.length], new])
@@ -161,7 +177,160 @@ class KVCache:
         """Keep batch rows `index` (beam search): row i becomes old row index[i]."""
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
+        self.keep = self.keep.index_select(0, index)
+        self.next_pos = self.next_pos.index_select(0, index)
         self._cross = [
             None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
             for kv in self._cross
         ]
+
+    @property
+    def batch(self) -> int:
+        return self.k.size(1)
+
+    def mask(self) -> Tensor:
+        """(B, length) 1 for the tokens written so far, 0 for padding slots."""
+        return self.keep[:, : self.length].long()
+
+    # ------------------------------------------------------------------ whole-cache edits
+    def trim_front(self, n: int) -> None:
+        """Drop the first n slots of every row (columns that are padding in every row)."""
+        if n <= 0:
+            return
+        self.k, self.v = self.k[:, :, :, n:], self.v[:, :, :, n:]
+        self.keep = self.keep[:, n:]
+        self.max_len -= n
+        self.length -= n
+        self.slot.fill_(self.length)
+
+    def padding_columns(self) -> int:
+        """Leading slots that are padding in every row (left padding shared by the batch)."""
+        if self.length == 0:
+            return 0
+        return int((self.length - self.keep[:, : self.length].sum(1)).min())
+
+    def gather_time(self, src: Tensor, keep: Tensor) -> None:
+        """Row b's slot t becomes its old slot src[b, t]; keep (B, width) marks the tokens
+        among the new slots, width = src.size(1) becomes the length."""
+        width = src.size(1)
+        n_layer, _, heads, _, head_dim = self.k.shape
+        index = src[None, :, None, :, None].expand(n_layer, -1, heads, -1, head_dim)
+        self.k[:, :, :, :width] = self.k.gather(3, index)
+        self.v[:, :, :, :width] = self.v.gather(3, index)
+        self.keep[:, :width] = keep.bool()
+        self.keep[:, width:] = True
+        self.next_pos = keep.long().sum(1, keepdim=True)
+        self.length = width
+        self.slot.fill_(width)
+
+    @staticmethod
+    def concat(caches: list[KVCache], capacity: int) -> KVCache:
+        """The rows of every cache in one cache of `capacity` slots, each right-aligned at the
+        longest length (left padding, marked in `keep`, fills the front of shorter ones)."""
+        first = caches[0]
+        width = max(c.length for c in caches)
+        n_layer, _, heads, _, head_dim = first.k.shape
+        merged = KVCache(
+            n_layer,
+            sum(c.batch for c in caches),
+            heads,
+            head_dim,
+            capacity,
+            first.k.dtype,
+            first.k.device,
+        )
+        row = 0
+        for c in caches:
+            rows, off = slice(row, row + c.batch), width - c.length
+            merged.k[:, rows, :, off:width] = c.k[:, :, :, : c.length]
+            merged.v[:, rows, :, off:width] = c.v[:, :, :, : c.length]
+            merged.keep[rows, :off] = False
+            merged.keep[rows, off:width] = c.keep[:, : c.length]
+            merged.next_pos[rows] = c.next_pos
+            row += c.batch
+        merged.length = width
+        merged.slot.fill_(width)
+        return merged
+
+    # ------------------------------------------------------------------ the decode step
+    def step_view(self) -> CacheView:
+        """The tensors one decode step reads and writes (see `CacheView`); the step attends over
+        the slots written so far plus the new one."""
+        if self.rolling:
+            raise GenerationError(
+                "the decode step needs a non-rolling cache; decode a rolling cache with the "
+                "model's forward."
+            )
+        end = self.length + 1
+        if end > self.max_len:
+            raise GenerationError(
+                f"the sequence would reach {end} tokens but the cache holds {self.max_len}; "
+                "ask for fewer new tokens or a shorter prompt."
+            )
+        return CacheView(
+            slot=self.slot,
+            pos=self.next_pos,
+            keep=self.keep[:, :end],
+            ks=[self.k[i, :, :, :end] for i in range(self.k.size(0))],
+            vs=[self.v[i, :, :, :end] for i in range(self.v.size(0))],
+            cross=list(self._cross),
+        )
+
+    def stepped(self) -> None:
+        """Bookkeeping after one decode step (one new token per row, none of them padding)."""
+        self.length += 1
+        self.slot += 1  # in place: a compiled step's inputs keep their identity
+        self.next_pos += 1
+
+
+@dataclass
+class CacheView:
+    """What one decode step (one new token per row) needs, all tensors, no host state:
+
+    slot: (1,) long, the cache slot of the new token (= tokens cached so far);
+    pos: (B, 1) long, each row's position (its real, non-padding tokens so far);
+    keep: (B, L) bool, False at padding slots, L = slot + 1;
+    ks, vs: per layer (B, H_kv, L, head_dim) views of the cache (the slots written so far and
+    the new one); cross: the cached cross-attention keys/values (encoder-decoder).
+
+    It stands in for the `KVCache` inside the model's forward: `update` writes the new
+    keys/values at `slot` with index_copy_ and returns the whole views.
+    """
+
+    slot: Tensor
+    pos: Tensor
+    keep: Tensor
+    ks: list[Tensor]
+    vs: list[Tensor]
+    cross: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
+    rolling: bool = False
+    reposition: bool = False
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write (B, H_kv, 1, hd) keys/values at `slot`; return (B, H_kv, L, hd) keys/values."""
+        self.ks[layer].index_copy_(2, self.slot, k)
+        self.vs[layer].index_copy_(2, self.slot, v)
+        return self.ks[layer], self.vs[layer]
+
+    def cross_kv(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        return self.cross[layer] if self.cross else None
+
+    def step_mask(self, window: int | None, bias_fn, dtype: torch.dtype) -> Tensor:
+        """(B, 1|H, 1, L) additive mask of the new query at `slot` over the L slots:
+
+        allowed[b, j] = keep[b, j] and j <= slot [and slot - j < window]
+        mask[b, j]    = bias(slot, j) if allowed[b, j] else the dtype's minimum
+        """
+        keep = self.keep
+        slots = torch.arange(keep.size(1), device=keep.device)  # (L,)
+        allowed = keep & (slots <= self.slot)[None]  # (B, L)
+        if window is not None:
+            allowed = allowed & ((self.slot - slots) < window)[None]
+        allowed = allowed[:, None, None, :]  # (B, 1, 1, L)
+        lowest = torch.finfo(dtype).min
+        if bias_fn is None:
+            return torch.zeros(allowed.shape, dtype=dtype, device=keep.device).masked_fill(
+                ~allowed, lowest
+            )
+        bias = bias_fn(self.slot, slots).to(dtype)  # (1, H, 1, L)
+        return bias.masked_fill(~allowed, lowest)
