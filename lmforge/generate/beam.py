@@ -88,7 +88,7 @@ def _search(
     vocab, nb = model.cfg.vocab_size, gen.num_beams
     eos = resolve_eos(model, gen)
     pad_id = model.cfg.pad_id if model.cfg.pad_id is not None else 0
-    step = step_function(model, compile)
+    step_fn = step_function(model, compile)
 
     begin = start(model, prompts, gen)
     batch = len(prompts)
@@ -156,7 +156,7 @@ def _search(
         if history is not None:
             history.select(beam_idx)
             history.add(new_tok)
-        logits = decode_one_token(model, new_tok[:, None], cache, encoder, step)
+        logits = decode_one_token(model, new_tok[:, None], cache, encoder, step_fn)
 
     for b in range(batch):
         if not done[b]:  # out of steps: the running beams compete with the finished ones

@@ -13,6 +13,7 @@ stopped keep riding along in the batch, their outputs ignored, until every row i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -197,9 +198,24 @@ def generate_text(
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """tokenizer.encode(text); an empty prompt starts from the BOS token when there is one."""
-    ids = list(tokenizer.encode(text))
-    bos = getattr(tokenizer, "bos_id", None)
-    if not ids and bos is not None:
-        ids = [bos]
-    return ids
+    """The prompt's ids as the model's own tokenizer encodes a text, as Hugging Face's
+    `tokenizer(text)` does: its post-processor adds exactly its markers (a Llama tokenizer from
+    Hugging Face or GGUF puts BOS in front, GPT-2's adds nothing, an lmforge-trained BPE
+    tokenizer starts with <|bos|> as in pretraining). WordPiece's [CLS] ... [SEP] frame is for
+    encoders and is left out. An empty prompt starts from BOS, else EOS (a document boundary).
+
+    One encoding for the Python API, `lmforge generate`, `lmforge chat` and the server."""
+    kind = getattr(tokenizer, "kind", None)
+    if "add_special_tokens" in inspect.signature(tokenizer.encode).parameters:
+        ids = list(tokenizer.encode(text, add_special_tokens=kind != "wordpiece"))
+    else:
+        ids = list(tokenizer.encode(text))
+    if ids:
+        return ids
+    for first in (getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)):
+        if first is not None:
+            return [first]
+    raise GenerationError(
+        "the prompt is empty and the tokenizer has no BOS or EOS token to start from; "
+        "give some prompt text."
+    )

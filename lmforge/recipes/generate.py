@@ -6,23 +6,15 @@ from pathlib import Path
 
 import torch
 
-from lmforge.errors import GenerationError
 from lmforge.generate import GenerationConfig, generate
+from lmforge.generate.engine import encode_prompt
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer import Tokenizer
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """[BOS] + tokens of the prompt: a prompt starts a document, as in pretraining."""
-    ids = tokenizer.encode(prompt) if prompt else []
-    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    if start is not None:
-        ids = [start, *ids]
-    if not ids:
-        raise GenerationError(
-            "the prompt is empty and the tokenizer has no BOS/EOS to start from; pass --prompt."
-        )
-    return ids
+    """The prompt as the model's tokenizer encodes it (`lmforge.generate.encode_prompt`)."""
+    return encode_prompt(tokenizer, prompt)
 
 
 def generate_from_dir(

@@ -112,7 +112,9 @@ def test_step_has_no_host_syncs():
         view = cache.step_view()
         out = graph(logits.argmax(-1)[:, None], view)
         cache.stepped()
-        ref = full_forward_logits(model, [p + [int(t)] for p, t in zip(PROMPTS, logits.argmax(-1))])
+        ref = full_forward_logits(
+            model, [p + [int(t)] for p, t in zip(PROMPTS, logits.argmax(-1), strict=True)]
+        )
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
