@@ -160,11 +160,14 @@ def generate(
             "seconds of compiling; worth it for long outputs."
         ),
     ] = False,
+    stats: Annotated[
+        bool, typer.Option(help="Print tokens/s and the time to first token (to stderr).")
+    ] = False,
 ) -> None:
     """Continue a prompt with a trained model."""
     from lmforge.recipes.generate import generate_from_dir
 
-    texts = generate_from_dir(
+    texts, run_stats = generate_from_dir(
         model_dir,
         prompt,
         max_new_tokens=max_new_tokens,
@@ -174,11 +177,14 @@ def generate(
         num_return_sequences=num_return_sequences,
         seed=seed,
         compile=compile,
+        return_stats=True,
     )
     for i, text in enumerate(texts):
         if len(texts) > 1:
             typer.echo(f"--- sample {i + 1}")
         typer.echo(prompt + text)
+    if stats:
+        typer.echo(run_stats.summary(), err=True)
 
 
 @app.command()

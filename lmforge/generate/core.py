@@ -35,6 +35,44 @@ class GenerationOutput:
     prompt_index: int = 0
 
 
+@dataclass
+class GenerationStats:
+    """How fast a generation ran, as a user sees it.
+
+    Attributes:
+        prompt_tokens: prompt tokens of every row.
+        new_tokens: tokens generated (EOS not counted).
+        ttft_s: time to first token: from the start (prefill included) to the first token.
+        total_s: from the start to the last token.
+        steps: decode steps after the first token.
+    """
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    steps: int = 0
+    rows: int = 1
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second, the whole run (prefill included)."""
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second after the first: rows * steps / (total - time to first token)."""
+        dt = self.total_s - self.ttft_s
+        return self.steps * self.rows / dt if dt > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.new_tokens} tokens in {self.total_s:.2f} s ({self.tokens_per_s:.1f} tokens/s); "
+            f"time to first token {self.ttft_s * 1000:.0f} ms ({self.prompt_tokens} prompt "
+            f"tokens); decoding {self.decode_tokens_per_s:.1f} tokens/s"
+        )
+
+
 def _forward(
     model: nn.Module,
     ids: Tensor,

@@ -14,6 +14,7 @@ stopped keep riding along in the batch, their outputs ignored, until every row i
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,13 @@ from torch import Tensor, nn
 
 from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
-from lmforge.generate.core import GenerationOutput, decode_one_token, eval_mode, prefill
+from lmforge.generate.core import (
+    GenerationOutput,
+    GenerationStats,
+    decode_one_token,
+    eval_mode,
+    prefill,
+)
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
 from lmforge.generate.rows import Row
 from lmforge.generate.sampling import TokenHistory, make_generator, select_next
@@ -73,6 +80,7 @@ class SamplingRun:
             for j in range(n)
         ]
         self.compile = compile
+        self.stats = GenerationStats(prompt_tokens=sum(len(p) for p in self.prompts) * n)
 
     @property
     def outputs(self) -> list[GenerationOutput]:
@@ -84,8 +92,24 @@ class SamplingRun:
         with eval_mode(self.model):
             yield from self._steps()
 
-    @torch.inference_mode()
     def _steps(self) -> Iterator[list[int | None]]:
+        stats, t0 = self.stats, time.perf_counter()
+        stats.rows = len(self.rows)
+        try:
+            for i, new in enumerate(self._decode()):
+                now = time.perf_counter() - t0
+                if i == 0:
+                    stats.ttft_s = now
+                else:
+                    stats.steps += 1
+                stats.total_s = now
+                stats.new_tokens += sum(t is not None for t in new)
+                yield new
+        finally:
+            stats.total_s = stats.total_s or time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def _decode(self) -> Iterator[list[int | None]]:
         model, gen = self.model, self.gen
         device = model_device(model)
         begin = start(model, self.prompts, gen)

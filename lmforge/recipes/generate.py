@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
-from lmforge.generate import GenerationConfig, generate
-from lmforge.generate.engine import encode_prompt
+from lmforge.generate import GenerationConfig, SamplingRun
+from lmforge.generate.core import GenerationStats
+from lmforge.generate.engine import encode_prompt, finish_texts
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer import Tokenizer
 
@@ -29,8 +30,10 @@ def generate_from_dir(
     seed: int | None = None,
     stop: list[str] | None = None,
     compile: bool = False,
-) -> list[str]:
-    """Continue `prompt` with the model in `model_dir`; returns the new text of each sequence."""
+    return_stats: bool = False,
+) -> list[str] | tuple[list[str], GenerationStats]:
+    """Continue `prompt` with the model in `model_dir`; returns the new text of each sequence
+    (and, with `return_stats`, the `GenerationStats`: tokens/s, time to first token)."""
     model, tok = load_model_and_tokenizer(model_dir)  # a PEFT run's dir: with its adapter
     gen = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -42,6 +45,11 @@ def generate_from_dir(
         stop=stop or [],
     )
     ids = prompt_ids(tok, prompt)
+    run = SamplingRun(model, [ids], gen, tok, compile)
     with torch.no_grad():
-        outputs = generate(model, [ids], gen, tokenizer=tok, compile=compile)
-    return [tok.decode(out) for out in outputs]
+        for _ in run.steps():
+            pass
+    outputs = run.outputs
+    finish_texts(outputs, gen, tok)
+    texts = [out.text or "" for out in outputs]
+    return (texts, run.stats) if return_stats else texts

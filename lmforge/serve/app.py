@@ -155,6 +155,7 @@ def create_app(engine: Engine, served: Served, api_key: str | None = None) -> Fa
         job = plan(body, served)
         answer = Answer(kind, job, served)
         ticket = engine.submit(job)
+        answer.timings = ticket.timings  # filled in by the engine when the job finishes
         if job.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(
