@@ -17,6 +17,7 @@ generation of any length runs in constant memory:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,14 +27,19 @@ from lmforge.errors import GenerationError
 
 
 class KVCache:
-    """Preallocated per-layer key/value buffers, shared time axis for the whole batch."""
+    """Preallocated per-layer key/value buffers, shared time axis for the whole batch.
+
+    `ks[i]`, `vs[i]` are layer i's (B, H_kv_i, max_len, head_dim_i) buffers: layers may differ
+    in their number of key/value heads and head size (pruned models). The cache owns every edit
+    of them (`update`, `reorder`, `trim_front`, `gather_time`, `concat`, `step_view`).
+    """
 
     def __init__(
         self,
         n_layer: int,
         batch: int,
-        n_kv_head: int,
-        head_dim: int,
+        n_kv_head: int | Sequence[int],
+        head_dim: int | Sequence[int],
         max_len: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
@@ -46,9 +52,11 @@ class KVCache:
                     f"a rolling cache needs window >= 1 and sinks >= 0, got {window} and {sinks}."
                 )
             max_len = window + sinks
-        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        heads = [n_kv_head] * n_layer if isinstance(n_kv_head, int) else list(n_kv_head)
+        dims = [head_dim] * n_layer if isinstance(head_dim, int) else list(head_dim)
+        shapes = [(batch, h, max_len, d) for h, d in zip(heads, dims, strict=True)]
+        self.ks = [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
+        self.vs = [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
         self.max_len = max_len
         self.length = 0  # time steps already written (the same for every layer once advanced)
         self.window, self.sinks = window, sinks
@@ -67,18 +75,28 @@ class KVCache:
 
     @classmethod
     def for_model(
-        cls, cfg, batch: int, max_len: int, dtype=torch.float32, device="cpu", window=None, sinks=0
+        cls,
+        cfg,
+        batch: int,
+        max_len: int,
+        dtype=torch.float32,
+        device="cpu",
+        window=None,
+        sinks=0,
+        layers: Sequence[tuple[int, int]] | None = None,
     ):
-        """A cache sized for the decoder stack of a model with config `cfg`."""
+        """A cache sized for the decoder stack of a model with config `cfg`; `layers`: each
+        layer's (key/value heads, head size) when they differ from the config's."""
         n_layer = cfg.n_decoder_layer if cfg.arch == "encoder-decoder" else cfg.n_layer
         if window is not None and cfg.pos in ("learned", "sinusoidal"):
             raise GenerationError(
                 f"a rolling cache needs relative positions (rope, alibi, relative or none), but the "
                 f"model uses pos='{cfg.pos}'."
             )
-        return cls(
-            n_layer, batch, cfg.n_kv_head, cfg.head_dim, max_len, dtype, device, window, sinks
-        )
+        heads, dims = cfg.n_kv_head, cfg.head_dim
+        if layers is not None:
+            heads, dims = [h for h, _ in layers], [d for _, d in layers]
+        return cls(n_layer, batch, heads, dims, max_len, dtype, device, window, sinks)
 
     # ------------------------------------------------------------------ rolling caches
     @property
@@ -125,11 +143,11 @@ class KVCache:
         return torch.arange(self.length + t, device=self.pos.device) < self.sinks
 
     def _roll(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        ks = torch.cat([self.k[layer, :, :, : self.length], k], dim=2)  # (B, H_kv, stored + T, hd)
-        vs = torch.cat([self.v[layer, :, :, : self.length], v], dim=2)
+        ks = torch.cat([self.ks[layer][:, :, : self.length], k], dim=2)  # (B, H_kv, stored + T, hd)
+        vs = torch.cat([self.vs[layer][:, :, : self.length], v], dim=2)
         keep = self._keep(ks.size(2), ks.device)
-        self.k[layer, :, :, : keep.numel()] = ks.index_select(2, keep)
-        self.v[layer, :, :, : keep.numel()] = vs.index_select(2, keep)
+        self.ks[layer][:, :, : keep.numel()] = ks.index_select(2, keep)
+        self.vs[layer][:, :, : keep.numel()] = vs.index_select(2, keep)
         return ks, vs
 
     # ------------------------------------------------------------------ updates
@@ -144,9 +162,9 @@ class KVCache:
                 f"the sequence would reach {end} tokens but the cache holds {self.max_len}; "
                 "ask for fewer new tokens or a shorter prompt."
             )
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.ks[layer][:, :, start:end] = k
+        self.vs[layer][:, :, start:end] = v
+        return self.ks[layer][:, :, :end], self.vs[layer][:, :, :end]
 
     def advance(self, n: int, keep: Tensor | None = None) -> None:
         """Mark n more time steps as written (called once per forward, after all layers);
@@ -175,8 +193,8 @@ class KVCache:
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (beam search): row i becomes old row index[i]."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        self.ks = [k.index_select(0, index) for k in self.ks]
+        self.vs = [v.index_select(0, index) for v in self.vs]
         self.keep = self.keep.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
         self._cross = [
@@ -186,7 +204,12 @@ class KVCache:
 
     @property
     def batch(self) -> int:
-        return self.k.size(1)
+        return self.keep.size(0)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the key/value buffers."""
+        return sum(t.numel() * t.element_size() for t in (*self.ks, *self.vs))
 
     def mask(self) -> Tensor:
         """(B, length) 1 for the tokens written so far, 0 for padding slots."""
@@ -197,7 +220,8 @@ class KVCache:
         """Drop the first n slots of every row (columns that are padding in every row)."""
         if n <= 0:
             return
-        self.k, self.v = self.k[:, :, :, n:], self.v[:, :, :, n:]
+        self.ks = [k[:, :, n:] for k in self.ks]
+        self.vs = [v[:, :, n:] for v in self.vs]
         self.keep = self.keep[:, n:]
         self.max_len -= n
         self.length -= n
@@ -213,10 +237,10 @@ class KVCache:
         """Row b's slot t becomes its old slot src[b, t]; keep (B, width) marks the tokens
         among the new slots, width = src.size(1) becomes the length."""
         width = src.size(1)
-        n_layer, _, heads, _, head_dim = self.k.shape
-        index = src[None, :, None, :, None].expand(n_layer, -1, heads, -1, head_dim)
-        self.k[:, :, :, :width] = self.k.gather(3, index)
-        self.v[:, :, :, :width] = self.v.gather(3, index)
+        for buf in (*self.ks, *self.vs):
+            _, heads, _, head_dim = buf.shape
+            index = src[:, None, :, None].expand(-1, heads, -1, head_dim)
+            buf[:, :, :width] = buf.gather(2, index)
         self.keep[:, :width] = keep.bool()
         self.keep[:, width:] = True
         self.next_pos = keep.long().sum(1, keepdim=True)
@@ -229,21 +253,21 @@ class KVCache:
         longest length (left padding, marked in `keep`, fills the front of shorter ones)."""
         first = caches[0]
         width = max(c.length for c in caches)
-        n_layer, _, heads, _, head_dim = first.k.shape
+        k0 = first.ks[0]
         merged = KVCache(
-            n_layer,
+            len(first.ks),
             sum(c.batch for c in caches),
-            heads,
-            head_dim,
+            [k.size(1) for k in first.ks],
+            [k.size(3) for k in first.ks],
             capacity,
-            first.k.dtype,
-            first.k.device,
+            k0.dtype,
+            k0.device,
         )
         row = 0
         for c in caches:
             rows, off = slice(row, row + c.batch), width - c.length
-            merged.k[:, rows, :, off:width] = c.k[:, :, :, : c.length]
-            merged.v[:, rows, :, off:width] = c.v[:, :, :, : c.length]
+            for dst, src in zip((*merged.ks, *merged.vs), (*c.ks, *c.vs), strict=True):
+                dst[rows, :, off:width] = src[:, :, : c.length]
             merged.keep[rows, :off] = False
             merged.keep[rows, off:width] = c.keep[:, : c.length]
             merged.next_pos[rows] = c.next_pos
@@ -271,8 +295,8 @@ class KVCache:
             slot=self.slot,
             pos=self.next_pos,
             keep=self.keep[:, :end],
-            ks=[self.k[i, :, :, :end] for i in range(self.k.size(0))],
-            vs=[self.v[i, :, :, :end] for i in range(self.v.size(0))],
+            ks=[k[:, :, :end] for k in self.ks],
+            vs=[v[:, :, :end] for v in self.vs],
             cross=list(self._cross),
         )
 

@@ -131,8 +131,13 @@ class Transformer(nn.Module):
         memory for any length; see `KVCache`)."""
         p = next(self.parameters())
         max_len += self._decoder_prompt_len()
+        # each layer's own shape: pruned layers may keep fewer key/value heads
+        stack = getattr(self, "decoder", None)
+        layers = (
+            None if stack is None else [(b.attn.n_kv_head, b.attn.head_dim) for b in stack.layers]
+        )
         return KVCache.for_model(
-            self.cfg, batch, max_len, dtype or p.dtype, device or p.device, window, sinks
+            self.cfg, batch, max_len, dtype or p.dtype, device or p.device, window, sinks, layers
         )
 
     def _decoder_prompt_len(self) -> int:

@@ -70,6 +70,19 @@ def test_step_with_soft_prompt_and_prefix():
     check_steps(model.eval(), PROMPTS, steps=6)
 
 
+def test_layers_of_different_shapes():
+    """A pruned model: layer 0 keeps one key/value head, layer 1 two; the cache follows."""
+    model = tiny("llama-tiny")
+    attn = model.decoder.layers[0].attn
+    d = model.cfg.d_model
+    attn.n_kv_head = 1
+    attn.k_proj = torch.nn.Linear(d, attn.head_dim, bias=False)
+    attn.v_proj = torch.nn.Linear(d, attn.head_dim, bias=False)
+    cache = model.new_cache(2, 4)
+    assert [k.size(1) for k in cache.ks] == [1, 2]
+    check_steps(model, PROMPTS, steps=5)
+
+
 def test_encoder_decoder_generates_through_the_step():
     t5 = tiny("t5-tiny", decoder_start_id=0)
     gen = GenerationConfig(max_new_tokens=6, temperature=0.0)
