@@ -66,11 +66,14 @@ class GenerationStats:
         return self.steps * self.rows / dt if dt > 0 else 0.0
 
     def summary(self) -> str:
-        return (
+        """One line: tokens, time, tokens/s, time to first token, the decode rate."""
+        line = (
             f"{self.new_tokens} tokens in {self.total_s:.2f} s ({self.tokens_per_s:.1f} tokens/s); "
-            f"time to first token {self.ttft_s * 1000:.0f} ms ({self.prompt_tokens} prompt "
-            f"tokens); decoding {self.decode_tokens_per_s:.1f} tokens/s"
+            f"time to first token {self.ttft_s * 1000:.0f} ms ({self.prompt_tokens} prompt tokens)"
         )
+        if self.steps:
+            line += f"; decoding {self.decode_tokens_per_s:.1f} tokens/s"
+        return line
 
 
 def _forward(
