@@ -100,7 +100,7 @@ def test_a_model_that_ends_at_once_gets_the_chat_hint(monkeypatch, capsys, tmp_p
     config = json.loads((path / "tokenizer_config.json").read_text())
     (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TEMPLATE}))
     lm = import_hf(path, tmp_path / "lm")
-    out, err = cli(monkeypatch, capsys, lm, "--top-k", "1")
+    out, err = cli(monkeypatch, capsys, lm, "--temperature", "0")
     assert out == PROMPT and "try --chat" in err
-    _, err = cli(monkeypatch, capsys, lm, "--top-k", "1", "--chat")
+    _, err = cli(monkeypatch, capsys, lm, "--temperature", "0", "--chat")
     assert "try --chat" not in err
