@@ -9,8 +9,8 @@ reported, with the ratio lmforge / Hugging Face. Both must produce the same gree
     python bench/decode_speed.py                                  # gpt-mini, CPU, fp32, batch 1 and 8
     python bench/decode_speed.py --compile                        # adds lmforge with compile=True
 
-lmforge decodes with its static step (`lmforge.generate.static`) for these models; compile=True
-compiles that step (fullgraph, static shapes). The first call of each contender is timed and
+lmforge decodes with the model's own step (`Transformer.decode_step`); compile=True compiles that
+step (fullgraph, `lmforge.generate.static`). The first call of each contender is timed and
 reported on its own (for compile=True it includes compiling), and is left out of the rates.
     python bench/decode_speed.py --device cuda --dtype bf16 --compile --hf-static
 """

@@ -3,8 +3,8 @@ profile (torch.profiler) and a per-function Python profile (cProfile).
 
 Variants, all greedy on the same model and prompts, each generating `--new-tokens` tokens:
 
-- generate:      `lmforge.generate.generate` (prefill + the static step of
-                 `lmforge.generate.static` + processors + records), eager
+- generate:      `lmforge.generate.generate` (prefill + the model's decode
+                 step `Transformer.decode_step` + processors + records), eager
 - generate-compile: the same with compile=True (`--compile`; the warm-up call compiles)
 - loop-mask:     prefill, then model(token, attention_mask=grown mask, cache) + argmax + tolist,
                  what the engine does without its bookkeeping

@@ -152,8 +152,26 @@ def generate(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
     top_k: Annotated[int | None, typer.Option(help="Keep the k most likely tokens.")] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    min_p: Annotated[
+        float, typer.Option(help="Keep tokens with p >= min_p * the top p (0 = off).")
+    ] = 0.0,
     num_return_sequences: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
+    num_beams: Annotated[int, typer.Option(help="Beam search width (1 = no beams).")] = 1,
+    length_penalty: Annotated[
+        float, typer.Option(help="Beam score = sum(logprob) / length^this.")
+    ] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same text).")] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop before this text (repeatable).")
+    ] = None,
+    chat: Annotated[
+        bool, typer.Option(help="Send the prompt as a user message under the chat template.")
+    ] = False,
+    draft: Annotated[
+        Path | None,
+        typer.Option(help="A small model dir (same tokenizer) that drafts tokens to verify."),
+    ] = None,
+    draft_k: Annotated[int, typer.Option(help="Draft tokens per round with --draft.")] = 4,
     compile: Annotated[
         bool,
         typer.Option(
@@ -161,25 +179,50 @@ def generate(
             "seconds of compiling; worth it for long outputs."
         ),
     ] = False,
+    stats: Annotated[
+        bool, typer.Option(help="Print tokens/s and the time to first token (to stderr).")
+    ] = False,
 ) -> None:
     """Continue a prompt with a trained model."""
     from lmforge.recipes.generate import generate_from_dir
 
-    texts = generate_from_dir(
+    result = generate_from_dir(
         model_dir,
         prompt,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        min_p=min_p,
         num_return_sequences=num_return_sequences,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
         seed=seed,
+        stop=stop,
         compile=compile,
+        draft=draft,
+        draft_k=draft_k,
+        chat=chat,
+        return_stats=True,
     )
+    texts = result.texts
     for i, text in enumerate(texts):
         if len(texts) > 1:
             typer.echo(f"--- sample {i + 1}")
-        typer.echo(prompt + text)
+        typer.echo(text if chat else prompt + text)
+    if result.acceptance is not None:
+        typer.echo(f"draft acceptance rate: {result.acceptance:.1%}", err=True)
+    if stats:
+        typer.echo(result.stats.summary(), err=True)
+    if result.ended_at_once and not chat:
+        from lmforge.recipes.finetuned import load_model_and_tokenizer
+
+        if load_model_and_tokenizer(model_dir)[1].chat_template:
+            typer.echo(
+                "the model ended at once; it has a chat template, so it may be an instruct "
+                "model: try --chat.",
+                err=True,
+            )
 
 
 @app.command()

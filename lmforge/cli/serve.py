@@ -83,6 +83,9 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    stats: Annotated[
+        bool, typer.Option(help="After each reply, print tokens/s and time to first token.")
+    ] = False,
 ) -> None:
     """Chat with a model in the terminal (/reset clears, /exit quits)."""
     from lmforge.recipes.chat import chat as run
@@ -94,6 +97,7 @@ def chat(
         temperature=temperature,
         top_p=top_p,
         seed=seed,
+        stats=stats,
     )
 
 

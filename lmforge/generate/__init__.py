@@ -1,6 +1,6 @@
 """Generation: logits processors, greedy/sampling/beam search, stop strings, streaming,
-speculative decoding, continuous batching, over a preallocated KV cache (`prefill`, then
-`decode_one_token`).
+speculative decoding, continuous batching, over a preallocated KV cache (`prefill`, then the
+model's one decode step, `decode_one_token` = `Transformer.decode_step`).
 
 Example:
     >>> from lmforge.generate import GenerationConfig, generate
@@ -11,7 +11,13 @@ Example:
 from lmforge.generate.beam import beam_search
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.continuous import ContinuousBatcher, RowEvent
-from lmforge.generate.core import GenerationOutput, decode_one_token, prefill, verify_tokens
+from lmforge.generate.core import (
+    GenerationOutput,
+    GenerationStats,
+    decode_one_token,
+    prefill,
+    verify_tokens,
+)
 from lmforge.generate.engine import (
     SamplingRun,
     generate,
@@ -41,6 +47,7 @@ __all__ = [
     "ContinuousBatcher",
     "GenerationConfig",
     "GenerationOutput",
+    "GenerationStats",
     "RowEvent",
     "SamplingRun",
     "SpeculativeStats",

@@ -17,11 +17,11 @@ from torch import nn
 
 from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
-from lmforge.generate.core import GenerationOutput, compiled, decode_one_token, eval_mode, prefill
+from lmforge.generate.core import GenerationOutput, decode_one_token, eval_mode, prefill
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
 from lmforge.generate.processors import apply_penalties
 from lmforge.generate.sampling import TokenHistory
-from lmforge.generate.static import StaticDecoder, static_unsupported
+from lmforge.generate.static import step_function
 
 
 class Finished:
@@ -88,18 +88,15 @@ def _search(
     vocab, nb = model.cfg.vocab_size, gen.num_beams
     eos = resolve_eos(model, gen)
     pad_id = model.cfg.pad_id if model.cfg.pad_id is not None else 0
-    decode = compiled(decode_one_token, compile)
+    step_fn = step_function(model, compile)
 
     begin = start(model, prompts, gen)
     batch = len(prompts)
-    static = static_unsupported(model) is None
     cache = model.new_cache(batch, begin.cache_len)
     logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
     index = torch.arange(batch, device=device).repeat_interleave(nb)  # each prompt -> nb beams
-    logits, mask = logits[index], begin.mask[index]
+    logits = logits[index]
     cache.reorder(index)
-    # the static step when the model allows it; the plain step (growing mask) otherwise
-    fast = StaticDecoder(model, cache, mask, compile) if static else None
     encoder = begin.encoder.select(index) if begin.encoder is not None else None
     history = None
     if gen.uses_penalties:
@@ -159,12 +156,7 @@ def _search(
         if history is not None:
             history.select(beam_idx)
             history.add(new_tok)
-        if fast is not None:
-            fast.reorder(beam_idx)
-            logits = fast(new_tok[:, None])
-            continue
-        mask = torch.cat([mask[beam_idx], mask.new_ones(mask.size(0), 1)], dim=1)
-        logits = decode(model, new_tok[:, None], mask, cache, encoder)
+        logits = decode_one_token(model, new_tok[:, None], cache, encoder, step_fn)
 
     for b in range(batch):
         if not done[b]:  # out of steps: the running beams compete with the finished ones

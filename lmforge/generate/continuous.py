@@ -4,7 +4,7 @@ between steps, so requests that arrive at different times are decoded together.
     add(prompt, gen) -> row ids (queued)            cancel(row) -> row leaves at the next step
     step():  admit queued requests that fit -> prefill them -> merge their cache rows
              pick one token per row (each row with its own GenerationConfig)
-             drop finished and cancelled rows -> decode_one_token for the rest
+             drop finished and cancelled rows -> the model's decode step for the rest
 
 All rows share the KV cache's one time axis. Every row is kept right-aligned: its newest token
 sits in the last column and left padding fills the front, which the mask hides (positions come
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
-from lmforge.generate.core import FinishReason, decode_one_token, prefill
+from lmforge.generate.core import FinishReason, prefill
 from lmforge.generate.engine import stop_strings
 from lmforge.generate.inputs import (
     as_prompts,
@@ -40,8 +40,8 @@ from lmforge.generate.inputs import (
     resolve_eos,
 )
 from lmforge.generate.processors import apply_penalties
+from lmforge.generate.rows import Row
 from lmforge.generate.sampling import make_generator, next_token_probs
-from lmforge.generate.stops import StopStrings
 from lmforge.models.cache import KVCache
 
 
@@ -74,18 +74,11 @@ class _Request:
 
 
 @dataclass
-class _Row:
-    id: int
-    request: _Request
-    sample: int  # which of the request's n samples
-    eos: int | None
-    stops: StopStrings | None
-    tokens: list[int] = field(default_factory=list)
+class _Row(Row):
+    """A `Row` of the running batch, with the id `add` returned and its request."""
 
-    @property
-    def left(self) -> int:
-        """Tokens this row may still generate."""
-        return self.request.gen.max_new_tokens - len(self.tokens)
+    id: int = 0
+    request: _Request | None = None
 
 
 def _sampling_key(gen: GenerationConfig) -> tuple:
@@ -132,7 +125,6 @@ class ContinuousBatcher:
         self._cancelled: set[int] = set()
         self._rows: list[_Row] = []  # batch order
         self._cache: KVCache | None = None
-        self._mask: Tensor | None = None  # (B, W) 1 = token, 0 = left padding
         self._logits: Tensor | None = None  # (B, V) next-token logits of every row
         self._seen: Tensor | None = None  # (B, V) bool: prompt + output tokens
         self._counts: Tensor | None = None  # (B, V) float: generated-token counts
@@ -240,34 +232,22 @@ class ContinuousBatcher:
             eos = resolve_eos(self.model, request.gen)
             for j, row_id in enumerate(request.rows):
                 stops = stop_strings(request.gen, self.tokenizer)
-                new_rows.append(_Row(row_id, request, j, eos, stops))
-        self._merge(new_rows, cache, mask[index], logits[index], seen[index])
+                row = _Row(eos, request.gen.max_new_tokens, stops, request.generator, sample=j)
+                row.id, row.request = row_id, request
+                new_rows.append(row)
+        self._merge(new_rows, cache, logits[index], seen[index])
 
-    def _merge(
-        self, rows: list[_Row], cache: KVCache, mask: Tensor, logits: Tensor, seen: Tensor
-    ) -> None:
+    def _merge(self, rows: list[_Row], cache: KVCache, logits: Tensor, seen: Tensor) -> None:
         """Append prefilled rows; both sides are left-padded to the wider one."""
         if not self._rows:
-            self._rows, self._cache, self._mask, self._logits = rows, cache, mask, logits
+            self._rows, self._cache, self._logits = rows, cache, logits
             self._seen, self._counts = seen, torch.zeros_like(seen, dtype=torch.float32)
             return
-        old, b_old = self._cache, len(self._rows)
-        w_old, w_new = old.length, cache.length
-        width = max(w_old, w_new)
         everyone = self._rows + rows
+        width = max(self._cache.length, cache.length)
         capacity = width + max(r.left for r in everyone)
-        merged = self.model.new_cache(len(everyone), capacity)
-        for dst, a, b in ((merged.k, old.k, cache.k), (merged.v, old.v, cache.v)):
-            dst[:, :b_old, :, width - w_old : width] = a[:, :, :, :w_old]
-            dst[:, b_old:, :, width - w_new : width] = b[:, :, :, :w_new]
-        merged.length = width
-        self._mask = torch.cat(
-            [
-                nn.functional.pad(self._mask, (width - w_old, 0)),
-                nn.functional.pad(mask, (width - w_new, 0)),
-            ]
-        )
-        self._rows, self._cache = everyone, merged
+        self._rows = everyone
+        self._cache = KVCache.concat([self._cache, cache], capacity)
         self._logits = torch.cat([self._logits, logits])
         self._seen = torch.cat([self._seen, seen])
         self._counts = torch.cat([self._counts, torch.zeros_like(seen, dtype=torch.float32)])
@@ -276,19 +256,11 @@ class ContinuousBatcher:
         """Keep batch rows `keep`, then trim the columns that are padding in every row."""
         self._rows = [self._rows[i] for i in keep]
         if not self._rows:
-            self._cache = self._mask = self._logits = self._seen = self._counts = None
+            self._cache = self._logits = self._seen = self._counts = None
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self._cache.reorder(index)
-        mask = self._mask[index]
-        first = int((mask.size(1) - mask.sum(1)).min())  # columns of padding in every row
-        if first:
-            self._cache.k = self._cache.k[:, :, :, first:]
-            self._cache.v = self._cache.v[:, :, :, first:]
-            self._cache.max_len -= first
-            self._cache.length -= first
-            mask = mask[:, first:]
-        self._mask = mask
+        self._cache.trim_front(self._cache.padding_columns())
         self._logits, self._seen, self._counts = (
             t[index] for t in (self._logits, self._seen, self._counts)
         )
@@ -297,8 +269,7 @@ class ContinuousBatcher:
         """Feed every row its newest token; the logits of the next step replace the old."""
         # room is enough: capacity was width + the largest budget left when rows were merged,
         # and a row is fed only while it has a token left to generate
-        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
-        self._logits = decode_one_token(self.model, tokens[:, None], self._mask, self._cache)
+        self._logits = self.model.decode_step(tokens[:, None], self._cache)
 
     # ------------------------------------------------------------------ tokens
     def _select(self) -> Tensor:
@@ -347,14 +318,10 @@ class ContinuousBatcher:
         events = []
         for i, (row, tok) in enumerate(zip(self._rows, tokens.tolist(), strict=True)):
             event = RowEvent(row.id, tok, None, logprob.get(i), top.get(i))
+            row.push(tok)
+            event.finish_reason = row.finish_reason
             if tok == row.eos:
-                event.token, event.finish_reason = None, "stop"
-            else:
-                row.tokens.append(tok)
-                if row.stops is not None and row.stops.hit(row.tokens):
-                    event.finish_reason = "stop"
-                elif row.left == 0:
-                    event.finish_reason = "length"
+                event.token = None
             events.append(event)
         return events
 

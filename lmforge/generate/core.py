@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from lmforge.generate.inputs import EncoderState
@@ -34,6 +33,47 @@ class GenerationOutput:
     finish_reason: FinishReason = "length"
     score: float | None = None
     prompt_index: int = 0
+
+
+@dataclass
+class GenerationStats:
+    """How fast a generation ran, as a user sees it.
+
+    Attributes:
+        prompt_tokens: prompt tokens of every row.
+        new_tokens: tokens generated (EOS not counted).
+        ttft_s: time to first token: from the start (prefill included) to the first token.
+        total_s: from the start to the last token.
+        steps: decode steps after the first token.
+    """
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    steps: int = 0
+    rows: int = 1
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second, the whole run (prefill included)."""
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second after the first: rows * steps / (total - time to first token)."""
+        dt = self.total_s - self.ttft_s
+        return self.steps * self.rows / dt if dt > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line: tokens, time, tokens/s, time to first token, the decode rate."""
+        line = (
+            f"{self.new_tokens} tokens in {self.total_s:.2f} s ({self.tokens_per_s:.1f} tokens/s); "
+            f"time to first token {self.ttft_s * 1000:.0f} ms ({self.prompt_tokens} prompt tokens)"
+        )
+        if self.steps:
+            line += f"; decoding {self.decode_tokens_per_s:.1f} tokens/s"
+        return line
 
 
 def _forward(
@@ -83,17 +123,19 @@ def prefill(
 def decode_one_token(
     model: nn.Module,
     token: Tensor,
-    attention_mask: Tensor,
     cache: KVCache,
     encoder: EncoderState | None = None,
+    step=None,
 ) -> Tensor:
     """One decoding step: (B, 1) newest tokens at the next cache slot -> (B, V) next logits.
 
-    `attention_mask` is (B, past + 1); positions come from it, so left padding stays invisible.
-    The plain step: models that `lmforge.generate.static` covers decode with its static step
-    instead; for the others this is the function `compile=True` hands to torch.compile.
+    The model's own decode step (`Transformer.decode_step`): positions, the cache slot and the
+    padding come from `cache` (recorded at prefill), so nothing is checked on the host; `step`
+    is a compiled `Transformer.step` (`lmforge.generate.static.compiled_step`) or None.
     """
-    return _forward(model, token, attention_mask, cache, encoder, True)[:, -1].float()
+    if encoder is None:
+        return model.decode_step(token, cache, step=step)
+    return model.decode_step(token, cache, encoder.hidden, encoder.mask, step)
 
 
 def verify_tokens(
@@ -101,11 +143,6 @@ def verify_tokens(
 ) -> Tensor:
     """Several tokens at once (speculative verification): (B, T) -> (B, T, V) float32 logits."""
     return _forward(model, tokens, attention_mask, cache, None, False).float()
-
-
-def compiled(fn, enabled: bool):
-    """torch.compile(fn) with dynamic shapes (the cache and mask grow every step) if enabled."""
-    return torch.compile(fn, dynamic=True) if enabled else fn
 
 
 @contextmanager

@@ -3,17 +3,18 @@
     prompts -> left-pad + mask -> prefill (fills the KV cache) -> logits
     repeat:  logits -> processors -> argmax or sample -> token -> stop? -> decode step
 
-The decode step is the static one (`lmforge.generate.static`: fixed shapes, no host checks,
-compilable as one graph) for the models it covers, `decode_one_token` (the model's forward with
-a growing mask) for the others.
+The decode step is the model's own (`Transformer.decode_step`: tensor positions and cache slot,
+no host syncs, compiled as one graph with `compile=True`, see `lmforge.generate.static`).
 
-Each row stops on its own: at the EOS token (which is not returned), at a stop string (the text
-is cut before it), or after `max_new_tokens`. Rows that stopped keep riding along in the batch,
-their outputs ignored, until every row is done.
+Each row (`lmforge.generate.rows.Row`) stops on its own: at the EOS token (which is not
+returned), at a stop string (the text is cut before it), or after `max_new_tokens`. Rows that
+stopped keep riding along in the batch, their outputs ignored, until every row is done.
 """
 
 from __future__ import annotations
 
+import inspect
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,14 +25,15 @@ from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.core import (
     GenerationOutput,
-    compiled,
+    GenerationStats,
     decode_one_token,
     eval_mode,
     prefill,
 )
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
+from lmforge.generate.rows import Row
 from lmforge.generate.sampling import TokenHistory, make_generator, select_next
-from lmforge.generate.static import StaticDecoder, static_unsupported
+from lmforge.generate.static import step_function
 from lmforge.generate.stops import StopStrings
 
 Prompts = list[list[int]] | list[int] | Tensor
@@ -70,70 +72,78 @@ class SamplingRun:
             )
         self.model, self.gen = model, gen
         self.prompts = as_prompts(input_ids, model.cfg.vocab_size)
-        self.eos = resolve_eos(model, gen)
-        self.stops = stop_strings(gen, tokenizer)
+        eos = resolve_eos(model, gen)
         n = gen.num_return_sequences
-        self.outputs = [
-            GenerationOutput(prompt_index=i) for i in range(len(self.prompts)) for _ in range(n)
+        self.rows = [
+            Row(eos, gen.max_new_tokens, stop_strings(gen, tokenizer), prompt_index=i, sample=j)
+            for i in range(len(self.prompts))
+            for j in range(n)
         ]
         self.compile = compile
-        self._decode = compiled(decode_one_token, compile)
+        self.stats = GenerationStats(prompt_tokens=sum(len(p) for p in self.prompts) * n)
+
+    @property
+    def outputs(self) -> list[GenerationOutput]:
+        """One `GenerationOutput` per returned sequence, prompt-major."""
+        return [row.output() for row in self.rows]
 
     def steps(self) -> Iterator[list[int | None]]:
         """Yield, after each step, every row's new token (None once a row has finished)."""
         with eval_mode(self.model):
             yield from self._steps()
 
-    @torch.inference_mode()
     def _steps(self) -> Iterator[list[int | None]]:
+        stats, t0 = self.stats, time.perf_counter()
+        stats.rows = len(self.rows)
+        try:
+            for i, new in enumerate(self._decode()):
+                now = time.perf_counter() - t0
+                if i == 0:
+                    stats.ttft_s = now
+                else:
+                    stats.steps += 1
+                stats.total_s = now
+                stats.new_tokens += sum(t is not None for t in new)
+                yield new
+        finally:
+            stats.total_s = stats.total_s or time.perf_counter() - t0
+
+    @torch.inference_mode()
+    def _decode(self) -> Iterator[list[int | None]]:
         model, gen = self.model, self.gen
         device = model_device(model)
         begin = start(model, self.prompts, gen)
         batch, n = len(self.prompts), gen.num_return_sequences
-        static = static_unsupported(model) is None
         cache = model.new_cache(batch, begin.cache_len)
         logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
-        mask, encoder = begin.mask, begin.encoder
+        encoder = begin.encoder
         if n > 1:  # prefill once per prompt, then copy the cache for each sample
             index = torch.arange(batch, device=device).repeat_interleave(n)
-            logits, mask = logits[index], mask[index]
+            logits = logits[index]
             cache.reorder(index)
             encoder = encoder.select(index) if encoder is not None else None
-        # the static step when the model allows it; the plain step (growing mask) otherwise
-        fast = StaticDecoder(model, cache, mask, self.compile) if static else None
+        step = step_function(model, self.compile)
         history = None
         if gen.uses_penalties:
             seen = [h for h in begin.history for _ in range(n)]
             history = TokenHistory(seen, model.cfg.vocab_size, device)
         generator = make_generator(gen.seed, device)
-        alive = [True] * len(self.outputs)
-        for step in range(gen.max_new_tokens):
+        for i in range(gen.max_new_tokens):
             token = select_next(logits, gen, generator, history)  # (N,)
-            yield self._record(token.tolist(), alive)
-            if not any(alive) or step == gen.max_new_tokens - 1:
+            yield self._record(token.tolist())
+            if all(row.done for row in self.rows) or i == gen.max_new_tokens - 1:
                 break
             if history is not None:
                 history.add(token)
-            if fast is not None:
-                logits = fast(token[:, None])
-                continue
-            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)  # (N, past + 1)
-            logits = self._decode(model, token[:, None], mask, cache, encoder)
+            logits = decode_one_token(model, token[:, None], cache, encoder, step)
 
-    def _record(self, tokens: list[int], alive: list[bool]) -> list[int | None]:
-        """Append each live row's token; mark rows that hit EOS or a stop string."""
+    def _record(self, tokens: list[int]) -> list[int | None]:
+        """Give each live row its token; None for rows that had ended or end on EOS."""
         new: list[int | None] = []
-        for row, tok in enumerate(tokens):
-            out = self.outputs[row]
-            if not alive[row] or tok == self.eos:
-                if alive[row]:
-                    alive[row], out.finish_reason = False, "stop"
-                new.append(None)
-                continue
-            out.tokens.append(tok)
-            new.append(tok)
-            if self.stops is not None and self.stops.hit(out.tokens):
-                alive[row], out.finish_reason = False, "stop"
+        for row, tok in zip(self.rows, tokens, strict=True):
+            live = not row.done
+            row.push(tok)
+            new.append(tok if live and tok != row.eos else None)
         return new
 
 
@@ -184,10 +194,9 @@ def generate(
             tensor; for an encoder-decoder these are the source sequences.
         gen: decoding settings (default `GenerationConfig()`).
         tokenizer: needed only for stop strings.
-        compile: torch.compile the decode step: the static step (`compiled_step`: one graph,
-            frozen weights, autotuned matrix kernels; the first call per model and batch size
-            compiles, tens of seconds for a small model) or, for models it does not cover,
-            `decode_one_token` with dynamic shapes.
+        compile: torch.compile the model's decode step (`compiled_step`: one graph, frozen
+            weights, autotuned matrix kernels; the first call per model and batch size
+            compiles, tens of seconds for a small model).
 
     Returns:
         The new tokens of every returned sequence (EOS not included), prompt-major: prompt i's
@@ -213,9 +222,24 @@ def generate_text(
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """tokenizer.encode(text); an empty prompt starts from the BOS token when there is one."""
-    ids = list(tokenizer.encode(text))
-    bos = getattr(tokenizer, "bos_id", None)
-    if not ids and bos is not None:
-        ids = [bos]
-    return ids
+    """The prompt's ids as the model's own tokenizer encodes a text, as Hugging Face's
+    `tokenizer(text)` does: its post-processor adds exactly its markers (a Llama tokenizer from
+    Hugging Face or GGUF puts BOS in front, GPT-2's adds nothing, an lmforge-trained BPE
+    tokenizer starts with <|bos|> as in pretraining). WordPiece's [CLS] ... [SEP] frame is for
+    encoders and is left out. An empty prompt starts from BOS, else EOS (a document boundary).
+
+    One encoding for the Python API, `lmforge generate`, `lmforge chat` and the server."""
+    kind = getattr(tokenizer, "kind", None)
+    if "add_special_tokens" in inspect.signature(tokenizer.encode).parameters:
+        ids = list(tokenizer.encode(text, add_special_tokens=kind != "wordpiece"))
+    else:
+        ids = list(tokenizer.encode(text))
+    if ids:
+        return ids
+    for first in (getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)):
+        if first is not None:
+            return [first]
+    raise GenerationError(
+        "the prompt is empty and the tokenizer has no BOS or EOS token to start from; "
+        "give some prompt text."
+    )

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
-from lmforge.generate.core import GenerationOutput, decode_one_token, eval_mode, verify_tokens
+from lmforge.generate.core import GenerationOutput, eval_mode, verify_tokens
 from lmforge.generate.engine import finish_texts, stop_strings
 from lmforge.generate.inputs import (
     as_prompts,
@@ -36,8 +36,8 @@ from lmforge.generate.inputs import (
     pad,
     resolve_eos,
 )
+from lmforge.generate.rows import Row
 from lmforge.generate.sampling import make_generator, next_token_probs, sample
-from lmforge.generate.stops import StopStrings
 from lmforge.models.cache import KVCache
 
 
@@ -79,15 +79,6 @@ def accept_draft(
     return n, sample(residual, generator)
 
 
-def _gather_time(cache: KVCache, src: Tensor, width: int) -> None:
-    """Row i's new time step t becomes its old step src[i, t]; the cache is `width` long."""
-    n_layer, _, heads, _, head_dim = cache.k.shape
-    index = src[None, :, None, :, None].expand(n_layer, -1, heads, -1, head_dim)
-    cache.k[:, :, :, :width] = cache.k.gather(3, index)
-    cache.v[:, :, :, :width] = cache.v.gather(3, index)
-    cache.length = width
-
-
 def realign(caches: list[KVCache], mask: Tensor, ends: Tensor) -> Tensor:
     """Shift each row so its tokens (a block ending at column ends[i]) end at one column.
 
@@ -97,9 +88,10 @@ def realign(caches: list[KVCache], mask: Tensor, ends: Tensor) -> Tensor:
     src = torch.arange(width, device=mask.device)[None] + (ends - width)[:, None]  # (B, width)
     valid = src >= 0
     src = src.clamp(min=0)
+    new = mask.gather(1, src) * valid
     for cache in caches:
-        _gather_time(cache, src, width)
-    return mask.gather(1, src) * valid
+        cache.gather_time(src, new)
+    return new
 
 
 def _check(target: nn.Module, draft: nn.Module, gen: GenerationConfig, k: int) -> None:
@@ -136,11 +128,16 @@ def speculative_outputs(
     _check(target, draft, gen, k)
     prompts = as_prompts(input_ids, target.cfg.vocab_size)
     n = gen.num_return_sequences
-    rows = [p for p in prompts for _ in range(n)]
-    outputs = [GenerationOutput(prompt_index=i // n) for i in range(len(rows))]
+    eos = resolve_eos(target, gen)
+    rows = [
+        Row(eos, gen.max_new_tokens, stop_strings(gen, tokenizer), prompt_index=i, sample=j)
+        for i in range(len(prompts))
+        for j in range(n)
+    ]
     stats = SpeculativeStats()
     with eval_mode(target), eval_mode(draft), torch.inference_mode():
-        _speculate(target, draft, rows, gen, k, outputs, stats, tokenizer)
+        _speculate(target, draft, [p for p in prompts for _ in range(n)], gen, k, rows, stats)
+    outputs = [row.output() for row in rows]
     if tokenizer is not None:
         finish_texts(outputs, gen, tokenizer)
     return outputs, stats
@@ -162,36 +159,34 @@ def speculative_generate(
 def _speculate(
     target: nn.Module,
     draft: nn.Module,
-    rows: list[list[int]],
+    prompts: list[list[int]],
     gen: GenerationConfig,
     k: int,
-    outputs: list[GenerationOutput],
+    rows: list[Row],
     stats: SpeculativeStats,
-    tokenizer: Any,
 ) -> None:
     device = model_device(target)
     vocab, budget = target.cfg.vocab_size, gen.max_new_tokens
-    eos = resolve_eos(target, gen)
-    stops = stop_strings(gen, tokenizer)
-    longest = max(len(r) for r in rows)
+    longest = max(len(r) for r in prompts)
     check_fits(target.cfg, longest, budget)
     check_fits(draft.cfg, longest, budget)
     capacity = longest + budget
     pad_id = target.cfg.pad_id if target.cfg.pad_id is not None else 0
-    ids, mask = pad(rows, pad_id, device, left=True)  # (N, P)
-    caches = [target.new_cache(len(rows), capacity), draft.new_cache(len(rows), capacity)]
+    ids, mask = pad(prompts, pad_id, device, left=True)  # (N, P)
+    caches = [target.new_cache(len(prompts), capacity), draft.new_cache(len(prompts), capacity)]
     if longest > 1:  # the caches hold every token but the last one of each row
         for model, cache in zip((target, draft), caches, strict=True):
             model(ids[:, :-1], attention_mask=mask[:, :-1], cache=cache, last_only=True)
-    last, mask = ids[:, -1], mask[:, :-1]
-    live = list(range(len(rows)))
+    last = ids[:, -1]
+    live = list(range(len(prompts)))
     generator = make_generator(gen.seed, device)
     while live:
         past = caches[0].length
-        most_left = max(budget - len(outputs[r].tokens) for r in live)
+        most_left = max(rows[r].left for r in live)
         kr = min(k, capacity - past - 1, most_left - 1)  # draft tokens this round
-        proposal, q = _draft(draft, caches[1], last, mask, kr, gen, generator)
+        proposal, q = _draft(draft, caches[1], last, kr, gen, generator)
         fed = torch.cat([last[:, None], proposal], dim=1)  # (N, kr + 1)
+        mask = caches[0].mask()
         full = torch.cat([mask, mask.new_ones(mask.size(0), kr + 1)], dim=1)
         logits = verify_tokens(target, fed, full, caches[0])  # (N, kr + 1, V)
         p = next_token_probs(logits.view(-1, vocab), gen).view(len(live), kr + 1, vocab)
@@ -203,7 +198,7 @@ def _speculate(
         for i, (r, n, tok, drafted) in enumerate(
             zip(live, n_acc.tolist(), extra.tolist(), proposal.tolist(), strict=True)
         ):
-            if not _append(outputs[r], drafted[:n] + [tok], eos, stops, budget):
+            if not any(rows[r].push(t) for t in drafted[:n] + [tok]):
                 keep.append(i)
         if not keep:
             break
@@ -215,7 +210,7 @@ def _speculate(
                 cache.reorder(index)
             full, extra, ends = full[index], extra[index], ends[index]
             live = [live[i] for i in keep]
-        mask = realign(caches, full, ends)
+        realign(caches, full, ends)
         last = extra
 
 
@@ -223,7 +218,6 @@ def _draft(
     draft: nn.Module,
     cache: KVCache,
     last: Tensor,
-    mask: Tensor,
     kr: int,
     gen: GenerationConfig,
     generator: torch.Generator | None,
@@ -235,8 +229,7 @@ def _draft(
     tokens, dists = [], []
     x = last
     for _ in range(kr + 1):
-        mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-        logits = decode_one_token(draft, x[:, None], mask, cache)  # (N, V)
+        logits = draft.decode_step(x[:, None], cache)  # (N, V)
         if len(tokens) == kr:
             break  # the last call only writes d_kr into the cache
         q = next_token_probs(logits, gen)
@@ -247,24 +240,3 @@ def _draft(
     if not tokens:
         return last.new_zeros(n, 0), torch.zeros(n, 0, vocab, device=last.device)
     return torch.stack(tokens, dim=1), torch.stack(dists, dim=1)
-
-
-def _append(
-    out: GenerationOutput,
-    tokens: list[int],
-    eos: int | None,
-    stops: StopStrings | None,
-    budget: int,
-) -> bool:
-    """Add a round's tokens to one output; True once the output is finished."""
-    for tok in tokens:
-        if tok == eos:
-            out.finish_reason = "stop"
-            return True
-        out.tokens.append(tok)
-        if stops is not None and stops.hit(out.tokens):
-            out.finish_reason = "stop"
-            return True
-        if len(out.tokens) == budget:
-            return True
-    return False

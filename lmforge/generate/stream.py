@@ -7,7 +7,7 @@ On top, text that could be the start of a stop string is held back until it is k
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from typing import Any
 
@@ -15,6 +15,7 @@ from torch import nn
 
 from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
+from lmforge.generate.core import GenerationStats
 from lmforge.generate.engine import SamplingRun, encode_prompt
 from lmforge.generate.stops import find_stop, partial_stop_len
 from lmforge.tokenizer import IncrementalDecoder
@@ -90,8 +91,10 @@ def stream_ids(
     prompt_ids: list[int],
     gen: GenerationConfig | None = None,
     compile: bool = False,
+    on_stats: Callable[[GenerationStats], None] | None = None,
 ) -> Iterator[str]:
-    """Like `stream`, from a prompt that is already token ids (a chat template's, say)."""
+    """Like `stream`, from a prompt that is already token ids (a chat template's, say);
+    `on_stats` receives the run's `GenerationStats` (tokens/s, time to first token) at the end."""
     gen = gen or GenerationConfig()
     if gen.num_beams > 1 or gen.num_return_sequences > 1:
         raise GenerationError(
@@ -99,15 +102,19 @@ def stream_ids(
         )
     run = SamplingRun(model, [prompt_ids], gen, tokenizer, compile)
     text = TextStream(tokenizer, gen.stop, prompt_ids=prompt_ids)
-    with closing(run.steps()) as steps:  # closing restores the model's train/eval mode
-        for new in steps:
-            if new[0] is None:
-                break
-            delta = text.push(new[0])
-            if delta:
-                yield delta
-            if text.stopped:
-                return
-    tail = text.finish()
-    if tail:
-        yield tail
+    try:
+        with closing(run.steps()) as steps:  # closing restores the model's train/eval mode
+            for new in steps:
+                if new[0] is None:
+                    break
+                delta = text.push(new[0])
+                if delta:
+                    yield delta
+                if text.stopped:
+                    return
+        tail = text.finish()
+        if tail:
+            yield tail
+    finally:
+        if on_stats is not None:
+            on_stats(run.stats)

@@ -67,5 +67,5 @@ def streaming_perplexity(
         ppl=math.exp(float(nll.mean())),
         ppl_by_segment=by_segment,
         cache_slots=cache.max_len,
-        peak_cache_bytes=cache.k.numel() * cache.k.element_size() * 2,
+        peak_cache_bytes=cache.nbytes,
     )

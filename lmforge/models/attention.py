@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
-from lmforge.models.cache import KVCache
+from lmforge.models.cache import CacheView, KVCache
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import apply_rope
 
@@ -72,7 +72,10 @@ def attention(
         causal_mask = causal_additive_mask(tq, tk, q.dtype, q.device)
         mask = causal_mask if mask is None else mask + causal_mask
         causal = False
-    if backend == "sdpa" and not need_weights:
+    # a single query under torch.compile is written out below: the fused SDPA CPU kernel splits
+    # it into (batch, head) tasks, while the formula lets the compiler fuse mask, scale and softmax
+    fused = backend == "sdpa" and not need_weights
+    if fused and not (tq == 1 and torch.compiler.is_compiling()):
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -84,17 +87,27 @@ def attention(
             enable_gqa=n_rep > 1,
         )
         return out, None
-    if n_rep > 1:
-        k = k.repeat_interleave(n_rep, dim=1)  # (B, H, Tk, D)
-        v = v.repeat_interleave(n_rep, dim=1)
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)).float() * scale  # (B, H, Tq, Tk)
+    # the formula; the n_rep query heads sharing a key/value head are batched together:
+    # (B, H_kv, n_rep * Tq, D) against (B, H_kv, Tk, D), no copies of the keys and values
+    b, h, _, d = q.shape
+    h_kv = k.size(1)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    qg = q.reshape(b, h_kv, n_rep * tq, d)
+    scores = (qg @ k.transpose(-2, -1)).float() * scale  # (B, H_kv, n_rep * Tq, Tk)
     if mask is not None:
-        scores = scores + mask.float()
+        m = mask.float()
+        if m.dim() < 4:
+            m = m.view((1,) * (4 - m.dim()) + tuple(m.shape))
+        if m.size(1) == 1:
+            m = m[:, :, None]  # (B|1, 1, 1, Tq|1, Tk)
+        else:
+            m = m.expand(m.size(0), h, tq, tk).reshape(m.size(0), h_kv, n_rep, tq, tk)
+        scores = (scores.view(b, h_kv, n_rep, tq, tk) + m).view(b, h_kv, n_rep * tq, tk)
     weights = torch.softmax(scores, dim=-1).to(q.dtype)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
-    return weights @ v, (weights if need_weights else None)
+    out = (weights @ v).view(b, h, tq, d)
+    return out, (weights.view(b, h, tq, tk) if need_weights else None)
 
 
 def _chunked(
@@ -170,7 +183,7 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         rope_keys: tuple[Tensor, Tensor] | None = None,
         memory: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | CacheView | None = None,
         need_weights: bool = False,
         prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
@@ -212,6 +225,7 @@ class Attention(nn.Module):
                     mask = mask.with_prefix(pk.size(2))  # prefix columns are always visible
                 elif mask is not None:  # the bottom-right causal alignment keeps them so too
                     mask = F.pad(mask, (pk.size(2), 0))
+        # (hook points of q, k, v, the pattern and z go here)
         out, weights = attention(
             q,
             k,

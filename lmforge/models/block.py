@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from lmforge.config import ModelConfig
 from lmforge.errors import GenerationError
 from lmforge.models.attention import Attention
-from lmforge.models.cache import KVCache
+from lmforge.models.cache import CacheView, KVCache
 from lmforge.models.layers import MLP, build_norm, dropout
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import (
@@ -62,10 +62,11 @@ class Block(nn.Module):
         rope_keys: tuple[Tensor, Tensor] | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | CacheView | None = None,
         need_weights: bool = False,
         prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        # (hook points of the residual stream go here: block input, attention out, MLP out)
         x, weights = self._residual(
             x,
             self.attn_norm,
@@ -224,7 +225,40 @@ class Stack(nn.Module):
             if attentions is not None:
                 attentions.append(w)
         if cache is not None:
-            cache.advance(x.size(1))
+            t = x.size(1)
+            cache.advance(t, None if attention_mask is None else attention_mask[:, -t:])
         if self.norm is not None:
             x = dropout(self.dropout, self.norm(x))
         return StackOutput(x, attentions)
+
+    def step(
+        self,
+        x: Tensor,
+        view: CacheView,
+        *,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        """One decode step: x (B, 1, d_model), the embedded newest token of every row, through
+        the same blocks as `forward`, against the cache `view` (see `CacheView`). Everything the
+        step reads is a tensor: the mask comes from the keep-vector and the slot, positions from
+        `view.pos`; there are no host syncs (except the largest position that "dynamic" RoPE
+        scaling reads), so torch.compile(fullgraph=True) captures the step as one graph.
+        Returns the (B, 1, d_model) final hidden state."""
+        mask = view.step_mask(self.cfg.sliding_window, self._bias_fn(), x.dtype)
+        rope = self.rope(view.pos, x.dtype) if self.rope is not None else None
+        mem_mask = None if memory_mask is None else padding_mask(memory_mask, x.dtype)
+        prefixes = self.prefix(x.size(0)) if self.prefix is not None else None
+        for i, block in enumerate(self.layers):
+            x, _ = block(
+                x,
+                mask=mask,
+                rope=rope,
+                memory=memory,
+                memory_mask=mem_mask,
+                cache=view,
+                prefix=None if prefixes is None else prefixes[i],
+            )
+        if self.norm is not None:
+            x = self.norm(x)
+        return x

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
 from lmforge.models.block import Stack
-from lmforge.models.cache import KVCache
+from lmforge.models.cache import CacheView, KVCache
 from lmforge.models.heads import ModelOutput, build_heads
 from lmforge.models.positions import sinusoidal_table
 
@@ -131,8 +131,13 @@ class Transformer(nn.Module):
         memory for any length; see `KVCache`)."""
         p = next(self.parameters())
         max_len += self._decoder_prompt_len()
+        # each layer's own shape: pruned layers may keep fewer key/value heads
+        stack = getattr(self, "decoder", None)
+        layers = (
+            None if stack is None else [(b.attn.n_kv_head, b.attn.head_dim) for b in stack.layers]
+        )
         return KVCache.for_model(
-            self.cfg, batch, max_len, dtype or p.dtype, device or p.device, window, sinks
+            self.cfg, batch, max_len, dtype or p.dtype, device or p.device, window, sinks, layers
         )
 
     def _decoder_prompt_len(self) -> int:
@@ -185,6 +190,44 @@ class Transformer(nn.Module):
                 f"the input has {n} positions but the model allows at most "
                 f"{self.cfg.max_seq_len}; shorten it or use a model with a longer context."
             )
+
+    # ------------------------------------------------------------------ decoding
+    def step(
+        self,
+        input_ids: Tensor,
+        view: CacheView,
+        encoder_hidden: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The decode step: (B, 1) newest tokens -> (B, V) float32 next-token logits.
+
+        The same embeddings, blocks and head as `forward`, for one new token per row against
+        a `CacheView` (tensors only: the cache slot, each row's position, the keep-vector of
+        padding slots), so it has no host syncs and compiles as one graph. A soft prompt's
+        virtual tokens sit in the cache at positions 0..n-1 and shift the real positions by n.
+        encoder_hidden, encoder_mask: (B, S, d) and (B, S) of an encoder-decoder's source.
+        """
+        n = self._decoder_prompt_len()
+        pos = view.pos - n if n else view.pos  # (B, 1) real position of the new token
+        x = self.embed(input_ids, pos)  # (B, 1, d)
+        x = self.decoder.step(x, view, memory=encoder_hidden, memory_mask=encoder_mask)
+        return self.heads(x, None).logits[:, -1].float()
+
+    def decode_step(
+        self,
+        input_ids: Tensor,
+        cache: KVCache,
+        encoder_hidden: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+        step=None,
+    ) -> Tensor:
+        """`step` over `cache` (filled by a forward with the prompt), then the cache's host-side
+        bookkeeping; `step` may be a compiled version of `Transformer.step` (see
+        `lmforge.generate.static`). (B, 1) tokens -> (B, V) float32 logits."""
+        view = cache.step_view()
+        logits = (step or self.step)(input_ids, view, encoder_hidden, encoder_mask)
+        cache.stepped()
+        return logits
 
     # ------------------------------------------------------------------ forward
     def encode(

@@ -19,6 +19,7 @@ from torch import nn
 
 from lmforge.errors import GenerationError, LmforgeError
 from lmforge.generate import GenerationConfig, stream_ids
+from lmforge.generate.core import GenerationStats
 from lmforge.recipes.finetuned import load_finetuned
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import chat_stops, encode_chat
@@ -45,6 +46,7 @@ class ChatSession:
         self.gen = replace(gen, stop=gen.stop + chat_stops(tokenizer))
         self.system = system
         self.turns: list[dict[str, str]] = []
+        self.last_stats: GenerationStats | None = None  # speed of the latest reply
 
     def reset(self) -> None:
         """Forget the conversation (the system message stays)."""
@@ -77,10 +79,15 @@ class ChatSession:
             raise
         pieces = []
         with torch.no_grad():
-            for delta in stream_ids(self.model, self.tokenizer, ids, self.gen):
+            for delta in stream_ids(
+                self.model, self.tokenizer, ids, self.gen, on_stats=self._keep_stats
+            ):
                 pieces.append(delta)
                 yield delta
         self.turns.append({"role": "assistant", "content": "".join(pieces).strip()})
+
+    def _keep_stats(self, stats: GenerationStats) -> None:
+        self.last_stats = stats
 
 
 def chat(
@@ -93,8 +100,10 @@ def chat(
     seed: int | None = None,
     read: Callable[[str], str] = input,
     write: Callable[[str], object] | None = None,
+    stats: bool = False,
 ) -> None:
-    """Chat in the terminal until `/exit` or end of input; `read`/`write` replace the terminal."""
+    """Chat in the terminal until `/exit` or end of input; `read`/`write` replace the terminal.
+    `stats`: after each reply, print its tokens/s and time to first token."""
     out = write or _write_stdout
     model = load_finetuned(model_dir)
     tokenizer = Tokenizer.load(model_dir)
@@ -125,6 +134,8 @@ def chat(
         except LmforgeError as exc:
             out(f"\nerror: {exc}")
         out("\n")
+        if stats and session.last_stats is not None:
+            out(f"({session.last_stats.summary()})\n")
 
 
 def _write_stdout(text: str) -> None:

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lmforge.errors import GenerationError
-from lmforge.generate import GenerationConfig, generate
+from lmforge.generate import GenerationConfig, SamplingRun, generate_outputs, speculative_outputs
+from lmforge.generate.core import GenerationStats
+from lmforge.generate.engine import encode_prompt, finish_texts
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer.chat import chat_stops, encode_chat
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """[BOS] + tokens of the prompt: a prompt starts a document, as in pretraining."""
-    ids = tokenizer.encode(prompt) if prompt else []
-    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    if start is not None:
-        ids = [start, *ids]
-    if not ids:
-        raise GenerationError(
-            "the prompt is empty and the tokenizer has no BOS/EOS to start from; pass --prompt."
-        )
-    return ids
+    """The prompt as the model's tokenizer encodes it (`lmforge.generate.encode_prompt`)."""
+    return encode_prompt(tokenizer, prompt)
+
+
+@dataclass
+class GenerateResult:
+    """What `generate_from_dir` returns besides the texts.
+
+    Attributes:
+        texts: the new text of each sequence.
+        stats: speed (tokens/s, time to first token).
+        acceptance: accepted / proposed draft tokens (speculative decoding), else None.
+        ended_at_once: every sequence ended on EOS before its first token.
+    """
+
+    texts: list[str]
+    stats: GenerationStats
+    acceptance: float | None = None
+    ended_at_once: bool = False
 
 
 def generate_from_dir(
@@ -33,23 +47,69 @@ def generate_from_dir(
     temperature: float = 0.8,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float = 0.0,
     num_return_sequences: int = 1,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
     seed: int | None = None,
     stop: list[str] | None = None,
     compile: bool = False,
-) -> list[str]:
-    """Continue `prompt` with the model in `model_dir`; returns the new text of each sequence."""
+    draft: str | Path | None = None,
+    draft_k: int = 4,
+    chat: bool = False,
+    return_stats: bool = False,
+) -> list[str] | GenerateResult:
+    """Continue `prompt` with the model in `model_dir`; returns the new text of each sequence
+    (with `return_stats`, a `GenerateResult`: texts, speed, draft acceptance).
+
+    num_beams > 1: beam search; draft: a smaller model dir with the same tokenizer that proposes
+    `draft_k` tokens per round (speculative decoding); chat: the prompt is one user message
+    under the tokenizer's chat template.
+    """
     model, tok = load_model_and_tokenizer(model_dir)  # a PEFT run's dir: with its adapter
     gen = GenerationConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
         top_p=1.0 if top_p is None else top_p,
+        min_p=min_p,
         num_return_sequences=num_return_sequences,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
         seed=seed,
-        stop=stop or [],
+        stop=(stop or []) + (chat_stops(tok) if chat else []),
     )
-    ids = prompt_ids(tok, prompt)
+    ids = (
+        encode_chat(tok, [{"role": "user", "content": prompt}]) if chat else prompt_ids(tok, prompt)
+    )
+    acceptance = None
+    t0 = time.perf_counter()
     with torch.no_grad():
-        outputs = generate(model, [ids], gen, tokenizer=tok, compile=compile)
-    return [tok.decode(out) for out in outputs]
+        if draft is not None:
+            if num_beams > 1:
+                raise GenerationError(
+                    "--draft (speculative decoding) samples or decodes greedily; drop "
+                    "--num-beams or --draft."
+                )
+            draft_model, _ = load_model_and_tokenizer(draft)
+            outputs, spec = speculative_outputs(model, draft_model, [ids], gen, draft_k, tok)
+            acceptance = spec.accepted / spec.proposed if spec.proposed else 0.0
+        elif num_beams > 1:
+            outputs = generate_outputs(model, [ids], gen, tok, compile)
+        else:
+            run = SamplingRun(model, [ids], gen, tok, compile)
+            for _ in run.steps():
+                pass
+            outputs = run.outputs
+            finish_texts(outputs, gen, tok)
+    if draft is None and num_beams == 1:
+        stats = run.stats
+    else:  # the whole text arrives at the end
+        total = time.perf_counter() - t0
+        new = sum(len(o.tokens) for o in outputs)
+        stats = GenerationStats(len(ids), new, ttft_s=total, total_s=total)
+    texts = [out.text or "" for out in outputs]
+    if not return_stats:
+        return texts
+    at_once = all(not o.tokens and o.finish_reason == "stop" for o in outputs)
+    return GenerateResult(texts, stats, acceptance, at_once)

@@ -40,11 +40,12 @@ class Reservation:
 
 
 def kv_bytes_per_token(model: Any, dtype: torch.dtype) -> int:
-    """2 (K and V) * n_layer * n_kv_heads * head_dim * bytes per element."""
-    cfg = model.cfg
-    n_kv = cfg.n_kv_head or cfg.n_head
-    head_dim = cfg.head_dim or cfg.d_model // cfg.n_head
-    return 2 * cfg.n_layer * n_kv * head_dim * torch.empty((), dtype=dtype).element_size()
+    """Bytes one more token adds to the model's own KV cache: 2 (K and V) * sum over layers of
+    n_kv_heads * head_dim * bytes per element (layers may differ, as in a pruned model). Read off
+    two caches built on the meta device, so nothing is allocated."""
+    one = model.new_cache(1, 1, dtype=dtype, device="meta")
+    two = model.new_cache(1, 2, dtype=dtype, device="meta")
+    return two.nbytes - one.nbytes
 
 
 def free_memory(device: torch.device) -> int:

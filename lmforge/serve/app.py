@@ -249,6 +249,7 @@ def create_app(
             held.reservation = admission.reserve(len(job.prompts) * job.n, span)
             answer = Answer(kind, job, served)
             ticket = engine.submit(job)
+            answer.timings = ticket.timings  # filled in by the engine when the job finishes
         except BaseException:
             held.release()
             raise

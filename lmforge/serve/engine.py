@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,36 @@ class Ticket:
         self.open = 0  # rows not finished yet (engine thread)
         self.held: list[tuple[int, RowEvent]] = []  # a non-streaming job's events so far
         self.done = False
+        # speed as the client sees it (engine thread): submitted, first-token and last-token
+        # times, tokens after the first step; `timings` is filled when the job finishes
+        self.submitted = time.perf_counter()
+        self.first: float | None = None
+        self.tokens = self.later_tokens = 0
+        self.timings: dict[str, float] = {}
+
+    def _count(self, tokens: int, now: float) -> None:
+        """One step's new tokens of this job, at time `now`."""
+        self.tokens += tokens
+        if self.first is None:
+            self.first = now
+        else:
+            self.later_tokens += tokens
+
+    def _finish(self, now: float) -> None:
+        """Fill `timings`: time to first token and tokens/s after it (the decode rate)."""
+        first = self.first if self.first is not None else now
+        decode = now - first
+        rate = self.later_tokens / decode if decode > 0 else 0.0
+        self.timings.update(
+            time_to_first_token_s=round(first - self.submitted, 4),
+            tokens_per_second=round(rate, 2),
+        )
+        log.info(
+            "request done: %d tokens, first token after %.0f ms, %.1f tokens/s",
+            self.tokens,
+            (first - self.submitted) * 1000,
+            rate,
+        )
 
     def cancel(self) -> None:
         """Free this job's rows (the client went away); harmless once it has finished."""
@@ -183,6 +214,7 @@ class Engine:
         self._snapshot()  # before any client sees this step's tokens
         self.stats["peak_active_rows"] = max(self.stats["peak_active_rows"], len(events))
         out: dict[Ticket, list[tuple[int, RowEvent]]] = {}
+        now = time.perf_counter()
         for event in events:
             ticket = self._owner.get(event.row)
             if ticket is None:
@@ -194,6 +226,10 @@ class Engine:
                 self.stats["completed_rows"] += 1
                 ticket.open -= 1
             out.setdefault(ticket, []).append((ticket.rows[event.row], event))
+        for ticket, items in out.items():
+            ticket._count(sum(e.token is not None for _, e in items), now)
+            if not ticket.open:
+                ticket._finish(now)
         # Wake each event loop once per step, and only for streams and finished jobs: every
         # cross-thread call is a socket write, and every wake-up is work on the loop's thread,
         # both paid for in GIL time this thread would decode with.

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import GenerationError, LmforgeError
 from lmforge.generate import GenerationConfig
+from lmforge.generate.engine import encode_prompt
 from lmforge.serve.errors import ApiError, check_range
 from lmforge.tokenizer.chat import chat_stops, encode_chat, render_chat
 
@@ -255,16 +256,16 @@ def check_length_bound(served: Served, text: str, param: str) -> None:
 
 
 def _text_ids(tokenizer: Any, text: str, served: Served | None = None) -> list[int]:
-    """[BOS] + tokens, as `lmforge generate` does: a prompt starts a document."""
+    """The prompt as the model's tokenizer encodes it, as `lmforge generate` does (a text that
+    cannot fit the context is refused before tokenizing)."""
     if served is not None:
         check_length_bound(served, text, "prompt")
-    ids = list(tokenizer.encode(text)) if text else []
-    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    if start is not None:
-        ids = [start, *ids]
-    if not ids:
-        raise ApiError("the prompt is empty; send some text.", param="prompt", code="invalid_value")
-    return ids
+    try:
+        return encode_prompt(tokenizer, text)
+    except GenerationError:
+        raise ApiError(
+            "the prompt is empty; send some text.", param="prompt", code="invalid_value"
+        ) from None
 
 
 def _completion_prompts(

@@ -67,18 +67,22 @@ class Answer:
             for j in range(job.n)
         ]
         self._token_text: dict[int, str] = {}
+        # filled by the engine when the job finishes: time_to_first_token_s, tokens_per_second
+        self.timings: dict[str, float] = {}
 
     @property
     def finished(self) -> bool:
         return all(c.finish_reason is not None for c in self.choices)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, int | float]:
+        """Token counts, plus the time to first token and the decode rate (tokens/s)."""
         prompt = sum(len(p) for p in self.job.prompts)
         completion = sum(c.completion_tokens for c in self.choices)
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            **self.timings,
         }
 
     # ------------------------------------------------------------------ streaming

@@ -100,9 +100,17 @@ class ScriptedLM(nn.Module):
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
         return KVCache(1, batch, 1, 1, max_len)
 
-    def forward(self, input_ids, attention_mask=None, cache=None, last_only=False, **_):
-        step = int(attention_mask[0].sum()) - self.prompt_len
+    def _logits(self, batch: int, step: int) -> torch.Tensor:
         token = self.script[min(step, len(self.script) - 1)]
-        logits = torch.zeros(input_ids.size(0), 1, self.cfg.vocab_size)
+        logits = torch.zeros(batch, 1, self.cfg.vocab_size)
         logits[:, :, token] = 10.0
+        return logits
+
+    def forward(self, input_ids, attention_mask=None, cache=None, last_only=False, **_):
+        logits = self._logits(input_ids.size(0), int(attention_mask[0].sum()) - self.prompt_len)
         return ModelOutput(logits=logits, hidden=logits)
+
+    def decode_step(self, input_ids, cache, *_, **__):
+        """The decode step: the prefill left the cache empty, so its length counts the steps."""
+        cache.length += 1
+        return self._logits(input_ids.size(0), cache.length)[:, -1]

@@ -71,7 +71,7 @@ def test_rolling_cache_equals_sliding_window_forward(preset, kw):
     steps = [model(ids[:, :4], cache=cache).logits]
     for i in range(4, 30):
         steps.append(model(ids[:, i : i + 1], cache=cache).logits)
-        assert cache.k.shape[3] == 6 and cache.length <= 5  # bounded by the window
+        assert cache.ks[0].shape[2] == 6 and cache.length <= 5  # bounded by the window
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 

@@ -56,6 +56,8 @@ def test_completion_greedy_equals_generate(client, reference):
     assert choice.finish_reason == "length" and choice.index == 0
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(ids), 12)
     assert r.usage.total_tokens == len(ids) + 12
+    usage = r.usage.model_dump()  # the speed the server measured for this request
+    assert 0 < usage["time_to_first_token_s"] < 60 and usage["tokens_per_second"] > 0
 
 
 def test_concurrent_requests_are_batched_and_each_equals_generate_alone(
@@ -107,6 +109,7 @@ def test_streamed_completion_joins_to_the_whole_answer(client):
     assert "".join(c.choices[0].text for c in text_chunks) == whole
     assert [c.choices[0].finish_reason for c in text_chunks][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 20 and not chunks[-1].choices
+    assert chunks[-1].usage.model_dump()["tokens_per_second"] > 0
 
 
 def test_streamed_chat_has_a_role_then_deltas(client):

@@ -339,8 +339,9 @@ def test_kv_bytes_per_token_is_what_a_real_cache_holds(reference):
 
     model, _ = reference
     cache = model.new_cache(3, 10)
-    held = sum(t.numel() * t.element_size() for t in (cache.k, cache.v))
-    assert held == 3 * 10 * kv_bytes_per_token(model, torch.float32)
+    cfg = model.cfg
+    formula = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 4
+    assert cache.nbytes == 3 * 10 * kv_bytes_per_token(model, torch.float32) == 3 * 10 * formula
 
 
 def test_offloaded_encoding_gives_the_same_ids(reference):

@@ -1,0 +1,162 @@
+"""Decode speed on a real-sized model: a Llama of SmolLM2-135M's shape (random weights).
+
+    30 layers, d_model 576, 9 heads, 3 KV heads, d_ff 1536, vocab 49152, tied embeddings,
+    RoPE theta 100000; greedy, a --prompt-len-token prompt, --new-tokens new tokens, fp32.
+
+Contenders, one process, interleaved repeats, medians (prefill included, as a user sees it):
+    hf        Hugging Face `LlamaForCausalLM.generate` on the same weights
+    eager     `lmforge.generate.generate` (the model's own decode step, no compilation)
+    compiled  the same with compile=True (its first call, compilation included, is printed)
+and the same at batch 8 (hf vs eager, and compiled with --compile-batch).
+
+Next to each rate: the bytes one decode step reads (every weight once, the LM head included,
+plus the KV cache at the average length) and the memory bandwidth measured in this run (sum of
+a 512 MiB float32 tensor, the same thread count), so rate x bytes / bandwidth is the fraction of
+the memory-bandwidth limit the contender reaches.
+
+    python bench/decode_real.py                       # 2 threads, batch 1 and 8, compile
+    python bench/decode_real.py --no-compile --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import common
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lmforge.config import ModelConfig
+from lmforge.generate import GenerationConfig, generate
+from lmforge.interop import config_to_hf, state_to_hf
+from lmforge.models import Transformer
+from lmforge.models.io import state_dict_for_saving
+
+SMOLLM2_135M = dict(  # over the llama preset (RMSNorm, SwiGLU, RoPE, no biases)
+    vocab_size=49152,
+    n_layer=30,
+    d_model=576,
+    n_head=9,
+    n_kv_head=3,
+    d_ff=1536,
+    max_seq_len=2048,
+    rope_theta=100000.0,
+    tie_embeddings=True,
+)
+
+
+def llama_pair(seed: int = 0) -> tuple[Transformer, torch.nn.Module]:
+    """The lmforge model and a `LlamaForCausalLM` with identical weights (through the exporter)."""
+    cfg = ModelConfig.from_preset("llama-tiny", **SMOLLM2_135M)
+    torch.manual_seed(seed)
+    ours = Transformer(cfg).eval()
+    hf = LlamaForCausalLM(LlamaConfig.from_dict(config_to_hf(cfg))).eval()
+    hf.load_state_dict(state_to_hf(cfg, state_dict_for_saving(ours)), strict=False)
+    if hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr():
+        raise RuntimeError("the Hugging Face LM head is not tied to the token embedding")
+    return ours, hf
+
+
+def read_bandwidth(threads: int, mib: int = 512, repeats: int = 7) -> float:
+    """Bytes per second a reduction over a large float32 tensor reads (median of repeats)."""
+    x = torch.ones(mib * 2**20 // 4)
+    x.sum()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t0)
+    return x.numel() * 4 / common.median(times)
+
+
+def step_bytes(model: Transformer, batch: int, context: float) -> float:
+    """Bytes one decode step reads: each weight once (the embedding lookup reads one row per
+    token, but the tied LM head reads the whole matrix) + K and V of `context` cached tokens."""
+    cfg = model.cfg
+    weights = sum(
+        p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()
+    )
+    kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * context * 4 * batch
+    return weights + kv
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-batch", action="store_true", help="also compile at batch > 1")
+    args = p.parse_args()
+    device = common.setup("cpu", args.threads)
+    print(f"load average before: {os.getloadavg()}")
+    ours, hf = llama_pair()
+    new, plen = args.new_tokens, args.prompt_len
+    bw = read_bandwidth(args.threads)
+    print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s ({args.threads} threads)")
+    gen = GenerationConfig(max_new_tokens=new, temperature=0.0)
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        torch.manual_seed(batch)
+        prompts = torch.randint(0, ours.cfg.vocab_size, (batch, plen))
+
+        def hf_run(prompts=prompts):
+            with torch.no_grad():
+                out = hf.generate(
+                    input_ids=prompts,
+                    attention_mask=torch.ones_like(prompts),
+                    do_sample=False,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                )
+            return out[:, plen:].tolist()
+
+        contenders = {
+            "hf": hf_run,
+            "eager": lambda prompts=prompts: generate(ours, prompts, gen),
+        }
+        if not args.no_compile and (batch == 1 or args.compile_batch):
+            t0 = time.perf_counter()
+            generate(ours, prompts, gen, compile=True)
+            compile_s = time.perf_counter() - t0
+            print(f"batch {batch}: compile=True first call {compile_s:.1f} s (compiling included)")
+            contenders["compiled"] = lambda prompts=prompts: generate(
+                ours, prompts, gen, compile=True
+            )
+        outs = {name: fn() for name, fn in contenders.items()}
+        same = {name: outs[name] == outs["hf"] for name in outs}
+        print(f"batch {batch}: same tokens as HF: {same}")
+        times = common.alternate(contenders, device, args.repeats, warmup=0)
+        per_token = step_bytes(ours, batch, plen + new / 2) / batch
+        base = batch * new / common.median(times["hf"])
+        for name, ts in times.items():
+            rate = batch * new / common.median(ts)
+            rows.append(
+                [
+                    batch,
+                    name,
+                    f"{rate:.1f}",
+                    f"{rate / base:.2f}x",
+                    f"{per_token / 1e6:.0f} MB",
+                    f"{rate * per_token / bw:.0%}",
+                    common.spread([batch * new / t for t in ts]),
+                ]
+            )
+    headers = ["batch", "contender", "tokens/s", "vs HF", "bytes/token", "of bw limit", "spread"]
+    print()
+    print(common.markdown_table(headers, rows))
+    print(
+        f"\nbandwidth {bw / 1e9:.1f} GB/s; fp32 limit at batch 1: "
+        f"{bw / step_bytes(ours, 1, plen + new / 2):.1f} tokens/s"
+    )
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
