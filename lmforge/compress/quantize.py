@@ -411,8 +411,16 @@ def quantization_record(model: nn.Module) -> dict[str, Any] | None:
     return getattr(model, ATTR, None)
 
 
-def prepare_quantized(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+def prepare_quantized(
+    model: nn.Module, record: dict[str, Any], missing_ok: bool = False
+) -> nn.Module:
     """Swap the modules named in `record` for empty quantized linears, ready for a state load.
+
+    Args:
+        model: the freshly built floating-point model.
+        record: the `quantization` entry of config.json.
+        missing_ok: skip named modules the model does not have (a fine-tune that replaces the
+            base's heads by a task head); the model's record then lists only the swapped ones.
 
     Raises `ConfigError` when the record does not fit the model (an unknown method or a module
     that is not a linear layer).
@@ -425,7 +433,8 @@ def prepare_quantized(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     method, group_size = record["method"], int(record.get("group_size", 128))
     check_method(method, group_size)
     known = dict(model.named_modules())
-    for name in record["modules"]:
+    names = [n for n in record["modules"] if not missing_ok or n in known]
+    for name in names:
         lin = known.get(name)
         if type(lin) is not nn.Linear:
             raise ConfigError(
@@ -433,7 +442,7 @@ def prepare_quantized(model: nn.Module, record: dict[str, Any]) -> nn.Module:
                 "the config does not match the weights."
             )
         _swap(model, name, _empty(method, lin, group_size))
-    setattr(model, ATTR, dict(record))
+    setattr(model, ATTR, {**record, "modules": names})
     return model
 
 
