@@ -201,6 +201,7 @@ def finetune(
                 "floating-point model)."
             )
         prepare_quantized(model, mcfg.quantization, missing_ok=True)
+        mcfg = model.cfg = mcfg.replace(quantization=model.quantization)  # the task's modules
     load_base(model, model_dir, new_head=fc.task in ("classify", "tokens"))
     info = {"task": fc.task, "labels": names, "method": fc.method, "max_len": cut,
             "base_model": str(model_dir)}  # fmt: skip
