@@ -161,3 +161,19 @@ def test_state_dict_round_trip_rebuilds_kernels(method):
     ids = torch.randint(0, 512, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(fresh(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_generate_decodes_through_the_quantized_modules(method):
+    """The cached decode step (the one every decode path uses) equals greedy on full forwards."""
+    from lmforge.generate import GenerationConfig, generate
+
+    model = quantize_model(_llama(), method, group_size=32)
+    prompt = torch.randint(0, 512, (1, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        (new,) = generate(model, prompt, GenerationConfig(max_new_tokens=6, temperature=0))
+        seq = prompt
+        for _ in range(6):
+            nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert new == seq[0, 7:].tolist()
