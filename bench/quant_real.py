@@ -15,7 +15,9 @@ the same threads): the physical limit of batch-1 decoding.
 
     python bench/quant_real.py                          # speed table (needs llama-cpp-python)
     python bench/quant_real.py --compile                # adds lmforge compile=True contenders
-    python bench/quant_real.py --quality RUN_DIR --data FILE   # held-out perplexity fp32/int8/int4
+    python bench/quant_real.py --quality RUN_DIR [--data FILE]  # perplexity fp32/int8/int4
+(--quality without --data scores the documents `lmforge pretrain` held out of its embedded
+corpus: a model pretrained there has not seen them)
 """
 
 from __future__ import annotations
@@ -214,7 +216,14 @@ def quality(args: argparse.Namespace) -> None:
         dirs[f"int4 g{g}"] = quantize_checkpoint(
             args.quality, root / f"int4-{g}", "int4", g
         ).out_dir
-    ppl = {name: perplexity(d, args.data, device="cpu") for name, d in dirs.items()}
+    data = args.data
+    if not data:  # the documents `lmforge pretrain` held out of the embedded corpus (seed 0)
+        from lmforge.data import default_corpus, split_documents
+
+        _, valid = split_documents(default_corpus(), 0.05, seed=0)
+        (root / "held_out.txt").write_text("\n\n".join(valid), encoding="utf-8")
+        data = [root / "held_out.txt"]
+    ppl = {name: perplexity(d, data, device="cpu") for name, d in dirs.items()}
     base = ppl["fp32"].perplexity
     rows = [[name, f"{r.perplexity:.3f}", f"{(r.perplexity / base - 1):+.2%}", r.tokens]
             for name, r in ppl.items()]  # fmt: skip
@@ -231,7 +240,12 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--quality", help="a trained causal LM dir: held-out perplexity instead")
-    p.add_argument("--data", nargs="+", help="held-out text files for --quality")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        help="held-out text files for --quality (default: the "
+        "embedded corpus's validation documents)",
+    )
     args = p.parse_args()
     if args.quality:
         quality(args)

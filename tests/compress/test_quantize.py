@@ -177,3 +177,23 @@ def test_generate_decodes_through_the_quantized_modules(method):
             nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
     assert new == seq[0, 7:].tolist()
+
+
+def test_dynamic_int8_bert_classifier_saves_and_loads(tmp_path):
+    from lmforge.models import load_model, save_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("bert-tiny", heads=("classify",), num_labels=3)
+    model = Transformer(cfg).eval()
+    ids = torch.randint(5, 512, (4, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(ids).logits
+        quantize_model(model, "dynamic-int8")
+        got = model(ids).logits
+    assert "heads.classifier" in model.quantization["modules"]
+    assert ((got - want).abs().max() / want.abs().max()) < 0.05
+    save_model(model, tmp_path / "q")
+    back = load_model(tmp_path / "q")
+    assert all(isinstance(m, DynamicInt8Linear) for m in quantized_modules(back).values())
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, got)
