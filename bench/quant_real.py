@@ -130,6 +130,7 @@ def speed(args: argparse.Namespace) -> None:
         f"lmforge int4 (g{args.group_size})": quantize_model(
             copy.deepcopy(fp32), "int4", group_size=args.group_size
         ),
+        "lmforge dynamic-int8": quantize_model(copy.deepcopy(fp32), "dynamic-int8"),
     }
     sizes = {name: bytes_per_token(m) for name, m in models.items()}
     outputs: dict[str, list[int]] = {}
@@ -237,7 +238,7 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--group-size", type=int, default=64, help="int4 group (576 = 9 x 64)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--quality", help="a trained causal LM dir: held-out perplexity instead")
     p.add_argument(

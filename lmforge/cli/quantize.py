@@ -34,6 +34,12 @@ def quantize(
         f"quantized {len(r.modules)} linear layers of {model_dir} to {r.method}: weights "
         f"{r.bytes_before / mb:.1f} MiB -> {r.bytes_after / mb:.1f} MiB; wrote {r.out_dir}"
     )
+    if r.kept:
+        typer.echo(
+            f"kept {len(r.kept)} linear layers in float (skipped, or int4 needs in_features "
+            f"divisible by --group-size and out_features by 16), e.g. {r.kept[0]}",
+            err=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from lmforge.compress.quantize import Method, check_method, quantize_model
 from lmforge.errors import ConfigError
 from lmforge.interop.hf import copy_tokenizer_files
@@ -19,6 +21,7 @@ class QuantizeResult:
     out_dir: Path
     method: str
     modules: list[str]
+    kept: list[str]  # linear layers left in floating point (skipped, or unfit for int4)
     bytes_before: int
     bytes_after: int
 
@@ -48,6 +51,7 @@ def quantize_checkpoint(
             f"{src} is already quantized ({model.cfg.quantization['method']}); quantize the "
             "original floating-point model instead."
         )
+    linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
     quantize_model(model, method, group_size, skip or ())
     save_model(model, dst)
     copy_tokenizer_files(src, dst)
@@ -55,6 +59,7 @@ def quantize_checkpoint(
         out_dir=dst,
         method=method,
         modules=list(model.quantization["modules"]),
+        kept=[n for n in linears if n not in model.quantization["modules"]],
         bytes_before=(src / WEIGHTS).stat().st_size,
         bytes_after=(dst / WEIGHTS).stat().st_size,
     )
