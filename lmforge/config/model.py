@@ -93,6 +93,8 @@ class ModelConfig:
             hidden states and logits=None (e.g. an imported BertModel or LlamaModel).
         num_labels: classes of the "classify" and "tokens" heads.
         bos_id, eos_id, pad_id, mask_id, decoder_start_id: special token ids (None if absent).
+        quantization: None, or the record of `lmforge.compress.quantize_model` (method, group
+            size, the swapped module names) that the loader rebuilds before loading weights.
     """
 
     arch: Arch = "decoder"
@@ -140,6 +142,7 @@ class ModelConfig:
     pad_id: int | None = None
     mask_id: int | None = None
     decoder_start_id: int | None = None
+    quantization: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -238,6 +241,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["heads"] = list(self.heads)
+        if out["quantization"] is None:  # only quantized checkpoints carry the key
+            del out["quantization"]
         return out
 
     @classmethod
