@@ -20,6 +20,7 @@ import json
 import math
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from lmforge.train.checkpoint import (
 )
 from lmforge.train.optim import build_optimizer, get_lr
 from lmforge.utils.device import resolve_device
-from lmforge.utils.fs import atomic_write_text
+from lmforge.utils.fs import atomic_write_text, clean_orphan_temps
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[torch.nn.Module, Batch], LossOutput]
@@ -212,6 +213,7 @@ class _Run:
         self.best: float | None = None  # best value of cfg.select_metric
         self.best_loss: float | None = None  # eval_loss of that evaluation
         self.saved_at = -1
+        self.run_id = uuid.uuid4().hex  # checkpoints carry it; pruning touches only this run's
 
     def checkpoint(self) -> None:
         """Save a full checkpoint (collective: every rank takes part, rank 0 writes)."""
@@ -224,6 +226,7 @@ class _Run:
                 "data_step": self.data_step,
                 "best_eval_loss": self.best_loss,
                 "best_score": self.best,
+                "run_id": self.run_id,
             }
             save_checkpoint(
                 step_dir(self.ckpt_root, self.step),
@@ -234,7 +237,7 @@ class _Run:
                 rngs,
                 self.skip,
             )
-            prune(self.ckpt_root, self.cfg.keep_last)
+            prune(self.ckpt_root, self.cfg.keep_last, self.run_id)
         D.barrier(self.info)
         self.saved_at = self.step
 
@@ -272,6 +275,7 @@ class _Run:
         self.best_loss = ck.state.get("best_eval_loss")
         self.best = ck.state.get("best_score", self.best_loss)
         self.saved_at = self.step
+        self.run_id = ck.state.get("run_id", self.run_id)
         return True
 
 
@@ -347,6 +351,7 @@ def fit(
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(run.ckpt_root)
+        clean_orphan_temps(out_dir)
     D.barrier(info)
     resumed = resume and run.resume()
     if main:
