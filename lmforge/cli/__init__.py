@@ -137,12 +137,17 @@ def tokenizer_train(
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 8192,
     data: DataOpt = None,
     kind: Annotated[str, typer.Option(help="bpe (byte-level) or wordpiece.")] = "bpe",
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
+    ] = False,
 ) -> None:
     """Train a tokenizer (default data: the embedded corpus) and save tokenizer.json."""
     from lmforge.data import default_corpus, read_documents
     from lmforge.errors import ConfigError
     from lmforge.tokenizer import train_tokenizer
+    from lmforge.utils.fs import prepare_out_dir
 
+    prepare_out_dir(out, "tokenizer", inputs=data or [], overwrite=overwrite)
     if kind not in ("bpe", "wordpiece"):
         raise ConfigError(f"unknown tokenizer kind '{kind}'; choose bpe or wordpiece.")
     docs = read_documents(data) if data else default_corpus()

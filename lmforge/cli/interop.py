@@ -23,6 +23,9 @@ def convert(
     from_gguf: Annotated[
         Path | None, typer.Option("--from-gguf", help="A Llama-architecture .gguf file to import.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
+    ] = False,
 ) -> None:
     """Convert a checkpoint: Hugging Face (gpt2, llama, bert, t5) both ways, or GGUF (llama) in."""
     sources = {"--from-hf": from_hf, "--to-hf": to_hf, "--from-gguf": from_gguf}
@@ -34,7 +37,9 @@ def convert(
         )
     from lmforge.config import ModelConfig
     from lmforge.interop import export_hf, import_gguf, import_hf
+    from lmforge.utils.fs import prepare_out_dir
 
+    prepare_out_dir(out, "convert", inputs=[from_hf, to_hf, from_gguf], overwrite=overwrite)
     if from_hf is not None:
         import_hf(from_hf, out)
     elif from_gguf is not None:

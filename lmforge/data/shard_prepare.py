@@ -23,10 +23,12 @@ from lmforge.data.lm import token_dtype
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils.fs import (
+    RUN_MARKER,
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
     fsync_dir,
+    prepare_out_dir,
     sha256_file,
 )
 
@@ -41,7 +43,7 @@ _CHUNK_CHARS = 1 << 22  # characters of text per tokenization task
 _READ_BYTES = 1 << 24  # bytes of a text file read at a time
 # Names a shard folder may hold besides the tokenizer files: shards, the manifest, and the
 # hidden temporary files (".NAME.XXXX.tmp") an interrupted atomic write leaves behind.
-_OURS = re.compile(r"^(manifest\.json|(train|valid)-\d{5,}\.bin|\..+\.tmp)$")
+_OURS = re.compile(r"^(manifest\.json|lmforge_run\.json|(train|valid)-\d{5,}\.bin|\..+\.tmp)$")
 _WORKER: dict[str, Tokenizer] = {}
 
 
@@ -91,6 +93,10 @@ def prepare_shards(
         raise DataError("no data paths were given; pass a .txt or .jsonl file or a folder of them.")
     inside = out.resolve()  # the shard folder's own JSON files are not data
     files = [f for f in files if not f.resolve().is_relative_to(inside)]
+    # the shared check that --out is no input; _claim_out_dir refuses a folder of other files
+    prepare_out_dir(
+        out, "token-shards", inputs=[tokenizer_dir, *paths], overwrite=True, write=False
+    )
     _claim_out_dir(out)
     tok_sha = _copy_tokenizer(tokenizer_dir, out)
     dtype = token_dtype(tok.vocab_size).newbyteorder("<")
@@ -220,13 +226,18 @@ def _check_args(workers: int, shard_tokens: int, valid_fraction: float) -> None:
         )
 
 
+def _only_ours(out: Path) -> bool:
+    """True when ``out`` holds only files a shard folder has (one prepared before markers)."""
+    return all(_OURS.match(p.name) or p.name in TOKENIZER_FILES for p in out.iterdir())
+
+
 def _claim_out_dir(out: Path) -> None:
     """Make ``out`` ready: new, empty, or holding only shard-folder files (which are removed)."""
     if out.exists() and not out.is_dir():
         raise DataError(f"output path {out} is a file; pass a folder for the shards.")
     out.mkdir(parents=True, exist_ok=True)
     ours = [p for p in out.iterdir() if _OURS.match(p.name) or p.name in TOKENIZER_FILES]
-    if len(ours) != len(list(out.iterdir())):
+    if not _only_ours(out):
         raise DataError(
             f"output folder {out} holds files that are not token shards; pass an empty or new "
             "folder, or an earlier `lmforge data prepare` output to replace."
@@ -235,7 +246,7 @@ def _claim_out_dir(out: Path) -> None:
         (out / MANIFEST).unlink()
         fsync_dir(out)
     for path in ours:
-        if path.name not in TOKENIZER_FILES and path.name != MANIFEST:
+        if path.name not in TOKENIZER_FILES and path.name not in (MANIFEST, RUN_MARKER):
             path.unlink()
 
 

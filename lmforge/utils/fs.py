@@ -106,7 +106,7 @@ def prepare_out_dir(
     overwrite: bool = False,
     resume: bool = False,
     is_ours: Callable[[Path], bool] | None = None,
-    write: bool = True,
+    write: bool | None = None,
 ) -> Path:
     """Check that a verb of `kind` may write into `out`, then create it and mark it as ours.
 
@@ -127,9 +127,12 @@ def prepare_out_dir(
         overwrite: write into a non-empty folder that is not an output of this kind.
         resume: the verb continues the output already there.
         is_ours: recognizes an output of this kind that has no marker (written by older code).
-        write: create `out` and write the marker (False on the ranks that do not write files).
+        write: create `out`, write the marker and remove replaced checkpoints; None means "on
+            rank 0 only" (torchrun's RANK), as every file of a run is written by rank 0.
     """
     out = Path(out)
+    if write is None:
+        write = os.environ.get("RANK", "0") == "0"
     for source in inputs:
         if source is not None and _same_place(out, Path(source)):
             raise ConfigError(

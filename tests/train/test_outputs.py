@@ -132,3 +132,30 @@ def test_orphan_temp_files_are_cleaned_on_the_next_start(tmp_path):
     assert ".metrics.jsonl.k2j3.tmp" not in names and ".tmp-step-00000002-abcd" not in names
     assert "keep.tmp" in names and "step-00000002" in names
     assert clean_orphan_temps(tmp_path / "absent") == []
+
+
+def _cli(monkeypatch, capsys, *args):
+    import sys
+
+    from lmforge.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lmforge", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_every_verb_with_out_refuses_its_input(monkeypatch, capsys, tiny_run):
+    model = str(tiny_run.out_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.out_dir.iterdir()}
+    for args in (
+        ["finetune", model, "--task", "sft", "--train", model + "/summary.json", "--out", model],
+        ["convert", "--to-hf", model, "--out", model],
+        ["extend-context", model, "--out", model],
+        ["tokenizer", "train", "--data", model, "--out", model],
+        ["pretrain", "--init", model, "--out", model],
+        ["data", "prepare", "--data", model, "--tokenizer", model, "--out", model],
+    ):
+        code, err = _cli(monkeypatch, capsys, *args)
+        assert code == 2 and "also an input" in err, (args, err)
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.out_dir.iterdir()} == before
