@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -152,6 +153,60 @@ class _StopSignal:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _note(message: str) -> None:
+    """One line on stderr that does not break the progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+class WallClock:
+    """Estimates a run's wall time from the speed of its first steps, said once before the
+    bulk of training: seconds per step are timed over `measure` steps after `warm` warm-up
+    steps (the first steps pay for allocation and compilation), then
+    remaining time = (max_steps - step) * seconds per step.
+    """
+
+    def __init__(self, start: int, max_steps: int, warm: int = 1, measure: int = 3) -> None:
+        self.max_steps = max_steps
+        self.begin = start + warm
+        self.end = start + warm + measure
+        self.t0: float | None = None
+
+    def step_done(self, step: int, now: float | None = None) -> str | None:
+        """Call after each optimizer step; returns the estimate once, at the end of the timing."""
+        now = time.perf_counter() if now is None else now
+        if step == self.begin:
+            self.t0 = now
+        if step != self.end or self.t0 is None or step >= self.max_steps:
+            return None
+        per_step = (now - self.t0) / (self.end - self.begin)
+        left = (self.max_steps - step) * per_step
+        return (
+            f"estimated time: {_duration(left)} for the {self.max_steps - step} steps left "
+            f"({per_step:.2f} s/step over steps {self.begin + 1}-{self.end}; evaluations and "
+            "checkpoints come on top)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def warmup_warning(cfg: TrainConfig) -> str | None:
+    """The warning for a schedule whose warm-up never ends (max_steps < warmup_steps)."""
+    if cfg.max_steps >= cfg.warmup_steps:
+        return None
+    peak = cfg.lr * cfg.max_steps / cfg.warmup_steps
+    return (
+        f"warning: max_steps={cfg.max_steps} is below warmup_steps={cfg.warmup_steps}, so the "
+        f"learning rate only climbs to {peak:.2g} of lr={cfg.lr:g} and never decays; lower "
+        f"warmup_steps (say {max(1, cfg.max_steps // 10)}) or raise max_steps."
+    )
 
 
 def _read_metrics(path: Path, upto: int) -> list[str]:
@@ -359,6 +414,9 @@ def fit(
         atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
         atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
 
+    if main and (warning := warmup_warning(cfg)) is not None:
+        _note(warning)
+    clock = WallClock(run.step, cfg.max_steps)
     step_fn = torch.compile(wrapped) if cfg.compile else wrapped
     params = [p for p in model.parameters() if p.requires_grad]
     bad_evals, consecutive_skips, stopped_early, last_loss = 0, 0, False, float("nan")
@@ -423,6 +481,9 @@ def fit(
                 done = run.step
                 last_loss = D.all_mean(step_loss, info)
                 bar.update(1)
+                estimate = clock.step_done(done)
+                if estimate is not None and main:
+                    _note(estimate)
 
                 record: dict[str, Any] | None = None
                 if done % cfg.log_every == 0 or done == cfg.max_steps:
