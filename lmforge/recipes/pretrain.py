@@ -50,6 +50,8 @@ from lmforge.objectives import causal_lm_loss, mlm_nsp_loss, seq2seq_loss
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 from lmforge.train import TrainResult, fit
 from lmforge.train.checkpoint import latest_checkpoint
+from lmforge.train.distributed import process_group
+from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text, prepare_out_dir
 
 Objective = Literal["causal-lm", "mlm-nsp", "seq2seq"]
@@ -303,17 +305,18 @@ def pretrain(
     model = Transformer(mcfg)
     if init_from is not None and resume_dir is None:  # on resume the checkpoint has the weights
         model.load_state_dict(load_model(init_from).state_dict())
-    result = fit(
-        model,
-        d.loss,
-        d.train,
-        None if d.valid is None else lambda: d.valid.sequential(cfg.eval_batches),
-        cfg,
-        out_dir,
-        resume=resume,
-        save_extra=tok.save,
-        progress=progress,
-    )
+    with process_group(cfg.strategy, resolve_device(cfg.device)):  # torn down after the run
+        result = fit(
+            model,
+            d.loss,
+            d.train,
+            None if d.valid is None else lambda: d.valid.sequential(cfg.eval_batches),
+            cfg,
+            out_dir,
+            resume=resume,
+            save_extra=tok.save,
+            progress=progress,
+        )
     best = _best_eval(out_dir / "metrics.jsonl", result.best_eval_loss)
     ppl_loss = best.get("eval_mlm_loss") if objective == "mlm-nsp" else result.best_eval_loss
     best_ppl = None if ppl_loss is None else math.exp(min(ppl_loss, 50.0))

@@ -231,12 +231,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _grad_norm(params: list[torch.Tensor], clip: float) -> float:
-    """Total gradient norm (clipped to `clip` when > 0); inf/NaN when a gradient is not finite."""
+def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """Total gradient norm (clipped to `clip` when > 0), a tensor on the device (no host sync);
+    inf/NaN when a gradient is not finite."""
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
         norm = norm.full_tensor()
-    return float(norm)
+    return norm.detach()
+
+
+def grad_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (its small range underflows small gradients to zero); a disabled
+    scaler (a no-op) for bf16 and fp32. A step whose scaled gradients overflow is skipped by the
+    scaler and the scale halved; it doubles after 2000 clean steps."""
+    return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
 
 class _Run:
@@ -269,6 +277,7 @@ class _Run:
         self.best_loss: float | None = None  # eval_loss of that evaluation
         self.saved_at = -1
         self.run_id = uuid.uuid4().hex  # checkpoints carry it; pruning touches only this run's
+        self.scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
 
     def checkpoint(self) -> None:
         """Save a full checkpoint (collective: every rank takes part, rank 0 writes)."""
@@ -282,6 +291,7 @@ class _Run:
                 "best_eval_loss": self.best_loss,
                 "best_score": self.best,
                 "run_id": self.run_id,
+                "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             }
             save_checkpoint(
                 step_dir(self.ckpt_root, self.step),
@@ -331,6 +341,8 @@ class _Run:
         self.best = ck.state.get("best_score", self.best_loss)
         self.saved_at = self.step
         self.run_id = ck.state.get("run_id", self.run_id)
+        if self.scaler.is_enabled() and ck.state.get("grad_scaler"):
+            self.scaler.load_state_dict(ck.state["grad_scaler"])
         return True
 
 
@@ -345,14 +357,8 @@ def _select(ev: dict[str, float], cfg: TrainConfig) -> float:
 
 
 def _gather_rng(info: D.DistInfo) -> list[torch.Tensor]:
-    state = torch.get_rng_state()
-    if not info.enabled or info.world == 1:
-        return [state]
-    import torch.distributed as dist
-
-    states = [torch.empty_like(state) for _ in range(info.world)]
-    dist.all_gather(states, state)
-    return states
+    """Every rank's CPU random state (on the GPU for the trip through NCCL)."""
+    return D.all_gather_cpu(torch.get_rng_state(), info)
 
 
 def fit(
@@ -385,12 +391,37 @@ def fit(
         progress: show a progress bar (rank 0 only).
         on_log: called with every metrics record (for tests and callers).
     """
+    device = resolve_device(cfg.device)
+    info = D.setup(cfg.strategy, device)  # joins the caller's process group when there is one
+    try:
+        return _fit(
+            model, objective, train_data, eval_data, cfg, Path(out_dir), info,
+            D.local_device(device, info), resume=resume, save_extra=save_extra, export=export,
+            progress=progress, on_log=on_log,
+        )  # fmt: skip
+    finally:
+        if info.owns_group:  # fit started it, so fit ends it
+            D.teardown(info)
+
+
+def _fit(
+    model: torch.nn.Module,
+    objective: Objective,
+    train_data: BatchSource,
+    eval_data: Callable[[], Iterable[Batch]] | None,
+    cfg: TrainConfig,
+    out_dir: Path,
+    info: D.DistInfo,
+    device: torch.device,
+    *,
+    resume: bool,
+    save_extra: Callable[[Path], None] | None,
+    export: Callable[[Path], None] | None,
+    progress: bool,
+    on_log: Callable[[dict], None] | None,
+) -> TrainResult:
     from lmforge.utils.plots import plot_losses
 
-    out_dir = Path(out_dir)
-    device = resolve_device(cfg.device)
-    info = D.setup(cfg.strategy, device)
-    device = D.local_device(device, info)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     amp = autocast_dtype(cfg.precision, device)
@@ -400,6 +431,7 @@ def fit(
     wrapped = D.wrap(model, info)
     optimizer = build_optimizer(model, cfg)
     run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
+    scaler = run.scaler = grad_scaler(amp, device)
     metrics_path = out_dir / "metrics.jsonl"
     main = info.is_main
 
@@ -419,7 +451,8 @@ def fit(
     clock = WallClock(run.step, cfg.max_steps)
     step_fn = torch.compile(wrapped) if cfg.compile else wrapped
     params = [p for p in model.parameters() if p.requires_grad]
-    bad_evals, consecutive_skips, stopped_early, last_loss = 0, 0, False, float("nan")
+    bad_evals, consecutive_skips, stopped_early = 0, 0, False
+    loss_t = torch.full((), float("nan"), device=device)  # the last step's loss, on the device
     tokens_since, t_since = 0, time.perf_counter()
     bar = tqdm(
         total=cfg.max_steps,
@@ -436,7 +469,7 @@ def fit(
                 lr = get_lr(run.step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                step_loss, step_metrics = 0.0, {}
+                step_loss, step_metrics = torch.zeros((), device=device), {}
                 for micro in range(cfg.grad_accum):
                     batch = to_device(
                         train_data.batch(run.data_step, micro, info.rank, info.world), device
@@ -445,18 +478,25 @@ def fit(
                     with contextlib.nullcontext() if sync else wrapped.no_sync():
                         with _autocast(device, amp):
                             out = objective(step_fn, batch)
-                        (out.loss / cfg.grad_accum).backward()
-                    step_loss += float(out.loss.detach()) / cfg.grad_accum
+                        scaler.scale(out.loss / cfg.grad_accum).backward()
+                    step_loss += out.loss.detach().float() / cfg.grad_accum
                     for k, v in out.metrics.items():
                         step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
                     tokens_since += int(batch["input_ids"].numel()) * info.world
+                scaler.unscale_(optimizer)
                 grad_norm = _grad_norm(params, cfg.grad_clip)
-                bad = D.any_rank(not (math.isfinite(step_loss) and math.isfinite(grad_norm)), info)
+                # one host sync per step: may this step go on? (under fp16 an overflowing
+                # gradient is the scaler's to skip, so only the loss is checked)
+                finite = torch.isfinite(step_loss)
+                if not scaler.is_enabled():
+                    finite = finite & torch.isfinite(grad_norm)
+                bad = D.any_rank(not bool(finite), info)
                 run.data_step += 1
                 if bad:
                     optimizer.zero_grad(set_to_none=True)
+                    scaler.update()
                     consecutive_skips += 1
-                    what = f"loss {step_loss} / gradient norm {grad_norm}"
+                    what = f"loss {float(step_loss)} / gradient norm {float(grad_norm)}"
                     if cfg.nonfinite == "halt" or consecutive_skips >= cfg.max_skips:
                         raise TrainingError(
                             f"non-finite {what} at step {run.step + 1} (batch {run.data_step - 1}), "
@@ -475,17 +515,23 @@ def fit(
                         )
                     continue
                 consecutive_skips = 0
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 run.step += 1
                 done = run.step
-                last_loss = D.all_mean(step_loss, info)
+                loss_t = step_loss
                 bar.update(1)
                 estimate = clock.step_done(done)
                 if estimate is not None and main:
                     _note(estimate)
 
                 record: dict[str, Any] | None = None
+                is_eval = eval_data is not None and (
+                    done % cfg.eval_every == 0 or done == cfg.max_steps
+                )
+                if done % cfg.log_every == 0 or done == cfg.max_steps or is_eval:
+                    last_loss = D.all_mean(loss_t, info)  # host syncs on log steps only
                 if done % cfg.log_every == 0 or done == cfg.max_steps:
                     elapsed = time.perf_counter() - t_since
                     record = {
@@ -493,15 +539,12 @@ def fit(
                         "loss": last_loss,
                         "lr": lr,
                         "tokens_per_s": tokens_since / max(elapsed, 1e-9),
-                        "grad_norm": grad_norm,
+                        "grad_norm": float(grad_norm),
                         "peak_mem_mb": peak_memory_mb(device),
                         **{k: D.all_mean(v, info) for k, v in step_metrics.items()},
                     }
                     tokens_since, t_since = 0, time.perf_counter()
                     bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                is_eval = eval_data is not None and (
-                    done % cfg.eval_every == 0 or done == cfg.max_steps
-                )
                 if is_eval:
                     ev = evaluate_loss(model, objective, eval_data(), device, amp)
                     record = {**(record or {"step": done, "loss": last_loss, "lr": lr}), **ev}
@@ -532,7 +575,7 @@ def fit(
                     if run.saved_at != run.step:
                         run.checkpoint()
                     return TrainResult(
-                        out_dir, run.step, last_loss, run.best_loss, interrupted=True,
+                        out_dir, run.step, D.all_mean(loss_t, info), run.best_loss, interrupted=True,
                         best_score=run.best,
                     )  # fmt: skip
         if eval_data is None:
@@ -542,7 +585,7 @@ def fit(
         if main:
             plot_losses(metrics_path, out_dir / "loss.png")
         return TrainResult(
-            out_dir, run.step, last_loss, run.best_loss, stopped_early=stopped_early,
+            out_dir, run.step, D.all_mean(loss_t, info), run.best_loss, stopped_early=stopped_early,
             best_score=run.best,
         )  # fmt: skip
     finally:
