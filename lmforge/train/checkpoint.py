@@ -103,7 +103,7 @@ def save_checkpoint(
     previous one atomically.
 
     Args:
-        path: the checkpoint dir (e.g. run/checkpoints/last).
+        path: the checkpoint dir (e.g. run/checkpoints/step-00001000).
         cfg: the ModelConfig (written as config.json).
         model_state: full model tensors by name; names in `skip` (tied copies) are left out.
         optim_state: name-keyed optimizer state ({"state": ..., "param_groups": ...}).
