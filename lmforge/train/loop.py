@@ -1,16 +1,16 @@
 """The one training loop, used by pretraining and by every kind of fine-tuning.
 
-    for step in range(start, max_steps):
-        lr = get_lr(step)                                  # warm-up + cosine, a pure function
-        for micro in range(grad_accum):                    # gradient accumulation
-            loss = objective(model, data.batch(step, micro)) / grad_accum
-            loss.backward()
-        clip_grad_norm_(params, grad_clip); optimizer.step(); optimizer.zero_grad()
-        every log_every:  metrics.jsonl line (step, loss, lr, tokens_per_s)
-        every eval_every: held-out loss and perplexity; best model (by select_metric) -> out_dir;
-                          checkpoint -> last
+    run = _start(...)                                   # device, wrapper, optimizer, resume
+    while run.step < max_steps:
+        lr = get_lr(run.step)                           # warm-up + cosine, a pure function
+        step = train_step(run, objective, data, lr)     # grad_accum micro-batches, clip, update
+        every log_every:  log_record(...) -> metrics.jsonl (step, loss, lr, tokens_per_s, ...)
+        every eval_every: evaluate(...) -> held-out loss; best model (by select_metric) -> out_dir
+        every save_every: run.checkpoint() -> checkpoints/step-NNNNNNNN
 
-Objectives and data differ between tasks; the loop does not.
+The process group is the caller's (`distributed.process_group`); the device is waited for once
+per step (may the update go on?) and losses are read back on logging steps only. Objectives and
+data differ between tasks; the loop does not.
 """
 
 from __future__ import annotations
@@ -278,6 +278,12 @@ class _Run:
         self.saved_at = -1
         self.run_id = uuid.uuid4().hex  # checkpoints carry it; pruning touches only this run's
         self.scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
+        # set by _start: where and how the steps run
+        self.device = torch.device("cpu")
+        self.amp: torch.dtype | None = None
+        self.wrapped: torch.nn.Module = model  # the DDP wrapper or the (sharded) model
+        self.step_fn: Callable[..., Any] = model  # `wrapped`, compiled with cfg.compile
+        self.params: list[torch.Tensor] = []
 
     def checkpoint(self) -> None:
         """Save a full checkpoint (collective: every rank takes part, rank 0 writes)."""
@@ -404,6 +410,98 @@ def fit(
             D.teardown(info)
 
 
+@dataclass
+class _Step:
+    """What one optimizer step left behind (tensors stay on the device until a log step)."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    metrics: dict[str, float]
+    tokens: int
+    ok: bool  # False: non-finite on some rank, the update was not applied
+
+
+def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: float) -> _Step:
+    """One optimizer step: forward/backward over `grad_accum` micro-batches, clip, update.
+
+    loss = mean over micro-batches of objective(model, batch); gradients are those of loss (each
+    micro-batch's loss is divided by grad_accum; under DDP only the last one all-reduces). The
+    update is applied only when the loss (and, without fp16 loss scaling, the gradient norm)
+    is finite on every rank: one host sync per step.
+    """
+    cfg, info, scaler = run.cfg, run.info, run.scaler
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss = torch.zeros((), device=run.device)
+    metrics: dict[str, float] = {}
+    tokens = 0
+    for micro in range(cfg.grad_accum):
+        batch = to_device(train_data.batch(run.data_step, micro, info.rank, info.world), run.device)
+        sync = micro == cfg.grad_accum - 1 or info.strategy != "ddp"
+        with contextlib.nullcontext() if sync else run.wrapped.no_sync():
+            with _autocast(run.device, run.amp):
+                out = objective(run.step_fn, batch)
+            scaler.scale(out.loss / cfg.grad_accum).backward()
+        loss += out.loss.detach().float() / cfg.grad_accum
+        for k, v in out.metrics.items():
+            metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
+        tokens += int(batch["input_ids"].numel()) * info.world
+    scaler.unscale_(run.optimizer)
+    grad_norm = _grad_norm(run.params, cfg.grad_clip)
+    # under fp16 an overflowing gradient is the scaler's to skip, so only the loss is checked
+    finite = torch.isfinite(loss)
+    if not scaler.is_enabled():
+        finite = finite & torch.isfinite(grad_norm)
+    ok = not D.any_rank(not bool(finite), info)
+    run.data_step += 1
+    if ok:
+        scaler.step(run.optimizer)
+        run.step += 1
+    scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return _Step(loss, grad_norm, metrics, tokens, ok)
+
+
+def _skipped(run: _Run, step: _Step, in_a_row: int) -> dict[str, Any]:
+    """The record of a skipped batch, or TrainingError when skipping may not go on."""
+    what = f"loss {float(step.loss)} / gradient norm {float(step.grad_norm)}"
+    if run.cfg.nonfinite == "halt" or in_a_row >= run.cfg.max_skips:
+        raise TrainingError(
+            f"non-finite {what} at step {run.step + 1} (batch {run.data_step - 1}), "
+            f"{in_a_row} time(s) in a row; lower lr or check that batch of the data."
+        )
+    return {"step": run.step, "skipped_batch": run.data_step - 1, "reason": what}
+
+
+def log_record(run: _Run, step: _Step, lr: float, tokens_per_s: float) -> dict[str, Any]:
+    """The metrics.jsonl record of a logging step (collective: losses are means over ranks)."""
+    return {
+        "step": run.step,
+        "loss": D.all_mean(step.loss, run.info),
+        "lr": lr,
+        "tokens_per_s": tokens_per_s,
+        "grad_norm": float(step.grad_norm),
+        "peak_mem_mb": peak_memory_mb(run.device),
+        **{k: D.all_mean(v, run.info) for k, v in step.metrics.items()},
+    }
+
+
+def evaluate(
+    run: _Run, objective: Objective, eval_data: Callable[[], Iterable[Batch]]
+) -> tuple[dict[str, float], bool]:
+    """Held-out numbers; when they are the best so far (by cfg.select_metric), the weights are
+    exported as the run's model. Returns (numbers, improved)."""
+    ev = evaluate_loss(run.model, objective, eval_data(), run.device, run.amp)
+    score = _select(ev, run.cfg)
+    better = run.best is None or (
+        score < run.best if run.cfg.select_mode == "min" else score > run.best
+    )
+    if better:
+        run.best, run.best_loss = score, ev["eval_loss"]
+        run.export_best()
+    return ev, better
+
+
 def _fit(
     model: torch.nn.Module,
     objective: Objective,
@@ -422,146 +520,59 @@ def _fit(
 ) -> TrainResult:
     from lmforge.utils.plots import plot_losses
 
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    amp = autocast_dtype(cfg.precision, device)
-    if cfg.activation_checkpointing and hasattr(model, "set_gradient_checkpointing"):
-        model.set_gradient_checkpointing(True)
-    model.to(device)
-    wrapped = D.wrap(model, info)
-    optimizer = build_optimizer(model, cfg)
-    run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
-    scaler = run.scaler = grad_scaler(amp, device)
-    metrics_path = out_dir / "metrics.jsonl"
+    run = _start(model, cfg, out_dir, info, device, resume, save_extra, export)
     main = info.is_main
-
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale(run.ckpt_root)
-        clean_orphan_temps(out_dir)
-    D.barrier(info)
-    resumed = resume and run.resume()
-    if main:
-        history = _read_metrics(metrics_path, run.step) if resumed else []
-        atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
-        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
-
-    if main and (warning := warmup_warning(cfg)) is not None:
-        _note(warning)
+    metrics_path = out_dir / "metrics.jsonl"
     clock = WallClock(run.step, cfg.max_steps)
-    step_fn = torch.compile(wrapped) if cfg.compile else wrapped
-    params = [p for p in model.parameters() if p.requires_grad]
-    bad_evals, consecutive_skips, stopped_early = 0, 0, False
-    loss_t = torch.full((), float("nan"), device=device)  # the last step's loss, on the device
+    bad_evals, skips, stopped_early = 0, 0, False
+    last = _Step(torch.full((), float("nan")), torch.zeros(()), {}, 0, True)
     tokens_since, t_since = 0, time.perf_counter()
     bar = tqdm(
-        total=cfg.max_steps,
-        initial=run.step,
-        disable=not (progress and main),
-        unit="step",
+        total=cfg.max_steps, initial=run.step, disable=not (progress and main), unit="step",
         dynamic_ncols=True,
-    )
+    )  # fmt: skip
     log = open(metrics_path, "a", encoding="utf-8") if main else None
+
+    def write(record: dict[str, Any]) -> None:
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if on_log is not None and "skipped_batch" not in record:
+            on_log(record)
+
     model.train()
     try:
         with _StopSignal() as stop:
             while run.step < cfg.max_steps:
                 lr = get_lr(run.step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                step_loss, step_metrics = torch.zeros((), device=device), {}
-                for micro in range(cfg.grad_accum):
-                    batch = to_device(
-                        train_data.batch(run.data_step, micro, info.rank, info.world), device
-                    )
-                    sync = micro == cfg.grad_accum - 1 or info.strategy != "ddp"
-                    with contextlib.nullcontext() if sync else wrapped.no_sync():
-                        with _autocast(device, amp):
-                            out = objective(step_fn, batch)
-                        scaler.scale(out.loss / cfg.grad_accum).backward()
-                    step_loss += out.loss.detach().float() / cfg.grad_accum
-                    for k, v in out.metrics.items():
-                        step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
-                    tokens_since += int(batch["input_ids"].numel()) * info.world
-                scaler.unscale_(optimizer)
-                grad_norm = _grad_norm(params, cfg.grad_clip)
-                # one host sync per step: may this step go on? (under fp16 an overflowing
-                # gradient is the scaler's to skip, so only the loss is checked)
-                finite = torch.isfinite(step_loss)
-                if not scaler.is_enabled():
-                    finite = finite & torch.isfinite(grad_norm)
-                bad = D.any_rank(not bool(finite), info)
-                run.data_step += 1
-                if bad:
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.update()
-                    consecutive_skips += 1
-                    what = f"loss {float(step_loss)} / gradient norm {float(grad_norm)}"
-                    if cfg.nonfinite == "halt" or consecutive_skips >= cfg.max_skips:
-                        raise TrainingError(
-                            f"non-finite {what} at step {run.step + 1} (batch {run.data_step - 1}), "
-                            f"{consecutive_skips} time(s) in a row; lower lr or check that batch of the data."
-                        )
-                    if log is not None:
-                        log.write(
-                            json.dumps(
-                                {
-                                    "step": run.step,
-                                    "skipped_batch": run.data_step - 1,
-                                    "reason": what,
-                                }
-                            )
-                            + "\n"
-                        )
+                step = train_step(run, objective, train_data, lr)
+                tokens_since += step.tokens
+                if not step.ok:
+                    skips += 1
+                    write(_skipped(run, step, skips))
                     continue
-                consecutive_skips = 0
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                run.step += 1
-                done = run.step
-                loss_t = step_loss
+                skips, last, done = 0, step, run.step
                 bar.update(1)
-                estimate = clock.step_done(done)
-                if estimate is not None and main:
+                if main and (estimate := clock.step_done(done)) is not None:
                     _note(estimate)
 
                 record: dict[str, Any] | None = None
                 is_eval = eval_data is not None and (
                     done % cfg.eval_every == 0 or done == cfg.max_steps
                 )
-                if done % cfg.log_every == 0 or done == cfg.max_steps or is_eval:
-                    last_loss = D.all_mean(loss_t, info)  # host syncs on log steps only
                 if done % cfg.log_every == 0 or done == cfg.max_steps:
-                    elapsed = time.perf_counter() - t_since
-                    record = {
-                        "step": done,
-                        "loss": last_loss,
-                        "lr": lr,
-                        "tokens_per_s": tokens_since / max(elapsed, 1e-9),
-                        "grad_norm": float(grad_norm),
-                        "peak_mem_mb": peak_memory_mb(device),
-                        **{k: D.all_mean(v, info) for k, v in step_metrics.items()},
-                    }
+                    rate = tokens_since / max(time.perf_counter() - t_since, 1e-9)
+                    record = log_record(run, step, lr, rate)
                     tokens_since, t_since = 0, time.perf_counter()
-                    bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}")
                 if is_eval:
-                    ev = evaluate_loss(model, objective, eval_data(), device, amp)
-                    record = {**(record or {"step": done, "loss": last_loss, "lr": lr}), **ev}
-                    score = _select(ev, cfg)
-                    if run.best is None or (
-                        score < run.best if cfg.select_mode == "min" else score > run.best
-                    ):
-                        run.best, run.best_loss, bad_evals = score, ev["eval_loss"], 0
-                        run.export_best()
-                    else:
-                        bad_evals += 1
-                    bar.set_postfix(loss=f"{last_loss:.3f}", eval=f"{ev['eval_loss']:.3f}")
-                if record is not None and log is not None:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                if record is not None and on_log is not None:
-                    on_log(record)
+                    ev, better = evaluate(run, objective, eval_data)
+                    bad_evals = 0 if better else bad_evals + 1
+                    head = record or {"step": done, "loss": D.all_mean(step.loss, info), "lr": lr}
+                    record = {**head, **ev}
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{ev['eval_loss']:.3f}")
+                if record is not None:
+                    write(record)
                 if is_eval or done % (cfg.save_every or cfg.eval_every) == 0:
                     run.checkpoint()
                 if is_eval:
@@ -575,8 +586,8 @@ def _fit(
                     if run.saved_at != run.step:
                         run.checkpoint()
                     return TrainResult(
-                        out_dir, run.step, D.all_mean(loss_t, info), run.best_loss, interrupted=True,
-                        best_score=run.best,
+                        out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
+                        interrupted=True, best_score=run.best,
                     )  # fmt: skip
         if eval_data is None:
             run.export_best()
@@ -585,10 +596,50 @@ def _fit(
         if main:
             plot_losses(metrics_path, out_dir / "loss.png")
         return TrainResult(
-            out_dir, run.step, D.all_mean(loss_t, info), run.best_loss, stopped_early=stopped_early,
-            best_score=run.best,
+            out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
+            stopped_early=stopped_early, best_score=run.best,
         )  # fmt: skip
     finally:
         bar.close()
         if log is not None:
             log.close()
+
+
+def _start(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    out_dir: Path,
+    info: D.DistInfo,
+    device: torch.device,
+    resume: bool,
+    save_extra: Callable[[Path], None] | None,
+    export: Callable[[Path], None] | None,
+) -> _Run:
+    """Model on its device and wrapped, optimizer, loss scaler; the run dir cleaned of killed
+    writes; the newest checkpoint loaded (`resume`); metrics.jsonl cut back to it."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if cfg.activation_checkpointing and hasattr(model, "set_gradient_checkpointing"):
+        model.set_gradient_checkpointing(True)
+    model.to(device)
+    wrapped = D.wrap(model, info)
+    optimizer = build_optimizer(model, cfg)
+    run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
+    run.device, run.amp, run.wrapped = device, autocast_dtype(cfg.precision, device), wrapped
+    run.scaler = grad_scaler(run.amp, device)
+    run.step_fn = torch.compile(wrapped) if cfg.compile else wrapped
+    run.params = [p for p in model.parameters() if p.requires_grad]
+    metrics_path = out_dir / "metrics.jsonl"
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(run.ckpt_root)
+        clean_orphan_temps(out_dir)
+    D.barrier(info)
+    resumed = resume and run.resume()
+    if info.is_main:
+        history = _read_metrics(metrics_path, run.step) if resumed else []
+        atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
+        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+        if (warning := warmup_warning(cfg)) is not None:
+            _note(warning)
+    return run
