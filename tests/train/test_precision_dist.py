@@ -64,3 +64,22 @@ def test_fp16_trains_with_a_grad_scaler(tmp_path):
         (tmp_path / "checkpoints" / "step-00000030" / "trainer_state.json").read_text()
     )
     assert state["grad_scaler"]["scale"] > 0
+
+
+def test_fsdp_model_returns_no_view(monkeypatch):
+    import warnings
+
+    from lmforge.objectives import causal_lm_loss as loss_fn
+
+    monkeypatch.setenv("MASTER_PORT", "29534")
+    monkeypatch.delenv("RANK", raising=False)
+    with D.process_group("fsdp", torch.device("cpu")) as info:
+        model = Transformer(ModelConfig.from_preset("gpt-tiny", vocab_size=64))
+        D.wrap(model, info)
+        x = torch.randint(0, 64, (2, 16))
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            loss_fn(model, {"input_ids": x, "labels": x}).loss.backward()
+    assert not [w for w in seen if "view tensor" in str(w.message)]
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
