@@ -193,8 +193,9 @@ def pretrain(
 
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 writes files
     inputs = [*(data or []), tokenizer_dir, init_from]
+    # checked now; created and marked once the options are known to be good
     prepare_out_dir(
-        out_dir, "pretrain", inputs=inputs, overwrite=overwrite, resume=resume, write=main
+        out_dir, "pretrain", inputs=inputs, overwrite=overwrite, resume=resume, write=False
     )
     shards = _open_shards(data, objective)
     # every checkpoint holds the run's config.json; the newest complete one tells the model config
@@ -277,6 +278,7 @@ def pretrain(
     else:
         mcfg = _model_config(model_values, tok, **specials)
     _check_objective(objective, mcfg, name)
+    prepare_out_dir(out_dir, "pretrain", inputs=inputs, overwrite=overwrite, resume=resume)
     run_fingerprint = {
         "objective": objective,
         "model_config": mcfg.to_dict(),
