@@ -133,7 +133,7 @@ def all_mean(value: float | torch.Tensor, info: DistInfo) -> float:
     """The mean of a number over ranks (the logged loss of a step is the global mean)."""
     if not info.enabled or info.world == 1:
         return float(value)
-    t = torch.as_tensor(value, dtype=torch.float64).reshape(1).to(comm_device(info))
+    t = torch.as_tensor(value).reshape(1).to(comm_device(info)).to(torch.float64)
     dist.all_reduce(t)
     return float(t) / info.world
 
