@@ -19,8 +19,8 @@ plain model dir with the update folded in.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
