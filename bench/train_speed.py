@@ -9,8 +9,10 @@ same cross-entropy. Both losses on the first batch are printed before training (
     python bench/train_speed.py                                   # gpt-mini, CPU, fp32
     python bench/train_speed.py --device cuda --dtype bf16 --compile --batch-size 32
 
-Reports tokens/s (median over repeats; contenders alternate within each repeat) and the ratio
-lmforge / Hugging Face.
+Reports tokens/s (median over repeats; contenders alternate within each repeat), the ratio
+lmforge / Hugging Face, and each contender's MFU: tokens/s x training FLOPs per token
+(`lmforge.train.flops.train_flops_per_token`, attention counted) / the matrix-multiply peak
+measured in the same run (`matmul_peak_flops`, before and after the timing; the higher is used).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from lmforge.config import ModelConfig
 from lmforge.objectives.lm import causal_lm_loss, cross_entropy
+from lmforge.train.flops import matmul_peak_flops, train_flops_per_token
 from lmforge.train.optim import param_groups
 
 LR, BETAS, EPS, WEIGHT_DECAY, CLIP = 3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
@@ -132,13 +135,24 @@ def main() -> None:
         contenders[name] = make_steps(
             model, loss_of(runnable), batches, args.steps, device, args.dtype
         )
+    peak_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    peak_before = matmul_peak_flops(device, peak_dtype)
     times = common.alternate(contenders, device, args.repeats, args.warmup)
+    peak = max(peak_before, matmul_peak_flops(device, peak_dtype))
+    flops_token = train_flops_per_token(ours, args.seq_len)
     tokens = args.steps * args.batch_size * args.seq_len
     rates = {n: [tokens / t for t in ts] for n, ts in times.items()}
     ratios = common.ratio_columns(rates, "hf-sdpa")
-    rows = [[n, common.median(r), common.spread(r), *ratios[n]] for n, r in rates.items()]
+    rows = [
+        [n, common.median(r), common.spread(r), *ratios[n], common.median(r) * flops_token / peak]
+        for n, r in rates.items()
+    ]
+    print(
+        f"- matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s ({args.dtype}); "
+        f"training FLOPs per token {flops_token / 1e6:.2f} M (attention counted)"
+    )
     print()
-    headers = ["model", "tokens/s (median)", "range", "vs hf-sdpa", "paired", "best/best"]
+    headers = ["model", "tokens/s (median)", "range", "vs hf-sdpa", "paired", "best/best", "MFU"]
     print(common.markdown_table(headers, rows))
     med, paired, best = ratios["lmforge"]
     print(
@@ -152,6 +166,8 @@ def main() -> None:
                     "machine": common.machine_info(device),
                     "step0_loss": losses0,
                     "tokens_per_s": rates,
+                    "matmul_peak_flops": peak,
+                    "train_flops_per_token": flops_token,
                 },
                 indent=2,
             )

@@ -57,11 +57,14 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/quickstart"),
     max_steps: Annotated[int, typer.Option(help="Training steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out, or start over an earlier run.")
+    ] = False,
 ) -> None:
     """Train a BPE tokenizer and a small GPT on the embedded corpus, then generate (no download)."""
     from lmforge.recipes.quickstart import quickstart as run
 
-    run(out, max_steps=max_steps, seed=seed)
+    run(out, max_steps=max_steps, seed=seed, overwrite=overwrite)
 
 
 @app.command()
@@ -91,8 +94,12 @@ def pretrain(
         Path | None,
         typer.Option(help="Continue pretraining this model dir (its weights and tokenizer)."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out, or start over an earlier run.")
+    ] = False,
 ) -> None:
-    """Pretrain a model from scratch on an objective (default data: the embedded corpus)."""
+    """Pretrain a model from scratch on an objective (default data: the embedded corpus, or a
+    token-shard folder made by `lmforge data prepare`)."""
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.pretrain import pretrain as run
 
@@ -111,6 +118,7 @@ def pretrain(
         tokenizer_dir=tokenizer,
         resume=resume,
         init_from=init,
+        overwrite=overwrite,
     )
     ppl = f"{r.eval_ppl:.2f}" if r.eval_ppl is not None else "n/a"
     trained = f"trained {r.n_params / 1e6:.2f}M parameters for {r.train.steps} steps"
@@ -132,12 +140,17 @@ def tokenizer_train(
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 8192,
     data: DataOpt = None,
     kind: Annotated[str, typer.Option(help="bpe (byte-level) or wordpiece.")] = "bpe",
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
+    ] = False,
 ) -> None:
     """Train a tokenizer (default data: the embedded corpus) and save tokenizer.json."""
     from lmforge.data import default_corpus, read_documents
     from lmforge.errors import ConfigError
     from lmforge.tokenizer import train_tokenizer
+    from lmforge.utils.fs import prepare_out_dir
 
+    prepare_out_dir(out, "tokenizer", inputs=data or [], overwrite=overwrite)
     if kind not in ("bpe", "wordpiece"):
         raise ConfigError(f"unknown tokenizer kind '{kind}'; choose bpe or wordpiece.")
     docs = read_documents(data) if data else default_corpus()

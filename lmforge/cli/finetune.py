@@ -73,6 +73,9 @@ def finetune(
         str | None,
         typer.Option(help="none, ddp or fsdp; run under torchrun for several processes."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
+    ] = False,
 ) -> None:
     """Fine-tune a model on labelled data: classification, BIO tagging, SFT or seq2seq."""
     from lmforge.config.train import parse_overrides
@@ -102,6 +105,10 @@ def finetune(
     values = parse_overrides(overrides or [])
     if strategy is not None:
         values["strategy"] = strategy
+    from lmforge.utils.fs import prepare_out_dir
+
+    prepare_out_dir(out, "finetune", inputs=[model_dir, train, valid, test], overwrite=overwrite,
+                    resume=resume)  # fmt: skip
     with truncation_lines():
         r = run(model_dir, train, out, fc, valid=valid, test=test,
                 overrides=values, resume=resume)  # fmt: skip

@@ -30,6 +30,9 @@ def convert(
     type: Annotated[
         str, typer.Option("--type", help="GGUF storage of the matrices: f32, f16, q8_0 or q4_0.")
     ] = "f16",
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
+    ] = False,
 ) -> None:
     """Convert a checkpoint: Hugging Face (gpt2, llama, bert, t5) both ways, GGUF (llama) in,
     GGUF (llama, gpt2) out (--out is then the .gguf file)."""
@@ -48,13 +51,22 @@ def convert(
         )
     from lmforge.config import ModelConfig
     from lmforge.interop import export_hf, import_gguf, import_hf
+    from lmforge.utils.fs import prepare_out_dir
 
     if to_gguf is not None:
+        from lmforge.errors import ConfigError
         from lmforge.interop.gguf_export import export_gguf
 
+        if out.exists() and (out.is_dir() or not overwrite):
+            what = "a folder" if out.is_dir() else "a file that exists"
+            raise ConfigError(
+                f"--out {out} is {what}; name a new .gguf file"
+                + ("." if out.is_dir() else ", or pass --overwrite to replace it.")
+            )
         export_gguf(to_gguf, out, type)
         typer.echo(f"exported {to_gguf} as GGUF ({type}) to {out}")
         return
+    prepare_out_dir(out, "convert", inputs=[from_hf, to_hf, from_gguf], overwrite=overwrite)
     if from_hf is not None:
         import_hf(from_hf, out)
     elif from_gguf is not None:

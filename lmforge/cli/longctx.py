@@ -36,11 +36,16 @@ def extend_context(
     data: DataOpt = None,
     steps: Annotated[int, typer.Option(help="Fine-tuning steps (0 = config change only).")] = 200,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value train settings.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
+    ] = False,
 ) -> None:
     """Extend a RoPE model's context (PI, NTK or YaRN) with a short fine-tune."""
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.extend_context import extend_context as run
+    from lmforge.utils.fs import prepare_out_dir
 
+    prepare_out_dir(out, "extend-context", inputs=[model_dir, *(data or [])], overwrite=overwrite)
     r = run(model_dir, out, factor=factor, method=method, data=data, steps=steps,
             overrides=parse_overrides(overrides or []))  # fmt: skip
     typer.echo(f"context extended to {r.max_seq_len} tokens with {method}; model in {r.out_dir}")

@@ -3,6 +3,7 @@ shard folder that :mod:`lmforge.data.shards` describes and reads."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import json
@@ -22,10 +23,12 @@ from lmforge.data.lm import token_dtype
 from lmforge.errors import ConfigError, DataError
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils.fs import (
+    RUN_MARKER,
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
     fsync_dir,
+    prepare_out_dir,
     sha256_file,
 )
 
@@ -37,9 +40,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 Split = Literal["train", "valid"]
 SPLITS: tuple[Split, ...] = ("train", "valid")
 _CHUNK_CHARS = 1 << 22  # characters of text per tokenization task
+_READ_BYTES = 1 << 24  # bytes of a text file read at a time
 # Names a shard folder may hold besides the tokenizer files: shards, the manifest, and the
 # hidden temporary files (".NAME.XXXX.tmp") an interrupted atomic write leaves behind.
-_OURS = re.compile(r"^(manifest\.json|(train|valid)-\d{5,}\.bin|\..+\.tmp)$")
+_OURS = re.compile(r"^(manifest\.json|lmforge_run\.json|(train|valid)-\d{5,}\.bin|\..+\.tmp)$")
 _WORKER: dict[str, Tokenizer] = {}
 
 
@@ -60,8 +64,10 @@ def prepare_shards(
     validation when the first 8 bytes of SHA-256(``"lmforge-split:{seed}\\0"`` + text), read as
     a fraction of 2**64, fall below ``valid_fraction``: the choice depends only on the text and
     the seed (identical documents land on the same side), never on order or worker count, so
-    the output is byte for byte the same for any ``workers``. A small corpus may hold nothing
-    out. A shard holds whole documents and is closed once it has ``shard_tokens`` tokens or more.
+    the output is byte for byte the same for any ``workers``. When that holds out no document
+    (a small corpus, a one-file corpus) the last ``valid_fraction`` of the training tokens is
+    held out instead (see :func:`_hold_out_tail`; the manifest's ``held_out`` says which way).
+    Files stream through (see :func:`stream_documents`), so a corpus need not fit in memory. A shard holds whole documents and is closed once it has ``shard_tokens`` tokens or more.
 
     Args:
         paths: text/Markdown/JSON(L) files or folders.
@@ -87,6 +93,10 @@ def prepare_shards(
         raise DataError("no data paths were given; pass a .txt or .jsonl file or a folder of them.")
     inside = out.resolve()  # the shard folder's own JSON files are not data
     files = [f for f in files if not f.resolve().is_relative_to(inside)]
+    # the shared check that --out is no input; _claim_out_dir refuses a folder of other files
+    prepare_out_dir(
+        out, "token-shards", inputs=[tokenizer_dir, *paths], overwrite=True, write=False
+    )
     _claim_out_dir(out)
     tok_sha = _copy_tokenizer(tokenizer_dir, out)
     dtype = token_dtype(tok.vocab_size).newbyteorder("<")
@@ -105,6 +115,9 @@ def prepare_shards(
     if not train.entries and not valid.entries:
         names = ", ".join(str(p) for p in paths)
         raise DataError(f"no text found in {names} (every document is empty or blank); add text.")
+    held_out = "documents"
+    if valid_fraction > 0 and not valid.entries:
+        held_out = _hold_out_tail(out, train.entries, valid.entries, valid_fraction, tok, dtype)
 
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -115,7 +128,9 @@ def prepare_shards(
         "bos_id": tok.bos_id,
         "eos_id": tok.eos_id,
         "tokenizer_sha256": tok_sha,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tok),
         "valid_fraction": valid_fraction,
+        "held_out": held_out,
         "seed": seed,
         "shard_tokens": shard_tokens,
         "sources": [str(p) for p in paths],
@@ -124,6 +139,68 @@ def prepare_shards(
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def _hold_out_tail(
+    out: Path,
+    train: list[dict[str, Any]],
+    valid: list[dict[str, Any]],
+    valid_fraction: float,
+    tok: Tokenizer,
+    dtype: np.dtype,
+) -> str:
+    """When hashing held out no document (a small corpus, one file), move the last
+    ``valid_fraction`` of the training tokens to a validation shard; return how.
+
+    The cut goes at the start of a document (a BOS) within that many tokens of the target, so
+    whole documents move ("tail documents"); with none near, the last document is cut in two
+    and each half gets its EOS/BOS ("tail of a document"), as a split of one text would.
+    """
+    last = train[-1]
+    tokens = np.fromfile(out / last["file"], dtype=dtype)
+    total = sum(e["n_tokens"] for e in train)
+    want = min(max(1, round(valid_fraction * total)), len(tokens) - 1)
+    if want < 1:
+        return "none (too few tokens)"
+    target = len(tokens) - want
+    starts = np.flatnonzero(tokens == tok.bos_id) if tok.bos_id is not None else np.array([])
+    near = starts[(starts > 0) & (np.abs(starts - target) <= want)]
+    bos = [] if tok.bos_id is None else [tok.bos_id]
+    eos = [] if tok.eos_id is None else [tok.eos_id]
+    if len(near):
+        cut = int(near[np.argmin(np.abs(near - target))])
+        head, tail = tokens[:cut], tokens[cut:]
+        moved, how = int((tail == tok.bos_id).sum()), "tail documents"
+        n_head, n_tail = last["n_documents"] - moved, moved
+    else:
+        head = np.concatenate([tokens[:target], np.asarray(eos, dtype)])
+        tail = np.concatenate([np.asarray(bos, dtype), tokens[target:]])
+        how, n_head, n_tail = "tail of a document", last["n_documents"], 1
+    for entries, name, part, n_docs in (
+        (valid, "valid-00000.bin", tail, n_tail),
+        (None, last["file"], head, n_head),
+    ):
+        data = part.astype(dtype).tobytes()
+        atomic_write_bytes(out / name, data)
+        entry = {
+            "file": name,
+            "n_tokens": len(part),
+            "n_documents": n_docs,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        if entries is None:
+            train[-1] = entry
+        else:
+            entries.append(entry)
+    return how
+
+
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
+    """SHA-256 of a tokenizer's content: its vocabulary, merges, normalizer and pre-tokenizer
+    (the compact ``tokenizer.json``) and its special-token roles. Two tokenizers with the same
+    fingerprint give the same ids for every text, however their files were formatted."""
+    roles = json.dumps(sorted(tok.roles.items()))
+    return hashlib.sha256((tok.backend.to_str() + "\0" + roles).encode("utf-8")).hexdigest()
 
 
 def is_shard_dir(path: str | Path) -> bool:
@@ -149,13 +226,18 @@ def _check_args(workers: int, shard_tokens: int, valid_fraction: float) -> None:
         )
 
 
+def _only_ours(out: Path) -> bool:
+    """True when ``out`` holds only files a shard folder has (one prepared before markers)."""
+    return all(_OURS.match(p.name) or p.name in TOKENIZER_FILES for p in out.iterdir())
+
+
 def _claim_out_dir(out: Path) -> None:
     """Make ``out`` ready: new, empty, or holding only shard-folder files (which are removed)."""
     if out.exists() and not out.is_dir():
         raise DataError(f"output path {out} is a file; pass a folder for the shards.")
     out.mkdir(parents=True, exist_ok=True)
     ours = [p for p in out.iterdir() if _OURS.match(p.name) or p.name in TOKENIZER_FILES]
-    if len(ours) != len(list(out.iterdir())):
+    if not _only_ours(out):
         raise DataError(
             f"output folder {out} holds files that are not token shards; pass an empty or new "
             "folder, or an earlier `lmforge data prepare` output to replace."
@@ -164,7 +246,7 @@ def _claim_out_dir(out: Path) -> None:
         (out / MANIFEST).unlink()
         fsync_dir(out)
     for path in ours:
-        if path.name not in TOKENIZER_FILES and path.name != MANIFEST:
+        if path.name not in TOKENIZER_FILES and path.name not in (MANIFEST, RUN_MARKER):
             path.unlink()
 
 
@@ -185,7 +267,7 @@ def _chunks(files: list[Path]) -> Iterator[list[str]]:
     for file in files:
         batch: list[str] = []
         size = 0
-        for doc in sources.file_documents(file):
+        for doc in stream_documents(file):
             batch.append(doc)
             size += len(doc)
             if size >= _CHUNK_CHARS:
@@ -193,6 +275,76 @@ def _chunks(files: list[Path]) -> Iterator[list[str]]:
                 batch, size = [], 0
         if batch:
             yield batch
+
+
+def stream_documents(file: Path) -> Iterator[str]:
+    """The documents of one file, as :func:`lmforge.data.sources.file_documents` gives them,
+    read piece by piece so that a file larger than memory streams through.
+
+    ``.txt``/``.md`` files are read ``_READ_BYTES`` at a time and cut into documents of at most
+    ``MAX_DOC_CHARS`` characters at the same places as ``file_documents``; ``.jsonl`` files are
+    read line by line; a ``.json`` file is one JSON value and is read whole.
+    """
+    suffix = file.suffix.lower()
+    if suffix == ".json":
+        yield from sources.file_documents(file)
+    elif suffix == ".jsonl":
+        yield from _stream_jsonl(file)
+    else:
+        for doc in _stream_text(file, sources.MAX_DOC_CHARS):
+            if doc and not doc.isspace():
+                yield doc
+
+
+def _stream_text(file: Path, limit: int) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    buffer, offset, first = "", 0, True
+    with open(file, "rb") as f:
+        while True:
+            data = f.read(_READ_BYTES)
+            if first and data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8) :]
+            first = False
+            try:
+                buffer += decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"data file {file} is not valid UTF-8 (bad byte near offset "
+                    f"{offset + exc.start}); re-encode it as UTF-8."
+                ) from None
+            offset += len(data)
+            while len(buffer) > limit:  # the cut sees the first `limit` characters, as before
+                cut = sources._boundary_before(buffer, limit)
+                yield buffer[:cut]
+                buffer = buffer[cut:]
+            if not data:
+                yield buffer
+                return
+
+
+def _stream_jsonl(file: Path) -> Iterator[str]:
+    with open(file, "rb") as f:  # binary lines end at b"\n" only, as JSON Lines wants
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            where = f"{file}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(
+                    f"{where} is not valid UTF-8; re-encode the file as UTF-8."
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{where} is not valid JSON ({exc.msg}); write one JSON object per line."
+                ) from None
+            doc = sources._text_field(record, where)
+            if doc and not doc.isspace():
+                yield doc
 
 
 Encoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # (token ids, tokens per doc, held out)

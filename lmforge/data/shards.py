@@ -17,6 +17,7 @@ N seeks straight to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from lmforge.data.shard_prepare import (
     Split,
     is_shard_dir,
     prepare_shards,
+    tokenizer_fingerprint,
 )
 from lmforge.errors import DataError
 from lmforge.tokenizer import Tokenizer
@@ -41,6 +43,7 @@ from lmforge.utils.fs import sha256_file
 
 __all__ = [
     "ShardSplit",
+    "tokenizer_fingerprint",
     "ShardWindows",
     "ShardedTokens",
     "is_shard_dir",
@@ -123,6 +126,24 @@ class ShardedTokens:
     def tokenizer(self) -> Tokenizer:
         """The tokenizer the shards were made with (copied into the folder)."""
         return Tokenizer.load(self.path)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the shards' content (every shard's hash, in order): equal for the same
+        tokens in the same shards, whatever folder they were copied to."""
+        splits = {name: [e["sha256"] for e in self.manifest["splits"][name]] for name in SPLITS}
+        return hashlib.sha256(json.dumps(splits).encode()).hexdigest()
+
+    def check_tokenizer(self, tok: Tokenizer, what: str) -> None:
+        """Refuse `tok` (named `what` in the message) when it is not the shards' tokenizer."""
+        expected = self.manifest.get("tokenizer_fingerprint")
+        if expected is None:  # a folder prepared before fingerprints were recorded
+            expected = tokenizer_fingerprint(self.tokenizer())
+        if tokenizer_fingerprint(tok) != expected:
+            raise DataError(
+                f"{what} is not the tokenizer the shards in {self.path} were made with, so its "
+                "ids would mean other text; use the shards' own tokenizer (drop --tokenizer) or "
+                "run `lmforge data prepare` again with this one."
+            )
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

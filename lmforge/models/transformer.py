@@ -308,7 +308,8 @@ class Transformer(nn.Module):
             cache=cache,
             need_weights=need_weights,
         )
-        hidden = out.hidden[:, n:]  # the soft prompt's rows are not outputs
+        # the soft prompt's rows are not outputs (no slice without one: FSDP warns on views)
+        hidden = out.hidden[:, n:] if n else out.hidden
         hidden = hidden[:, -1:] if last_only else hidden
         result = self.heads(hidden, mask, attentions=out.attentions)
         result.encoder_hidden = encoder_hidden

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -269,9 +270,9 @@ def finetune(
 
 
 def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank under torchrun (its RANK), 0 otherwise; `fit` has closed its process
+    group by the time the reports are written."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _final_metrics(model, tok, info, valid_records, test_records, batch_size) -> dict[str, Any]:

@@ -14,6 +14,7 @@ tokenizer start from an existing model dir and train on new text with the same o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -42,13 +43,16 @@ from lmforge.data.seq2seq import (
     span_count,
     split_pairs,
 )
-from lmforge.errors import CheckpointError, ConfigError, TokenizerError, did_you_mean
+from lmforge.data.shards import ShardedTokens, ShardWindows, is_shard_dir, tokenizer_fingerprint
+from lmforge.errors import CheckpointError, ConfigError, DataError, TokenizerError, did_you_mean
 from lmforge.models import Transformer, is_model_dir, load_model
 from lmforge.objectives import causal_lm_loss, mlm_nsp_loss, seq2seq_loss
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 from lmforge.train import TrainResult, fit
-from lmforge.train.checkpoint import list_checkpoints
-from lmforge.utils.fs import atomic_write_text
+from lmforge.train.checkpoint import latest_checkpoint
+from lmforge.train.distributed import process_group
+from lmforge.utils.device import resolve_device
+from lmforge.utils.fs import atomic_write_text, prepare_out_dir
 
 Objective = Literal["causal-lm", "mlm-nsp", "seq2seq"]
 #: objective -> (the arch it trains, the preset used when none is named)
@@ -103,17 +107,7 @@ def resolve_configs(
     return make_train_config(train_values), model_values
 
 
-def _model_config(
-    model_values: dict[str, Any], tok: Tokenizer, resume_dir: Path | None, **specials: Any
-) -> ModelConfig:
-    if resume_dir is not None:
-        cfg = ModelConfig.from_dir(resume_dir)
-        if cfg.vocab_size < tok.vocab_size:
-            raise ConfigError(
-                f"the checkpoint's vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
-                f"{tok.vocab_size}; resume with the tokenizer the run was started with."
-            )
-        return cfg
+def _model_config(model_values: dict[str, Any], tok: Tokenizer, **specials: Any) -> ModelConfig:
     values = dict(model_values)
     preset = values.pop("__preset__")
     vocab = values.pop("vocab_size", tok.vocab_size)
@@ -159,13 +153,15 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     init_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> PretrainResult:
     """Pretrain a model on one objective, from scratch or (with `init_from`) continued.
 
     Args:
         data: text/jsonl files or folders; None uses the embedded default corpus. For
             "seq2seq", JSONL records with "source"/"target" are trained as pairs; plain text
-            is trained with T5 span corruption.
+            is trained with T5 span corruption. A token-shard folder made by `lmforge data
+            prepare` (causal-lm only) is read memory-mapped with its own tokenizer and split.
         out_dir: the run dir (model files, tokenizer, checkpoints, metrics.jsonl, loss.png).
         preset: a model preset name (see `lmforge presets`); None picks gpt-mini, bert-mini or
             t5-mini by objective.
@@ -175,10 +171,13 @@ def pretrain(
         config_file: YAML/JSON with train keys and a `model:` mapping.
         overrides: {"key": value} for any train or model field ("model.key" also accepted).
         tokenizer_dir: use this tokenizer instead of training one.
-        resume: continue from the newest checkpoint in out_dir/checkpoints.
+        resume: continue from the newest checkpoint in out_dir/checkpoints; refused when the
+            model config, tokenizer or data differ from the run's.
         progress: show a progress bar.
         init_from: a model dir to continue pretraining from (its config, weights and
             tokenizer); `preset` is then ignored and model overrides (say dropout) apply on top.
+        overwrite: write into a non-empty `out_dir` that is not a pretrain run, or start a new
+            run over an earlier one (its checkpoints are removed).
     """
     if objective not in OBJECTIVES:
         raise ConfigError(
@@ -192,9 +191,15 @@ def pretrain(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    # every checkpoint holds the run's config.json; any complete one tells the model config
-    saved = [p for p in list_checkpoints(out_dir / "checkpoints") if is_model_dir(p)]
-    resume_dir = saved[-1] if resume and saved else None
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 writes files
+    inputs = [*(data or []), tokenizer_dir, init_from]
+    # checked now; created and marked once the options are known to be good
+    prepare_out_dir(
+        out_dir, "pretrain", inputs=inputs, overwrite=overwrite, resume=resume, write=False
+    )
+    shards = _open_shards(data, objective)
+    # every checkpoint holds the run's config.json; the newest complete one tells the model config
+    resume_dir = latest_checkpoint(out_dir / "checkpoints") if resume else None
     if init_from is not None:
         init_from = Path(init_from)
         if not is_model_dir(init_from) or not (init_from / "tokenizer.json").is_file():
@@ -219,18 +224,30 @@ def pretrain(
             "lower seq_len or raise max_seq_len."
         )
 
-    pairs = objective == "seq2seq" and bool(data) and has_pairs(data)
-    if pairs:
+    pairs = shards is None and objective == "seq2seq" and bool(data) and has_pairs(data)
+    train_docs = valid_docs = train_pairs = valid_pairs = None
+    if shards is not None:
+        texts = []
+        data_fingerprint = shards.fingerprint()
+    elif pairs:
         train_pairs, valid_pairs = split_pairs(read_pairs(data), cfg.valid_fraction, cfg.seed)
         texts = [t for pair in train_pairs for t in pair]
+        data_fingerprint = _fingerprint(json.dumps([train_pairs, valid_pairs]))
     else:
         docs = read_documents(data) if data else default_corpus()
         train_docs, valid_docs = split_documents(docs, cfg.valid_fraction, seed=cfg.seed)
         texts = train_docs
+        data_fingerprint = _fingerprint(json.dumps([train_docs, valid_docs]))
     n_sentinels = span_count(seq_len - 1)[1] if objective == "seq2seq" and not pairs else 0
 
     kind = tokenizer_kind or ("wordpiece" if objective == "mlm-nsp" else "bpe")
-    if tokenizer_dir is not None:
+    if shards is not None:
+        tok = shards.tokenizer()
+        if tokenizer_dir is not None:
+            shards.check_tokenizer(Tokenizer.load(tokenizer_dir), f"--tokenizer {tokenizer_dir}")
+        if init_from is not None:
+            shards.check_tokenizer(Tokenizer.load(init_from), f"the tokenizer of {init_from}")
+    elif tokenizer_dir is not None:
         tok = Tokenizer.load(tokenizer_dir)
     elif init_from is not None and resume_dir is None:
         tok = Tokenizer.load(init_from)
@@ -241,10 +258,6 @@ def pretrain(
     sentinels: list[int] = []
     if n_sentinels:
         tok, sentinels = add_sentinels(tok, n_sentinels)
-    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 writes files
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if main:
-        tok.save(out_dir)
 
     specials: dict[str, Any] = {}
     if objective == "seq2seq":
@@ -255,18 +268,33 @@ def pretrain(
                 "tokenizer lacks; train one with kind='bpe'."
             )
         specials = {"eos_id": eos, "decoder_start_id": tok.pad_id}  # T5: start = pad
-    if init_from is not None and resume_dir is None:
-        mcfg = probe
+    if init_from is not None:
+        mcfg = probe if resume_dir is None else _init_config(init_from, model_values)
         if mcfg.vocab_size < tok.vocab_size:
             raise ConfigError(
                 f"{init_from} has vocab_size={mcfg.vocab_size}, fewer than the tokenizer's "
                 f"{tok.vocab_size} tokens; use the model's own tokenizer."
             )
     else:
-        mcfg = _model_config(model_values, tok, resume_dir, **specials)
+        mcfg = _model_config(model_values, tok, **specials)
     _check_objective(objective, mcfg, name)
+    prepare_out_dir(out_dir, "pretrain", inputs=inputs, overwrite=overwrite, resume=resume)
+    run_fingerprint = {
+        "objective": objective,
+        "model_config": mcfg.to_dict(),
+        "tokenizer": tokenizer_fingerprint(tok),
+        "data": data_fingerprint,
+    }
+    if resume_dir is not None:
+        _check_resume(out_dir, resume_dir, run_fingerprint)
+    elif main:
+        atomic_write_text(out_dir / FINGERPRINT, json.dumps(run_fingerprint, indent=2))
+    if main:
+        tok.save(out_dir)
 
-    if objective == "causal-lm":
+    if shards is not None:
+        d = _shard_data(shards, seq_len, cfg)
+    elif objective == "causal-lm":
         d = _causal_data(tok, train_docs, valid_docs, seq_len, cfg)
     elif objective == "mlm-nsp":
         d = _mlm_data(tok, train_docs, valid_docs, seq_len, cfg)
@@ -279,17 +307,18 @@ def pretrain(
     model = Transformer(mcfg)
     if init_from is not None and resume_dir is None:  # on resume the checkpoint has the weights
         model.load_state_dict(load_model(init_from).state_dict())
-    result = fit(
-        model,
-        d.loss,
-        d.train,
-        lambda: d.valid.sequential(cfg.eval_batches),
-        cfg,
-        out_dir,
-        resume=resume,
-        save_extra=tok.save,
-        progress=progress,
-    )
+    with process_group(cfg.strategy, resolve_device(cfg.device)):  # torn down after the run
+        result = fit(
+            model,
+            d.loss,
+            d.train,
+            None if d.valid is None else lambda: d.valid.sequential(cfg.eval_batches),
+            cfg,
+            out_dir,
+            resume=resume,
+            save_extra=tok.save,
+            progress=progress,
+        )
     best = _best_eval(out_dir / "metrics.jsonl", result.best_eval_loss)
     ppl_loss = best.get("eval_mlm_loss") if objective == "mlm-nsp" else result.best_eval_loss
     best_ppl = None if ppl_loss is None else math.exp(min(ppl_loss, 50.0))
@@ -320,6 +349,67 @@ def pretrain(
         objective,
         best,
     )
+
+
+FINGERPRINT = "run_fingerprint.json"
+#: Tokens read to estimate the unigram baseline of a shard folder (a sample of big corpora).
+_UNIGRAM_SAMPLE = 10_000_000
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _open_shards(data: list[str | Path] | None, objective: str) -> ShardedTokens | None:
+    """The token-shard folder when `data` is one (made by `lmforge data prepare`), else None."""
+    if not data or not any(is_shard_dir(p) for p in data):
+        return None
+    if len(data) != 1:
+        raise DataError(
+            "a token-shard folder must be the only --data; prepare all the text into one folder "
+            "with `lmforge data prepare`."
+        )
+    if objective != "causal-lm":
+        raise ConfigError(
+            f"token shards hold one token stream for causal-lm, not {objective}; pass the text "
+            "files as --data instead."
+        )
+    return ShardedTokens(data[0])
+
+
+def _check_resume(out_dir: Path, resume_dir: Path, now: dict[str, Any]) -> None:
+    """Refuse to resume when the model config, tokenizer or data differ from the run's."""
+    before: dict[str, Any] = {"model_config": ModelConfig.from_dir(resume_dir).to_dict()}
+    path = out_dir / FINGERPRINT
+    if path.is_file():
+        before = {**json.loads(path.read_text(encoding="utf-8")), **before}
+    diffs = []
+    old_cfg, new_cfg = before["model_config"], now["model_config"]
+    changed = [k for k in sorted(set(old_cfg) | set(new_cfg)) if old_cfg.get(k) != new_cfg.get(k)]
+    diffs += [f"model {k} {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}" for k in changed[:4]]
+    for key, what in (("objective", "objective"), ("tokenizer", "tokenizer"), ("data", "data")):
+        if key in before and before[key] != now[key]:
+            shown = f"{before[key]!r} -> {now[key]!r}" if key == "objective" else "changed"
+            diffs.append(f"{what} {shown}")
+    if diffs:
+        raise ConfigError(
+            f"--resume would continue {out_dir} with a different setup ({'; '.join(diffs)}); "
+            "repeat the run's own options and data, or pass a new --out to start another run."
+        )
+
+
+def _shard_data(shards: ShardedTokens, seq_len: int, cfg: TrainConfig) -> _Data:
+    """Memory-mapped windows from a shard folder; the unigram baseline from a sample."""
+    train_split, valid_split = shards.split("train"), shards.split("valid")
+    train = ShardWindows(train_split, seq_len, cfg.batch_size, seed=cfg.seed, name="training")
+    valid = None
+    unigram = None
+    if len(valid_split) > 0:
+        valid = ShardWindows(valid_split, seq_len, cfg.batch_size, seed=cfg.seed, name="held-out")
+        sample = [train_split.window(0, min(len(train_split.shards[0]), _UNIGRAM_SAMPLE))]
+        held = valid_split.window(0, min(len(valid_split.shards[0]), _UNIGRAM_SAMPLE))
+        unigram = unigram_perplexity(sample[0], held, shards.vocab_size)
+    return _Data(causal_lm_loss, train, valid, len(train_split), len(valid_split), unigram)
 
 
 def _init_config(init_from: Path, model_values: dict[str, Any]) -> ModelConfig:

@@ -36,6 +36,7 @@ def quickstart(
     max_steps: int = 200,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> PretrainResult:
     """Run the whole pipeline end to end and print where everything was written."""
     out = Path(out)
@@ -44,7 +45,9 @@ def quickstart(
         f"lmforge quickstart: training a tokenizer and a GPT on the embedded corpus -> {out}"
     )
     settings = {**QUICKSTART_SETTINGS, "max_steps": max_steps, "seed": seed}
-    result = pretrain(None, out, preset="gpt-mini", overrides=settings, progress=progress)
+    result = pretrain(
+        None, out, preset="gpt-mini", overrides=settings, progress=progress, overwrite=overwrite
+    )
     ppl = result.eval_ppl
     typer.echo("")
     typer.echo(
@@ -65,7 +68,7 @@ def quickstart(
         typer.echo(f"sample {i + 1}: {shown}")
     typer.echo("")
     typer.echo(f"model + tokenizer : {out}/model.safetensors, config.json, tokenizer.json")
-    typer.echo(f"last checkpoint   : {out}/checkpoints/last")
+    typer.echo(f"last checkpoint   : {out}/checkpoints/step-{result.train.steps:08d}")
     typer.echo(f"metrics           : {out}/metrics.jsonl")
     typer.echo(f"loss curve        : {out}/loss.png")
     typer.echo(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -30,6 +31,17 @@ from lmforge.errors import CheckpointError
 from lmforge.utils.fs import atomic_write_text, fsync_dir, sha256_file
 
 MANIFEST = "manifest.json"
+_STEP = re.compile(r"step-\d{8,}")
+#: Files every checkpoint has (its manifest must list them, and every other file).
+REQUIRED = frozenset(
+    {
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "trainer_state.json",
+    }
+)
 
 
 def tied_names(model: torch.nn.Module) -> set[str]:
@@ -64,12 +76,18 @@ def write_manifest(path: Path) -> None:
 
 
 def verify(path: Path) -> bool:
-    """True when every file in the manifest exists with its recorded SHA-256."""
+    """True when the manifest lists exactly the checkpoint's files (an entry for every file,
+    the four required ones among them) and each has its recorded SHA-256."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return all((path / n).is_file() and sha256_file(path / n) == h for n, h in manifest.items())
+    if not isinstance(manifest, dict):
+        return False
+    files = {p.name for p in path.iterdir() if p.is_file() and p.name != MANIFEST}
+    if files != set(manifest) or not REQUIRED <= files:
+        return False
+    return all(sha256_file(path / n) == h for n, h in manifest.items())
 
 
 def save_checkpoint(
@@ -85,7 +103,7 @@ def save_checkpoint(
     previous one atomically.
 
     Args:
-        path: the checkpoint dir (e.g. run/checkpoints/last).
+        path: the checkpoint dir (e.g. run/checkpoints/step-00001000).
         cfg: the ModelConfig (written as config.json).
         model_state: full model tensors by name; names in `skip` (tied copies) are left out.
         optim_state: name-keyed optimizer state ({"state": ..., "param_groups": ...}).
@@ -139,7 +157,7 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    return sorted(p for p in root.iterdir() if p.is_dir() and _STEP.fullmatch(p.name))
 
 
 def clean_stale(root: str | Path) -> None:
@@ -154,21 +172,40 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     """The newest complete checkpoint under `root` (its files match its manifest).
 
     A newer one that is incomplete or damaged is skipped with a warning, falling back to the
-    previous complete one. None when there is no complete checkpoint.
+    previous complete one. None when there is no checkpoint at all.
+
+    Raises:
+        CheckpointError: there are checkpoints but every one is incomplete or damaged.
     """
-    for path in reversed(list_checkpoints(root)):
+    found = list_checkpoints(root)
+    for path in reversed(found):
         if verify(path):
             return path
         warnings.warn(
             f"checkpoint {path} is incomplete or damaged; falling back to the previous one.",
             stacklevel=2,
         )
+    if found:
+        raise CheckpointError(
+            f"every checkpoint under {root} ({len(found)}) is incomplete or damaged, so there is "
+            "nothing to resume from; drop --resume and add --overwrite to start over."
+        )
     return None
 
 
-def prune(root: str | Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints."""
-    for path in list_checkpoints(root)[:-keep]:
+def run_id_of(path: str | Path) -> str | None:
+    """The id of the run that wrote a checkpoint (None when unreadable or not recorded)."""
+    try:
+        return json.loads((Path(path) / "trainer_state.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def prune(root: str | Path, keep: int, run_id: str | None = None) -> None:
+    """Keep the newest `keep` checkpoints written by run `run_id`; other folders under `root`
+    (another run's checkpoints, a user's files) are never touched."""
+    ours = [p for p in list_checkpoints(root) if run_id is None or run_id_of(p) == run_id]
+    for path in ours[:-keep] if keep > 0 else ours:
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -13,7 +13,9 @@ N ranks resumes with any number of ranks.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +38,7 @@ class DistInfo:
     world: int = 1
     local_rank: int = 0
     strategy: str = "none"
+    owns_group: bool = False  # setup() started the process group, so teardown() ends it
 
     @property
     def is_main(self) -> bool:
@@ -47,7 +50,8 @@ class DistInfo:
 
 
 def setup(strategy: str, device: torch.device) -> DistInfo:
-    """Join the process group started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
+    """Join the process group started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, ...), or use
+    the one the caller already set up (then the caller also tears it down)."""
     if strategy not in ("none", "ddp", "fsdp"):
         raise ConfigError(f"unknown strategy '{strategy}'; choose none, ddp or fsdp.")
     if strategy == "none":
@@ -62,15 +66,30 @@ def setup(strategy: str, device: torch.device) -> DistInfo:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-    info = DistInfo(
-        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), strategy
-    )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, strategy, created)
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+@contextlib.contextmanager
+def process_group(strategy: str, device: torch.device) -> Iterator[DistInfo]:
+    """Set up the process group for a run and tear it down after (when this call started it):
+
+    with process_group(cfg.strategy, device):
+        fit(...)            # joins the group; does not end it
+    """
+    info = setup(strategy, device)
+    try:
+        yield info
+    finally:
+        if info.owns_group:
+            teardown(info)
 
 
 def local_device(device: torch.device, info: DistInfo) -> torch.device:
@@ -98,11 +117,23 @@ def wrap(model: nn.Module, info: DistInfo) -> nn.Module:
     return model
 
 
-def all_mean(value: float, info: DistInfo) -> float:
+def collective_device(backend: str | None, local_rank: int) -> torch.device:
+    """Where the tensors of a collective must live: NCCL moves only CUDA tensors (this rank's
+    GPU), gloo moves CPU tensors."""
+    return torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+
+
+def comm_device(info: DistInfo) -> torch.device:
+    """The collective device of the running process group (the CPU when there is none)."""
+    backend = dist.get_backend() if dist.is_initialized() else None
+    return collective_device(backend, info.local_rank)
+
+
+def all_mean(value: float | torch.Tensor, info: DistInfo) -> float:
     """The mean of a number over ranks (the logged loss of a step is the global mean)."""
     if not info.enabled or info.world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
+        return float(value)
+    t = torch.as_tensor(value).reshape(1).to(comm_device(info)).to(torch.float64)
     dist.all_reduce(t)
     return float(t) / info.world
 
@@ -111,9 +142,21 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every rank when it is true on any rank (so all ranks decide alike)."""
     if not info.enabled or info.world == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=comm_device(info))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_gather_cpu(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every rank's copy of a CPU tensor (same shape on all ranks), gathered through the
+    collective device and returned on the CPU."""
+    if not info.enabled or info.world == 1:
+        return [t]
+    dev = comm_device(info)
+    local = t.to(dev)
+    parts = [torch.empty_like(local) for _ in range(info.world)]
+    dist.all_gather(parts, local)
+    return [p.cpu() for p in parts]
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

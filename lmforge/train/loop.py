@@ -1,16 +1,16 @@
 """The one training loop, used by pretraining and by every kind of fine-tuning.
 
-    for step in range(start, max_steps):
-        lr = get_lr(step)                                  # warm-up + cosine, a pure function
-        for micro in range(grad_accum):                    # gradient accumulation
-            loss = objective(model, data.batch(step, micro)) / grad_accum
-            loss.backward()
-        clip_grad_norm_(params, grad_clip); optimizer.step(); optimizer.zero_grad()
-        every log_every:  metrics.jsonl line (step, loss, lr, tokens_per_s)
-        every eval_every: held-out loss and perplexity; best model (by select_metric) -> out_dir;
-                          checkpoint -> last
+    run = _start(...)                                   # device, wrapper, optimizer, resume
+    while run.step < max_steps:
+        lr = get_lr(run.step)                           # warm-up + cosine, a pure function
+        step = train_step(run, objective, data, lr)     # grad_accum micro-batches, clip, update
+        every log_every:  log_record(...) -> metrics.jsonl (step, loss, lr, tokens_per_s, ...)
+        every eval_every: evaluate(...) -> held-out loss; best model (by select_metric) -> out_dir
+        every save_every: run.checkpoint() -> checkpoints/step-NNNNNNNN
 
-Objectives and data differ between tasks; the loop does not.
+The process group is the caller's (`distributed.process_group`); the device is waited for once
+per step (may the update go on?) and losses are read back on logging steps only. Objectives and
+data differ between tasks; the loop does not.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ from lmforge.train.checkpoint import (
 )
 from lmforge.train.optim import build_optimizer, get_lr
 from lmforge.utils.device import resolve_device
-from lmforge.utils.fs import atomic_write_text
+from lmforge.utils.fs import atomic_write_text, clean_orphan_temps
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[torch.nn.Module, Batch], LossOutput]
@@ -153,6 +155,60 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
+def _note(message: str) -> None:
+    """One line on stderr that does not break the progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+class WallClock:
+    """Estimates a run's wall time from the speed of its first steps, said once before the
+    bulk of training: seconds per step are timed over `measure` steps after `warm` warm-up
+    steps (the first steps pay for allocation and compilation), then
+    remaining time = (max_steps - step) * seconds per step.
+    """
+
+    def __init__(self, start: int, max_steps: int, warm: int = 1, measure: int = 3) -> None:
+        self.max_steps = max_steps
+        self.begin = start + warm
+        self.end = start + warm + measure
+        self.t0: float | None = None
+
+    def step_done(self, step: int, now: float | None = None) -> str | None:
+        """Call after each optimizer step; returns the estimate once, at the end of the timing."""
+        now = time.perf_counter() if now is None else now
+        if step == self.begin:
+            self.t0 = now
+        if step != self.end or self.t0 is None or step >= self.max_steps:
+            return None
+        per_step = (now - self.t0) / (self.end - self.begin)
+        left = (self.max_steps - step) * per_step
+        return (
+            f"estimated time: {_duration(left)} for the {self.max_steps - step} steps left "
+            f"({per_step:.2f} s/step over steps {self.begin + 1}-{self.end}; evaluations and "
+            "checkpoints come on top)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def warmup_warning(cfg: TrainConfig) -> str | None:
+    """The warning for a schedule whose warm-up never ends (max_steps < warmup_steps)."""
+    if cfg.max_steps >= cfg.warmup_steps:
+        return None
+    peak = cfg.lr * cfg.max_steps / cfg.warmup_steps
+    return (
+        f"warning: max_steps={cfg.max_steps} is below warmup_steps={cfg.warmup_steps}, so the "
+        f"learning rate only climbs to {peak:.2g} of lr={cfg.lr:g} and never decays; lower "
+        f"warmup_steps (say {max(1, cfg.max_steps // 10)}) or raise max_steps."
+    )
+
+
 def _read_metrics(path: Path, upto: int) -> list[str]:
     if not path.exists():
         return []
@@ -175,12 +231,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _grad_norm(params: list[torch.Tensor], clip: float) -> float:
-    """Total gradient norm (clipped to `clip` when > 0); inf/NaN when a gradient is not finite."""
+def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
+    """Total gradient norm (clipped to `clip` when > 0), a tensor on the device (no host sync);
+    inf/NaN when a gradient is not finite."""
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
         norm = norm.full_tensor()
-    return float(norm)
+    return norm.detach()
+
+
+def grad_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (its small range underflows small gradients to zero); a disabled
+    scaler (a no-op) for bf16 and fp32. A step whose scaled gradients overflow is skipped by the
+    scaler and the scale halved; it doubles after 2000 clean steps."""
+    return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
 
 class _Run:
@@ -212,6 +276,14 @@ class _Run:
         self.best: float | None = None  # best value of cfg.select_metric
         self.best_loss: float | None = None  # eval_loss of that evaluation
         self.saved_at = -1
+        self.run_id = uuid.uuid4().hex  # checkpoints carry it; pruning touches only this run's
+        self.scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
+        # set by _start: where and how the steps run
+        self.device = torch.device("cpu")
+        self.amp: torch.dtype | None = None
+        self.wrapped: torch.nn.Module = model  # the DDP wrapper or the (sharded) model
+        self.step_fn: Callable[..., Any] = model  # `wrapped`, compiled with cfg.compile
+        self.params: list[torch.Tensor] = []
 
     def checkpoint(self) -> None:
         """Save a full checkpoint (collective: every rank takes part, rank 0 writes)."""
@@ -224,6 +296,8 @@ class _Run:
                 "data_step": self.data_step,
                 "best_eval_loss": self.best_loss,
                 "best_score": self.best,
+                "run_id": self.run_id,
+                "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             }
             save_checkpoint(
                 step_dir(self.ckpt_root, self.step),
@@ -234,7 +308,7 @@ class _Run:
                 rngs,
                 self.skip,
             )
-            prune(self.ckpt_root, self.cfg.keep_last)
+            prune(self.ckpt_root, self.cfg.keep_last, self.run_id)
         D.barrier(self.info)
         self.saved_at = self.step
 
@@ -272,6 +346,9 @@ class _Run:
         self.best_loss = ck.state.get("best_eval_loss")
         self.best = ck.state.get("best_score", self.best_loss)
         self.saved_at = self.step
+        self.run_id = ck.state.get("run_id", self.run_id)
+        if self.scaler.is_enabled() and ck.state.get("grad_scaler"):
+            self.scaler.load_state_dict(ck.state["grad_scaler"])
         return True
 
 
@@ -286,14 +363,8 @@ def _select(ev: dict[str, float], cfg: TrainConfig) -> float:
 
 
 def _gather_rng(info: D.DistInfo) -> list[torch.Tensor]:
-    state = torch.get_rng_state()
-    if not info.enabled or info.world == 1:
-        return [state]
-    import torch.distributed as dist
-
-    states = [torch.empty_like(state) for _ in range(info.world)]
-    dist.all_gather(states, state)
-    return states
+    """Every rank's CPU random state (on the GPU for the trip through NCCL)."""
+    return D.all_gather_cpu(torch.get_rng_state(), info)
 
 
 def fit(
@@ -326,133 +397,182 @@ def fit(
         progress: show a progress bar (rank 0 only).
         on_log: called with every metrics record (for tests and callers).
     """
+    device = resolve_device(cfg.device)
+    info = D.setup(cfg.strategy, device)  # joins the caller's process group when there is one
+    try:
+        return _fit(
+            model, objective, train_data, eval_data, cfg, Path(out_dir), info,
+            D.local_device(device, info), resume=resume, save_extra=save_extra, export=export,
+            progress=progress, on_log=on_log,
+        )  # fmt: skip
+    finally:
+        if info.owns_group:  # fit started it, so fit ends it
+            D.teardown(info)
+
+
+@dataclass
+class _Step:
+    """What one optimizer step left behind (tensors stay on the device until a log step)."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    metrics: dict[str, float]
+    tokens: int
+    ok: bool  # False: non-finite on some rank, the update was not applied
+
+
+def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: float) -> _Step:
+    """One optimizer step: forward/backward over `grad_accum` micro-batches, clip, update.
+
+    loss = mean over micro-batches of objective(model, batch); gradients are those of loss (each
+    micro-batch's loss is divided by grad_accum; under DDP only the last one all-reduces). The
+    update is applied only when the loss (and, without fp16 loss scaling, the gradient norm)
+    is finite on every rank: one host sync per step.
+    """
+    cfg, info, scaler = run.cfg, run.info, run.scaler
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss = torch.zeros((), device=run.device)
+    metrics: dict[str, float] = {}
+    tokens = 0
+    for micro in range(cfg.grad_accum):
+        batch = to_device(train_data.batch(run.data_step, micro, info.rank, info.world), run.device)
+        sync = micro == cfg.grad_accum - 1 or info.strategy != "ddp"
+        with contextlib.nullcontext() if sync else run.wrapped.no_sync():
+            with _autocast(run.device, run.amp):
+                out = objective(run.step_fn, batch)
+            scaler.scale(out.loss / cfg.grad_accum).backward()
+        loss += out.loss.detach().float() / cfg.grad_accum
+        for k, v in out.metrics.items():
+            metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
+        tokens += int(batch["input_ids"].numel()) * info.world
+    scaler.unscale_(run.optimizer)
+    grad_norm = _grad_norm(run.params, cfg.grad_clip)
+    # under fp16 an overflowing gradient is the scaler's to skip, so only the loss is checked
+    finite = torch.isfinite(loss)
+    if not scaler.is_enabled():
+        finite = finite & torch.isfinite(grad_norm)
+    ok = not D.any_rank(not bool(finite), info)
+    run.data_step += 1
+    if ok:
+        scaler.step(run.optimizer)
+        run.step += 1
+    scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return _Step(loss, grad_norm, metrics, tokens, ok)
+
+
+def _skipped(run: _Run, step: _Step, in_a_row: int) -> dict[str, Any]:
+    """The record of a skipped batch, or TrainingError when skipping may not go on."""
+    what = f"loss {float(step.loss)} / gradient norm {float(step.grad_norm)}"
+    if run.cfg.nonfinite == "halt" or in_a_row >= run.cfg.max_skips:
+        raise TrainingError(
+            f"non-finite {what} at step {run.step + 1} (batch {run.data_step - 1}), "
+            f"{in_a_row} time(s) in a row; lower lr or check that batch of the data."
+        )
+    return {"step": run.step, "skipped_batch": run.data_step - 1, "reason": what}
+
+
+def log_record(run: _Run, step: _Step, lr: float, tokens_per_s: float) -> dict[str, Any]:
+    """The metrics.jsonl record of a logging step (collective: losses are means over ranks)."""
+    return {
+        "step": run.step,
+        "loss": D.all_mean(step.loss, run.info),
+        "lr": lr,
+        "tokens_per_s": tokens_per_s,
+        "grad_norm": float(step.grad_norm),
+        "peak_mem_mb": peak_memory_mb(run.device),
+        **{k: D.all_mean(v, run.info) for k, v in step.metrics.items()},
+    }
+
+
+def evaluate(
+    run: _Run, objective: Objective, eval_data: Callable[[], Iterable[Batch]]
+) -> tuple[dict[str, float], bool]:
+    """Held-out numbers; when they are the best so far (by cfg.select_metric), the weights are
+    exported as the run's model. Returns (numbers, improved)."""
+    ev = evaluate_loss(run.model, objective, eval_data(), run.device, run.amp)
+    score = _select(ev, run.cfg)
+    better = run.best is None or (
+        score < run.best if run.cfg.select_mode == "min" else score > run.best
+    )
+    if better:
+        run.best, run.best_loss = score, ev["eval_loss"]
+        run.export_best()
+    return ev, better
+
+
+def _fit(
+    model: torch.nn.Module,
+    objective: Objective,
+    train_data: BatchSource,
+    eval_data: Callable[[], Iterable[Batch]] | None,
+    cfg: TrainConfig,
+    out_dir: Path,
+    info: D.DistInfo,
+    device: torch.device,
+    *,
+    resume: bool,
+    save_extra: Callable[[Path], None] | None,
+    export: Callable[[Path], None] | None,
+    progress: bool,
+    on_log: Callable[[dict], None] | None,
+) -> TrainResult:
     from lmforge.utils.plots import plot_losses
 
-    out_dir = Path(out_dir)
-    device = resolve_device(cfg.device)
-    info = D.setup(cfg.strategy, device)
-    device = D.local_device(device, info)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    amp = autocast_dtype(cfg.precision, device)
-    if cfg.activation_checkpointing and hasattr(model, "set_gradient_checkpointing"):
-        model.set_gradient_checkpointing(True)
-    model.to(device)
-    wrapped = D.wrap(model, info)
-    optimizer = build_optimizer(model, cfg)
-    run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
-    metrics_path = out_dir / "metrics.jsonl"
+    run = _start(model, cfg, out_dir, info, device, resume, save_extra, export)
     main = info.is_main
-
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale(run.ckpt_root)
-    D.barrier(info)
-    resumed = resume and run.resume()
-    if main:
-        history = _read_metrics(metrics_path, run.step) if resumed else []
-        atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
-        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
-
-    step_fn = torch.compile(wrapped) if cfg.compile else wrapped
-    params = [p for p in model.parameters() if p.requires_grad]
-    bad_evals, consecutive_skips, stopped_early, last_loss = 0, 0, False, float("nan")
+    metrics_path = out_dir / "metrics.jsonl"
+    clock = WallClock(run.step, cfg.max_steps)
+    bad_evals, skips, stopped_early = 0, 0, False
+    last = _Step(torch.full((), float("nan")), torch.zeros(()), {}, 0, True)
     tokens_since, t_since = 0, time.perf_counter()
     bar = tqdm(
-        total=cfg.max_steps,
-        initial=run.step,
-        disable=not (progress and main),
-        unit="step",
+        total=cfg.max_steps, initial=run.step, disable=not (progress and main), unit="step",
         dynamic_ncols=True,
-    )
+    )  # fmt: skip
     log = open(metrics_path, "a", encoding="utf-8") if main else None
+
+    def write(record: dict[str, Any]) -> None:
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if on_log is not None and "skipped_batch" not in record:
+            on_log(record)
+
     model.train()
     try:
         with _StopSignal() as stop:
             while run.step < cfg.max_steps:
                 lr = get_lr(run.step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                step_loss, step_metrics = 0.0, {}
-                for micro in range(cfg.grad_accum):
-                    batch = to_device(
-                        train_data.batch(run.data_step, micro, info.rank, info.world), device
-                    )
-                    sync = micro == cfg.grad_accum - 1 or info.strategy != "ddp"
-                    with contextlib.nullcontext() if sync else wrapped.no_sync():
-                        with _autocast(device, amp):
-                            out = objective(step_fn, batch)
-                        (out.loss / cfg.grad_accum).backward()
-                    step_loss += float(out.loss.detach()) / cfg.grad_accum
-                    for k, v in out.metrics.items():
-                        step_metrics[k] = step_metrics.get(k, 0.0) + v / cfg.grad_accum
-                    tokens_since += int(batch["input_ids"].numel()) * info.world
-                grad_norm = _grad_norm(params, cfg.grad_clip)
-                bad = D.any_rank(not (math.isfinite(step_loss) and math.isfinite(grad_norm)), info)
-                run.data_step += 1
-                if bad:
-                    optimizer.zero_grad(set_to_none=True)
-                    consecutive_skips += 1
-                    what = f"loss {step_loss} / gradient norm {grad_norm}"
-                    if cfg.nonfinite == "halt" or consecutive_skips >= cfg.max_skips:
-                        raise TrainingError(
-                            f"non-finite {what} at step {run.step + 1} (batch {run.data_step - 1}), "
-                            f"{consecutive_skips} time(s) in a row; lower lr or check that batch of the data."
-                        )
-                    if log is not None:
-                        log.write(
-                            json.dumps(
-                                {
-                                    "step": run.step,
-                                    "skipped_batch": run.data_step - 1,
-                                    "reason": what,
-                                }
-                            )
-                            + "\n"
-                        )
+                step = train_step(run, objective, train_data, lr)
+                tokens_since += step.tokens
+                if not step.ok:
+                    skips += 1
+                    write(_skipped(run, step, skips))
                     continue
-                consecutive_skips = 0
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                run.step += 1
-                done = run.step
-                last_loss = D.all_mean(step_loss, info)
+                skips, last, done = 0, step, run.step
                 bar.update(1)
+                if main and (estimate := clock.step_done(done)) is not None:
+                    _note(estimate)
 
                 record: dict[str, Any] | None = None
-                if done % cfg.log_every == 0 or done == cfg.max_steps:
-                    elapsed = time.perf_counter() - t_since
-                    record = {
-                        "step": done,
-                        "loss": last_loss,
-                        "lr": lr,
-                        "tokens_per_s": tokens_since / max(elapsed, 1e-9),
-                        "grad_norm": grad_norm,
-                        "peak_mem_mb": peak_memory_mb(device),
-                        **{k: D.all_mean(v, info) for k, v in step_metrics.items()},
-                    }
-                    tokens_since, t_since = 0, time.perf_counter()
-                    bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 is_eval = eval_data is not None and (
                     done % cfg.eval_every == 0 or done == cfg.max_steps
                 )
+                if done % cfg.log_every == 0 or done == cfg.max_steps:
+                    rate = tokens_since / max(time.perf_counter() - t_since, 1e-9)
+                    record = log_record(run, step, lr, rate)
+                    tokens_since, t_since = 0, time.perf_counter()
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}")
                 if is_eval:
-                    ev = evaluate_loss(model, objective, eval_data(), device, amp)
-                    record = {**(record or {"step": done, "loss": last_loss, "lr": lr}), **ev}
-                    score = _select(ev, cfg)
-                    if run.best is None or (
-                        score < run.best if cfg.select_mode == "min" else score > run.best
-                    ):
-                        run.best, run.best_loss, bad_evals = score, ev["eval_loss"], 0
-                        run.export_best()
-                    else:
-                        bad_evals += 1
-                    bar.set_postfix(loss=f"{last_loss:.3f}", eval=f"{ev['eval_loss']:.3f}")
-                if record is not None and log is not None:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                if record is not None and on_log is not None:
-                    on_log(record)
+                    ev, better = evaluate(run, objective, eval_data)
+                    bad_evals = 0 if better else bad_evals + 1
+                    head = record or {"step": done, "loss": D.all_mean(step.loss, info), "lr": lr}
+                    record = {**head, **ev}
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{ev['eval_loss']:.3f}")
+                if record is not None:
+                    write(record)
                 if is_eval or done % (cfg.save_every or cfg.eval_every) == 0:
                     run.checkpoint()
                 if is_eval:
@@ -466,8 +586,8 @@ def fit(
                     if run.saved_at != run.step:
                         run.checkpoint()
                     return TrainResult(
-                        out_dir, run.step, last_loss, run.best_loss, interrupted=True,
-                        best_score=run.best,
+                        out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
+                        interrupted=True, best_score=run.best,
                     )  # fmt: skip
         if eval_data is None:
             run.export_best()
@@ -476,10 +596,50 @@ def fit(
         if main:
             plot_losses(metrics_path, out_dir / "loss.png")
         return TrainResult(
-            out_dir, run.step, last_loss, run.best_loss, stopped_early=stopped_early,
-            best_score=run.best,
+            out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
+            stopped_early=stopped_early, best_score=run.best,
         )  # fmt: skip
     finally:
         bar.close()
         if log is not None:
             log.close()
+
+
+def _start(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    out_dir: Path,
+    info: D.DistInfo,
+    device: torch.device,
+    resume: bool,
+    save_extra: Callable[[Path], None] | None,
+    export: Callable[[Path], None] | None,
+) -> _Run:
+    """Model on its device and wrapped, optimizer, loss scaler; the run dir cleaned of killed
+    writes; the newest checkpoint loaded (`resume`); metrics.jsonl cut back to it."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if cfg.activation_checkpointing and hasattr(model, "set_gradient_checkpointing"):
+        model.set_gradient_checkpointing(True)
+    model.to(device)
+    wrapped = D.wrap(model, info)
+    optimizer = build_optimizer(model, cfg)
+    run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
+    run.device, run.amp, run.wrapped = device, autocast_dtype(cfg.precision, device), wrapped
+    run.scaler = grad_scaler(run.amp, device)
+    run.step_fn = torch.compile(wrapped) if cfg.compile else wrapped
+    run.params = [p for p in model.parameters() if p.requires_grad]
+    metrics_path = out_dir / "metrics.jsonl"
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(run.ckpt_root)
+        clean_orphan_temps(out_dir)
+    D.barrier(info)
+    resumed = resume and run.resume()
+    if info.is_main:
+        history = _read_metrics(metrics_path, run.step) if resumed else []
+        atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
+        atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+        if (warning := warmup_warning(cfg)) is not None:
+            _note(warning)
+    return run
