@@ -54,7 +54,6 @@ def convert(
     from lmforge.utils.fs import prepare_out_dir
 
     if to_gguf is not None:
-        from lmforge.errors import ConfigError
         from lmforge.interop.gguf_export import export_gguf
 
         if out.exists() and (out.is_dir() or not overwrite):
