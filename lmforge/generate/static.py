@@ -271,8 +271,7 @@ class StaticDecoder:
         keep[:, :t] = mask.bool()
         self.keep = keep
         self.pos = mask.long().sum(1, keepdim=True)  # (B, 1): real tokens before the next one
-        self.ks = [cache.k[i] for i in range(cache.k.size(0))]
-        self.vs = [cache.v[i] for i in range(cache.v.size(0))]
+        self._views()
         self.slot = torch.full((1,), cache.length, dtype=torch.long, device=mask.device)
         self.step = compiled_step(model) if compile else static_step
         self.explicit = compile
@@ -281,8 +280,13 @@ class StaticDecoder:
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (as `KVCache.reorder`, which must be called too)."""
         self.keep, self.pos = self.keep[index], self.pos[index]
-        self.ks = [self.cache.k[i] for i in range(self.cache.k.size(0))]
-        self.vs = [self.cache.v[i] for i in range(self.cache.v.size(0))]
+        self._views()
+
+    def _views(self) -> None:
+        # per-layer cache views, narrowed to a pruned block's own key/value heads
+        heads = [block.attn.n_kv_head for block in self.model.decoder.layers]
+        self.ks = [self.cache.k[i, :, :h] for i, h in enumerate(heads)]
+        self.vs = [self.cache.v[i, :, :h] for i, h in enumerate(heads)]
 
     def __call__(self, token: Tensor) -> Tensor:
         """(B, 1) newest tokens -> (B, V) float32 logits of the next ones."""

@@ -67,9 +67,8 @@ class KVCache:
                 f"a rolling cache needs relative positions (rope, alibi, relative or none), but the "
                 f"model uses pos='{cfg.pos}'."
             )
-        return cls(
-            n_layer, batch, cfg.n_kv_head, cfg.head_dim, max_len, dtype, device, window, sinks
-        )
+        n_kv = max(cfg.layer_kv_heads) if cfg.arch != "encoder-decoder" else cfg.n_kv_head
+        return cls(n_layer, batch, n_kv, cfg.head_dim, max_len, dtype, device, window, sinks)
 
     # ------------------------------------------------------------------ rolling caches
     @property
@@ -116,11 +115,12 @@ class KVCache:
         return torch.arange(self.length + t, device=self.pos.device) < self.sinks
 
     def _roll(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        ks = torch.cat([self.k[layer, :, :, : self.length], k], dim=2)  # (B, H_kv, stored + T, hd)
-        vs = torch.cat([self.v[layer, :, :, : self.length], v], dim=2)
+        h = k.size(1)
+        ks = torch.cat([self.k[layer, :, :h, : self.length], k], dim=2)  # (B, H_kv, stored + T, hd)
+        vs = torch.cat([self.v[layer, :, :h, : self.length], v], dim=2)
         keep = self._keep(ks.size(2), ks.device)
-        self.k[layer, :, :, : keep.numel()] = ks.index_select(2, keep)
-        self.v[layer, :, :, : keep.numel()] = vs.index_select(2, keep)
+        self.k[layer, :, :h, : keep.numel()] = ks.index_select(2, keep)
+        self.v[layer, :, :h, : keep.numel()] = vs.index_select(2, keep)
         return ks, vs
 
     # ------------------------------------------------------------------ updates
@@ -135,9 +135,10 @@ class KVCache:
                 f"the sequence would reach {end} tokens but the cache holds {self.max_len}; "
                 "ask for fewer new tokens or a shorter prompt."
             )
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        h = k.size(1)  # a pruned block may have fewer key/value heads than the buffer
+        self.k[layer, :, :h, start:end] = k
+        self.v[layer, :, :h, start:end] = v
+        return self.k[layer, :, :h, :end], self.v[layer, :, :h, :end]
 
     def advance(self, n: int) -> None:
         """Mark n more time steps as written (called once per forward, after all layers)."""
