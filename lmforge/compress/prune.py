@@ -119,6 +119,15 @@ def _detach(module: nn.Module) -> None:
         delattr(module, MASK_ATTR)
 
 
+def current_masks(model: nn.Module) -> dict[str, Tensor]:
+    """The masks attached to `model`, by linear name (empty when it has none)."""
+    return {
+        name: getattr(m, MASK_ATTR)[0]
+        for name, m in model.named_modules()
+        if getattr(m, MASK_ATTR, None) is not None
+    }
+
+
 def remove_masks(model: nn.Module) -> None:
     """Fold the masks into the weights (W <- W * M) for good and drop the hooks."""
     for module in model.modules():
