@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from lmforge.cli.compress import register as register_compress
 from lmforge.cli.data import data_app
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
@@ -35,6 +36,7 @@ register_interop(app)
 register_finetune(app)
 register_prompt(app)
 register_serve(app)
+register_compress(app)
 
 StrategyOpt = Annotated[
     str | None,

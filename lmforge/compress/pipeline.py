@@ -37,11 +37,12 @@ from lmforge.compress.prune import (
 from lmforge.compress.structured import structured_prune
 from lmforge.config.train import make_train_config
 from lmforge.errors import ConfigError
-from lmforge.models import Transformer
+from lmforge.models import Transformer, save_model
 from lmforge.objectives.tasks import TaskObjective
 from lmforge.peft import merge_lora, save_adapter
-from lmforge.recipes.finetuned import load_finetuned, read_task_info
+from lmforge.recipes.finetuned import load_finetuned, read_task_info, write_task_info
 from lmforge.recipes.task_model import FinetuneConfig, apply_method
+from lmforge.tokenizer import Tokenizer
 from lmforge.train import fit
 
 PRUNE_METHODS = ("structured", "magnitude", "none")
@@ -253,3 +254,31 @@ def compress(
         model = _quantize(model, cc, final_dir, data)
         measure(f"quantized ({cc.quantize})", model, final_dir)
     return CompressResult(out_dir, rows, final_dir)
+
+
+def prune_to_dir(
+    model_dir: str | Path, out_dir: str | Path, cc: CompressConfig, *, train=None
+) -> tuple[int, int]:
+    """Prune the model in `model_dir` as `cc` says (no training) and write it to `out_dir`, a
+    normal model dir (tokenizer and task.json carried over). Returns the nonzero parameter
+    counts (before, after)."""
+    from lmforge.compress.measure import count_parameters
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if cc.prune == "none":
+        raise ConfigError("nothing to do with --method none; choose structured or magnitude.")
+    if cc.importance == "gradient" and train is None:
+        raise ConfigError("gradient importance needs data; pass --train.")
+    model = load_finetuned(model_dir)
+    info = read_task_info(model_dir)
+    data = None
+    if cc.prune == "structured" and cc.importance == "gradient":
+        data = cdata.StageData.build(model_dir, model, info, train, None, train, cc)
+    before = count_parameters(model)[1]
+    model = prune_model(model, cc, 1.0, data)
+    remove_masks(model)
+    save_model(model, out_dir)
+    Tokenizer.load(model_dir).save(out_dir)
+    if info is not None:
+        write_task_info(out_dir, info)
+    return before, count_parameters(model)[1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +61,40 @@ def test_bad_inputs_get_one_sentence(toy_classifier, tmp_path):
     with pytest.raises(ConfigError, match="--train"):
         compress(toy_classifier["model"], tmp_path, CompressConfig(**SMALL),
                  test=toy_classifier["test"])  # fmt: skip
+
+
+def test_cli_prune_then_every_verb_loads_the_result(toy_classifier, toy_lm, tmp_path,
+                                                    monkeypatch, capsys):  # fmt: skip
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cli_helpers import run_cli
+
+    out = tmp_path / "pruned-cls"
+    code, text, err = run_cli(
+        monkeypatch,
+        capsys,
+        "prune",
+        toy_classifier["model"],
+        "--out",
+        out,
+        "--importance",
+        "gradient",
+        "--train",
+        toy_classifier["train"],
+    )
+    assert code == 0, err
+    assert "fewer" in text
+    code, text, err = run_cli(monkeypatch, capsys, "evaluate", out, "--data",
+                              toy_classifier["test"])  # fmt: skip
+    assert code == 0 and "accuracy" in text, err
+    lm = tmp_path / "pruned-lm"
+    code, _, err = run_cli(monkeypatch, capsys, "prune", toy_lm["model"], "--out", lm,
+                           "--ffn-fraction", "0.5", "--head-fraction", "0.5")  # fmt: skip
+    assert code == 0, err
+    code, text, err = run_cli(monkeypatch, capsys, "generate", lm, "--prompt", "the film",
+                              "--max-new-tokens", "4")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(monkeypatch, capsys, "convert", "--to-hf", lm, "--out", tmp_path / "hf")
+    assert code == 2 and "per-block sizes" in err
+    code, _, err = run_cli(monkeypatch, capsys, "prune", toy_lm["model"], "--out", lm,
+                           "--sparsity", "1.5", "--method", "magnitude")  # fmt: skip
+    assert code == 2 and "sparsity must be in [0, 1)" in err and "Traceback" not in err
