@@ -16,6 +16,7 @@ Each stage dir is a normal model dir (tokenizer and task.json included) that eve
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from lmforge.compress import data as cdata
 from lmforge.compress.measure import stage_row, throughput, write_report
@@ -38,12 +40,14 @@ from lmforge.compress.structured import structured_prune
 from lmforge.config.train import make_train_config
 from lmforge.errors import ConfigError
 from lmforge.models import Transformer, save_model
+from lmforge.models.io import WEIGHTS, state_dict_for_saving
 from lmforge.objectives.tasks import TaskObjective
 from lmforge.peft import merge_lora, save_adapter
 from lmforge.recipes.finetuned import load_finetuned, read_task_info, write_task_info
 from lmforge.recipes.task_model import FinetuneConfig, apply_method
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import fit
+from lmforge.utils.fs import atomic_path, atomic_write_text
 
 PRUNE_METHODS = ("structured", "magnitude", "none")
 QUANT_METHODS = ("int8", "int4", "dynamic-int8", "none")
@@ -114,6 +118,7 @@ class CompressResult:
     out_dir: Path
     rows: list[dict[str, Any]]
     final_dir: Path
+    model: Transformer  # the last stage's model, in memory (quantized linears included)
 
 
 def prune_model(model: Transformer, cc: CompressConfig, fraction_of_final: float = 1.0,
@@ -175,15 +180,21 @@ def train_stage(model: Transformer, teacher: Transformer | None, data: cdata.Sta
 
 
 def _quantize(model: Transformer, cc: CompressConfig, out_dir: Path, data) -> Transformer:
+    """Swap the linears for quantized ones (`lmforge.compress.quantize`) and write the dir:
+    safetensors of the quantized state, config.json with the `quantization` record."""
     try:
-        from lmforge.compress import quantize as q
+        from lmforge.compress.quantize import quantization_record, quantize_model
     except ImportError:
         raise ConfigError(
             "quantization (lmforge.compress.quantize) is not part of this installation; run "
             "with --quantize none."
         ) from None
-    qmodel = q.quantize_model(model, method=cc.quantize, group_size=cc.group_size)
-    q.save_quantized(qmodel, out_dir)
+    qmodel = quantize_model(model, method=cc.quantize, group_size=cc.group_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file(state_dict_for_saving(qmodel), str(tmp), metadata={"format": "pt"})
+    config = {**qmodel.cfg.to_dict(), "quantization": quantization_record(qmodel)}
+    atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     data.save_extra(out_dir)
     return qmodel
 
@@ -253,7 +264,7 @@ def compress(
         final_dir = out_dir / "quantized"
         model = _quantize(model, cc, final_dir, data)
         measure(f"quantized ({cc.quantize})", model, final_dir)
-    return CompressResult(out_dir, rows, final_dir)
+    return CompressResult(out_dir, rows, final_dir, model)
 
 
 def prune_to_dir(
