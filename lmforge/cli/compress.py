@@ -51,6 +51,9 @@ def compress(
         str, typer.Option(help="int8, int4, dynamic-int8 or none (the last stage).")
     ] = "none",
     group_size: Annotated[int, typer.Option(help="Group size of weight-only quantization.")] = 128,
+    quantize_embeddings: Annotated[
+        bool, typer.Option(help="With --quantize, store the token embedding as int8 rows too.")
+    ] = True,
     threads: Annotated[int, typer.Option(help="CPU threads of the speed measurement.")] = 2,
     eval_limit: Annotated[
         int | None, typer.Option(help="Score only the first N test examples.")
@@ -66,7 +69,7 @@ def compress(
         scope=scope, importance=importance, prune_steps=prune_steps, distill=distill,
         method=method, epochs=epochs, lr=lr, max_steps=max_steps, batch_size=batch_size,
         distill_alpha=distill_alpha, distill_temperature=distill_temperature, quantize=quantize,
-        group_size=group_size, threads=threads, eval_limit=eval_limit, seed=seed,
+        group_size=group_size, quantize_embeddings=quantize_embeddings, threads=threads, eval_limit=eval_limit, seed=seed,
     )  # fmt: skip
     result = run(model_dir, out, cc, train=train, valid=valid, test=test, log=typer.echo)
     typer.echo(f"final model in {result.final_dir}; report in {result.out_dir / 'report.md'}")

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from lmforge.compress import data as cdata
+from lmforge.compress.embedding import quantize_embeddings
 from lmforge.compress.measure import stage_row, throughput, write_report
 from lmforge.compress.prune import (
     attach_masks,
@@ -72,6 +73,8 @@ class CompressConfig:
         lr, batch_size, max_steps: training settings (None: 5e-5 full / 1e-3 LoRA, 32, epochs).
         distill_alpha, distill_temperature: a and T of the distillation loss.
         quantize: "int8", "int4", "dynamic-int8" or "none"; group_size for the weight-only ones.
+        quantize_embeddings: also store the token embedding as int8 rows (`compress.embedding`;
+            not a table tied to the LM head).
         threads, speed_batch, speed_batches: the CPU speed measurement.
         eval_limit: score only the first N test records / held-out windows (None = all).
         seq_len: window length of a causal LM's data.
@@ -96,6 +99,7 @@ class CompressConfig:
     distill_temperature: float = 2.0
     quantize: str = "none"
     group_size: int = 128
+    quantize_embeddings: bool = True
     threads: int = 2
     speed_batch: int = 32
     speed_batches: int = 4
@@ -190,10 +194,13 @@ def _quantize(model: Transformer, cc: CompressConfig, out_dir: Path, data) -> Tr
             "with --quantize none."
         ) from None
     qmodel = quantize_model(model, method=cc.quantize, group_size=cc.group_size)
+    record = dict(quantization_record(qmodel))
+    if cc.quantize_embeddings:
+        record["embeddings"] = quantize_embeddings(qmodel)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / WEIGHTS) as tmp:
         save_file(state_dict_for_saving(qmodel), str(tmp), metadata={"format": "pt"})
-    config = {**qmodel.cfg.to_dict(), "quantization": quantization_record(qmodel)}
+    config = {**qmodel.cfg.to_dict(), "quantization": record}
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     data.save_extra(out_dir)
     return qmodel
