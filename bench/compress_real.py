@@ -95,7 +95,7 @@ def classifier(args) -> None:
     torch.set_num_threads(1)
     data = Path(args.data)
     files = {s: data / f"{s}.jsonl" for s in ("train", "valid", "test")}
-    cc = CompressConfig(prune="structured", ffn_fraction=args.ffn_fraction,
+    cc = CompressConfig(prune=args.prune, distill=not args.no_distill, ffn_fraction=args.ffn_fraction,
                         head_fraction=args.head_fraction, importance=args.importance,
                         epochs=args.epochs, lr=args.lr, quantize=args.quantize,
                         threads=args.threads, eval_limit=args.eval_limit, speed_batches=2)  # fmt: skip
@@ -105,7 +105,7 @@ def classifier(args) -> None:
                           valid=files["valid"], test=files["test"])  # fmt: skip
         _write(args.out, "pipeline", {"rows": result.rows, "wall_s": time.perf_counter() - t0,
                                       "config": vars(cc)})  # fmt: skip
-        original, final = load_finetuned(args.run), result.final_dir
+        original, final = load_finetuned(args.original or args.run), result.final_dir
         final_model = result.model.eval()
         sd = StageData.build(Path(args.run), original, read_task_info(args.run), None, None,
                              files["test"], cc)  # fmt: skip
@@ -113,6 +113,8 @@ def classifier(args) -> None:
         speed = paired_speed(original, final_model, sd.speed_batches(), args.threads, args.rounds)
         speed["final_dir"] = str(final)
         _write(args.out, "speed", speed)
+    if not args.fractions:
+        return
     # accuracy vs sparsity, no retraining
     base = load_finetuned(args.run)
     sd = StageData.build(Path(args.run), base, read_task_info(args.run), None, None,
@@ -176,6 +178,9 @@ def main() -> None:
     c.add_argument("--run", type=Path, required=True)
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--original", type=Path, default=None, help="speed baseline (default --run)")
+    c.add_argument("--prune", default="structured")
+    c.add_argument("--no-distill", action="store_true")
     c.add_argument("--ffn-fraction", type=float, default=0.5)
     c.add_argument("--head-fraction", type=float, default=0.25)
     c.add_argument("--importance", default="magnitude")
@@ -187,7 +192,7 @@ def main() -> None:
     c.add_argument("--speed-batches", type=int, default=4)
     c.add_argument("--rounds", type=int, default=5)
     c.add_argument("--skip-pipeline", action="store_true")
-    c.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
+    c.add_argument("--fractions", type=float, nargs="*", default=[0.0, 0.2, 0.4, 0.6])
     m = sub.add_parser("lm")
     m.add_argument("--model", type=Path, required=True)
     m.add_argument("--out", type=Path, required=True)
