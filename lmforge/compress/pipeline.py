@@ -43,7 +43,7 @@ from lmforge.errors import ConfigError
 from lmforge.models import Transformer, save_model
 from lmforge.models.io import WEIGHTS, state_dict_for_saving
 from lmforge.objectives.tasks import TaskObjective
-from lmforge.peft import merge_lora, save_adapter
+from lmforge.peft import lora_modules, merge_lora, save_adapter
 from lmforge.recipes.finetuned import load_finetuned, read_task_info, write_task_info
 from lmforge.recipes.task_model import FinetuneConfig, apply_method
 from lmforge.tokenizer import Tokenizer
@@ -123,6 +123,21 @@ class CompressResult:
     rows: list[dict[str, Any]]
     final_dir: Path
     model: Transformer  # the last stage's model, in memory (quantized linears included)
+
+
+def load_plain(model_dir: str | Path) -> Transformer:
+    """The model of a model dir as plain linears: a LoRA adapter is merged in; prompt and
+    prefix tuning (extra tokens, no weights to prune) are refused."""
+    model = load_finetuned(model_dir)
+    if lora_modules(model):
+        return merge_lora(model)
+    if model.prompt is not None or any(getattr(m, "prefix", None) is not None
+                                       for m in model.modules()):  # fmt: skip
+        raise ConfigError(
+            f"{model_dir} holds a prompt- or prefix-tuning adapter; compress the base model or a "
+            "full / LoRA fine-tune instead."
+        )
+    return model
 
 
 def prune_model(model: Transformer, cc: CompressConfig, fraction_of_final: float = 1.0,
@@ -230,7 +245,7 @@ def compress(
     cc = cc or CompressConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     torch.manual_seed(cc.seed)
-    original = load_finetuned(model_dir)
+    original = load_plain(model_dir)
     data = cdata.StageData.build(model_dir, original, read_task_info(model_dir), train, valid,
                                  test, cc)  # fmt: skip
     if (cc.distill or cc.prune_steps > 1) and train is None:
@@ -247,7 +262,7 @@ def compress(
                                      if k not in ("model_dir", "load_average")))  # fmt: skip
 
     measure("original", original, model_dir)
-    model, final_dir = load_finetuned(model_dir), model_dir
+    model, final_dir = load_plain(model_dir), model_dir
     teacher = original if cc.distill else None
     if cc.prune != "none":
         schedule = cubic_schedule(1.0, cc.prune_steps)
@@ -287,7 +302,7 @@ def prune_to_dir(
         raise ConfigError("nothing to do with --method none; choose structured or magnitude.")
     if cc.importance == "gradient" and train is None:
         raise ConfigError("gradient importance needs data; pass --train.")
-    model = load_finetuned(model_dir)
+    model = load_plain(model_dir)
     info = read_task_info(model_dir)
     data = None
     if cc.prune == "structured" and cc.importance == "gradient":
