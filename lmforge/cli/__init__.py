@@ -18,6 +18,7 @@ from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
 from lmforge.cli.longctx import register as register_longctx
 from lmforge.cli.prompt import register as register_prompt
+from lmforge.cli.quantize import register as register_quantize
 from lmforge.cli.serve import register as register_serve
 from lmforge.errors import LmforgeError
 
@@ -37,6 +38,7 @@ register_finetune(app)
 register_prompt(app)
 register_serve(app)
 register_compress(app)
+register_quantize(app)
 
 StrategyOpt = Annotated[
     str | None,

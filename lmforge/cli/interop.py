@@ -23,18 +23,38 @@ def convert(
     from_gguf: Annotated[
         Path | None, typer.Option("--from-gguf", help="A Llama-architecture .gguf file to import.")
     ] = None,
+    to_gguf: Annotated[
+        Path | None,
+        typer.Option("--to-gguf", help="An lmforge model dir (llama or gpt2 family) to export."),
+    ] = None,
+    type: Annotated[
+        str, typer.Option("--type", help="GGUF storage of the matrices: f32, f16, q8_0 or q4_0.")
+    ] = "f16",
 ) -> None:
-    """Convert a checkpoint: Hugging Face (gpt2, llama, bert, t5) both ways, or GGUF (llama) in."""
-    sources = {"--from-hf": from_hf, "--to-hf": to_hf, "--from-gguf": from_gguf}
+    """Convert a checkpoint: Hugging Face (gpt2, llama, bert, t5) both ways, GGUF (llama) in,
+    GGUF (llama, gpt2) out (--out is then the .gguf file)."""
+    sources = {
+        "--from-hf": from_hf,
+        "--to-hf": to_hf,
+        "--from-gguf": from_gguf,
+        "--to-gguf": to_gguf,
+    }
     given = [flag for flag, value in sources.items() if value is not None]
     if len(given) != 1:
         got = "none" if not given else " and ".join(given)
         raise ConfigError(
-            f"pass exactly one of --from-hf DIR, --to-hf DIR or --from-gguf FILE (got {got})."
+            "pass exactly one of --from-hf DIR, --to-hf DIR, --from-gguf FILE or --to-gguf DIR "
+            f"(got {got})."
         )
     from lmforge.config import ModelConfig
     from lmforge.interop import export_hf, import_gguf, import_hf
 
+    if to_gguf is not None:
+        from lmforge.interop.gguf_export import export_gguf
+
+        export_gguf(to_gguf, out, type)
+        typer.echo(f"exported {to_gguf} as GGUF ({type}) to {out}")
+        return
     if from_hf is not None:
         import_hf(from_hf, out)
     elif from_gguf is not None:

@@ -16,7 +16,6 @@ Each stage dir is a normal model dir (tokenizer and task.json included) that eve
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Callable
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from lmforge.compress import data as cdata
 from lmforge.compress.embedding import quantize_embeddings
@@ -41,14 +39,12 @@ from lmforge.compress.structured import structured_prune
 from lmforge.config.train import make_train_config
 from lmforge.errors import ConfigError
 from lmforge.models import Transformer, save_model
-from lmforge.models.io import WEIGHTS, state_dict_for_saving
 from lmforge.objectives.tasks import TaskObjective
 from lmforge.peft import lora_modules, merge_lora, save_adapter
 from lmforge.recipes.finetuned import load_finetuned, read_task_info, write_task_info
 from lmforge.recipes.task_model import FinetuneConfig, apply_method
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import fit
-from lmforge.utils.fs import atomic_path, atomic_write_text
 
 PRUNE_METHODS = ("structured", "magnitude", "none")
 QUANT_METHODS = ("int8", "int4", "dynamic-int8", "none")
@@ -199,25 +195,14 @@ def train_stage(model: Transformer, teacher: Transformer | None, data: cdata.Sta
 
 
 def _quantize(model: Transformer, cc: CompressConfig, out_dir: Path, data) -> Transformer:
-    """Swap the linears for quantized ones (`lmforge.compress.quantize`) and write the dir:
-    safetensors of the quantized state, config.json with the `quantization` record."""
-    try:
-        from lmforge.compress.quantize import quantization_record, quantize_model
-    except ImportError:
-        raise ConfigError(
-            "quantization (lmforge.compress.quantize) is not part of this installation; run "
-            "with --quantize none."
-        ) from None
+    """Swap the linears for quantized ones (`lmforge.compress.quantize`), and the token
+    embedding for int8 rows when asked; save a model dir that `load_model` rebuilds."""
+    from lmforge.compress.quantize import quantize_model
+
     qmodel = quantize_model(model, method=cc.quantize, group_size=cc.group_size)
-    record = dict(quantization_record(qmodel))
     if cc.quantize_embeddings:
-        record["embeddings"] = quantize_embeddings(qmodel)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / WEIGHTS) as tmp:
-        save_file(state_dict_for_saving(qmodel), str(tmp), metadata={"format": "pt"})
-    config = {**qmodel.cfg.to_dict(), "quantization": record}
-    atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    data.save_extra(out_dir)
+        qmodel.quantization["embeddings"] = quantize_embeddings(qmodel)
+    data.save_dir(qmodel, out_dir)  # save_model writes the record into config.json
     return qmodel
 
 

@@ -75,6 +75,8 @@ class ModelConfig:
             hidden states and logits=None (e.g. an imported BertModel or LlamaModel).
         num_labels: classes of the "classify" and "tokens" heads.
         bos_id, eos_id, pad_id, mask_id, decoder_start_id: special token ids (None if absent).
+        quantization: None, or the record of `lmforge.compress.quantize_model` (method, group
+            size, the swapped module names) that the loader rebuilds before loading weights.
     """
 
     arch: Arch = "decoder"
@@ -125,6 +127,7 @@ class ModelConfig:
     pad_id: int | None = None
     mask_id: int | None = None
     decoder_start_id: int | None = None
+    quantization: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -260,6 +263,8 @@ class ModelConfig:
         for name in ("layer_d_ff", "layer_n_head", "layer_n_kv_head"):
             if out[name] is None:
                 del out[name]  # a uniform model's config.json stays as it was
+        if out["quantization"] is None:  # only quantized checkpoints carry the key
+            del out["quantization"]
         return out
 
     @classmethod

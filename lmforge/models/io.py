@@ -32,8 +32,16 @@ def state_dict_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: Transformer, out_dir: str | Path) -> Path:
-    """Write config.json and model.safetensors into out_dir (each file atomically)."""
-    return save_weights(model.cfg, state_dict_for_saving(model), out_dir)
+    """Write config.json and model.safetensors into out_dir (each file atomically).
+
+    A model quantized by `lmforge.compress.quantize_model` is written as its integer tensors and
+    scales, with the quantization record in config.json's `quantization` key.
+    """
+    cfg = model.cfg
+    record = getattr(model, "quantization", None)
+    if record and cfg.quantization != record:
+        cfg = cfg.replace(quantization=record)
+    return save_weights(cfg, state_dict_for_saving(model), out_dir)
 
 
 def save_weights(cfg: ModelConfig, tensors: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
@@ -90,7 +98,11 @@ def load_state_dict(
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """Build the model from `config.json` and load `model.safetensors`."""
+    """Build the model from `config.json` and load `model.safetensors`.
+
+    A quantized checkpoint (config.json has a `quantization` record) gets its quantized linears
+    back before the weights load, so every verb runs it as saved.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"model dir {model_dir} does not exist; pass a checkpoint directory.")
@@ -101,5 +113,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
         )
     cfg = ModelConfig.from_dir(model_dir)
     model = Transformer(cfg)
+    if cfg.quantization:
+        # the one place `models` reaches into `compress`: a quantized checkpoint needs its
+        # quantized linears swapped in before its integer tensors can load
+        from lmforge.compress.quantize import prepare_quantized
+
+        prepare_quantized(model, cfg.quantization)
     load_state(model, model_dir / WEIGHTS)
     return model.to(device).eval()

@@ -67,7 +67,10 @@ def matches(name: str, pattern: str) -> bool:
 
 
 def match_modules(
-    model: nn.Module, patterns: list[str], kind: type | None = None, what: str = "module"
+    model: nn.Module,
+    patterns: list[str],
+    kind: type | tuple[type, ...] | None = None,
+    what: str = "module",
 ) -> list[str]:
     """Names of the modules (of type `kind`, if given) that match any pattern, in model order.
 
@@ -90,8 +93,8 @@ def match_modules(
     return sorted(found, key=order.__getitem__)
 
 
-def _kind_name(kind: type | None) -> str:
-    if kind is nn.Linear:
+def _kind_name(kind: type | tuple[type, ...] | None) -> str:
+    if kind is nn.Linear or (isinstance(kind, tuple) and nn.Linear in kind):
         return "linear layer"
     return "module"
 

@@ -84,10 +84,17 @@ class LoRALinear(nn.Module):
         if r < 1:
             raise AdapterError(f"LoRA rank r must be at least 1, got {r}.")
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight  # (d, k), frozen
+        if is_quantized(base):
+            # QLoRA: the frozen quantized layer computes x W_hat^T + b itself
+            self.base_layer = base
+            w = base.bias if base.bias is not None else next(iter(base.buffers()))
+            w = torch.empty(0, device=w.device)  # float32 A and B
+        else:
+            self.base_layer = None
+            self.weight = base.weight  # (d, k), frozen
+            w = base.weight
         self.register_parameter("bias", base.bias)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
-        w = base.weight
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=w.dtype, device=w.device))
         self.lora_B = nn.Parameter(
             torch.empty(self.out_features, r, dtype=w.dtype, device=w.device)
@@ -116,6 +123,9 @@ class LoRALinear(nn.Module):
         return h * self.scaling
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.base_layer is not None:
+            out = self.base_layer(x)
+            return out if self.disabled else out + self._lora(self.dropout(x)).to(out.dtype)
         out = F.linear(x, self.weight, self.bias)
         if self.merged:
             return out - self._lora(x).to(out.dtype) if self.disabled else out
@@ -126,6 +136,11 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """W <- W + (alpha / r) B A (no-op when already merged)."""
+        if self.base_layer is not None:
+            raise AdapterError(
+                "LoRA on a quantized base cannot be merged into its integer weights; keep the "
+                "adapter separate, or train it on the floating-point model to merge."
+            )
         if not self.merged:
             self.weight.copy_((self.weight.float() + self.delta_weight()).to(self.weight.dtype))
             self.merged = True
@@ -157,6 +172,8 @@ class LoRALinear(nn.Module):
 
 def _check_not_tied(model: nn.Module, name: str) -> None:
     """A tied weight would change its twin too when merged; refuse it up front."""
+    if is_quantized(model.get_submodule(name)):
+        return  # a quantized layer holds its own integer copy and is never merged
     weight = model.get_submodule(name).weight
     twins = [
         n.rsplit(".", 1)[0]
@@ -168,6 +185,15 @@ def _check_not_tied(model: nn.Module, name: str) -> None:
             f"LoRA target '{name}' shares its weight with '{twins[0]}' (tied embeddings), so a "
             "merge would change both; leave it out of targets or use an untied model."
         )
+
+
+def is_quantized(layer: nn.Module) -> bool:
+    """A quantized linear of `lmforge.compress` (known by its `dequantized_weight` method)."""
+    return not isinstance(layer, nn.Linear) and callable(getattr(layer, "dequantized_weight", None))
+
+
+def _quantized_types(model: nn.Module) -> tuple[type, ...]:
+    return tuple({type(m) for m in model.modules() if is_quantized(m)})
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -190,7 +216,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig | None = None) -> nn.Module:
         raise AdapterError(
             "this model already has LoRA; merge_lora it first or start from a fresh base model."
         )
-    names = match_modules(model, cfg.targets, kind=nn.Linear, what="LoRA target")
+    names = match_modules(
+        model, cfg.targets, kind=(nn.Linear, *_quantized_types(model)), what="LoRA target"
+    )
     if cfg.modules_to_save:
         match_modules(model, cfg.modules_to_save, what="modules_to_save entry")
     for name in names:

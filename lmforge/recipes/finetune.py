@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.compress.quantize import prepare_quantized
 from lmforge.config import ModelConfig
 from lmforge.config.train import TrainConfig, make_train_config, split_values
 from lmforge.data.task_batches import encode
@@ -192,6 +193,15 @@ def finetune(
 
     torch.manual_seed(tcfg.seed)
     model = Transformer(mcfg)
+    if mcfg.quantization:  # QLoRA-style: the quantized base stays frozen under an adapter
+        if fc.method not in PEFT_METHODS:
+            raise ConfigError(
+                f"{model_dir} is quantized ({mcfg.quantization['method']}), so its weights "
+                f"cannot train with --method {fc.method}; use --method lora (or fine-tune the "
+                "floating-point model)."
+            )
+        prepare_quantized(model, mcfg.quantization, missing_ok=True)
+        mcfg = model.cfg = mcfg.replace(quantization=model.quantization)  # the task's modules
     load_base(model, model_dir, new_head=fc.task in ("classify", "tokens"))
     info = {"task": fc.task, "labels": names, "method": fc.method, "max_len": cut,
             "base_model": str(model_dir)}  # fmt: skip
@@ -238,7 +248,7 @@ def finetune(
         return FinetuneResult(out_dir, result, {}, names, mcfg, tcfg, trainable)
     device = resolve_device(tcfg.device)
     best = load_finetuned(out_dir, device)
-    if fc.method == "lora":
+    if fc.method == "lora" and not mcfg.quantization:  # integer weights take no merge
         merged = merge_lora(load_finetuned(out_dir))
         save_model(merged, out_dir / "merged")
         tok.save(out_dir / "merged")

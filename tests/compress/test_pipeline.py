@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmforge.compress.pipeline import CompressConfig, compress
 from lmforge.errors import ConfigError
@@ -18,13 +19,18 @@ SMALL = {"speed_batches": 1, "speed_batch": 8, "batch_size": 16, "threads": 1}
 
 def test_structured_prune_and_distill_a_classifier(toy_classifier, tmp_path):
     cc = CompressConfig(prune="structured", ffn_fraction=0.5, head_fraction=0.5, max_steps=6,
-                        lr=3e-3, **SMALL)  # fmt: skip
+                        lr=3e-3, quantize="int8", **SMALL)  # fmt: skip
     result = compress(toy_classifier["model"], tmp_path, cc, train=toy_classifier["train"],
                       valid=toy_classifier["valid"], test=toy_classifier["test"],
                       log=lambda _: None)  # fmt: skip
     stages = [r["stage"] for r in result.rows]
-    assert stages == ["original", "pruned", "distilled"]
-    original, pruned, distilled = result.rows
+    assert stages == ["original", "pruned", "distilled", "quantized (int8)"]
+    original, pruned, distilled, quantized = result.rows
+    assert quantized["file_bytes"] < 0.4 * distilled["file_bytes"]  # int8 linears and embedding
+    reloaded = load_model(tmp_path / "quantized")  # the record rebuilds the int8 modules
+    ids = torch.tensor([[2, 5, 9, 11, 3]])
+    torch.testing.assert_close(reloaded(ids).logits, result.model(ids).logits)
+    assert type(reloaded.embed.tok).__name__ == "Int8Embedding"
     assert pruned["parameters"] < original["parameters"]
     assert pruned["file_bytes"] < original["file_bytes"]
     assert 0.0 <= distilled["accuracy"] <= 1.0 and distilled["speed"] > 0

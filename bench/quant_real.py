@@ -1,0 +1,257 @@
+"""Weight-only quantization at a real model's size: lmforge fp32 / int8 / int4 against llama.cpp
+(llama-cpp-python) Q8_0 / Q4_0 on the same weights, plus the memory bandwidth of the box.
+
+Model: a Llama of SmolLM2-135M's shape (30 layers, d_model 576, 9 heads, 3 KV heads, d_ff 1536,
+vocab 49152, tied embeddings, RoPE theta 1e5) with random weights. Greedy, batch 1, a random
+`--prompt-len`-token prompt, exactly `--new-tokens` new tokens (prefill included in the time, as
+a user sees it), `--threads` threads for everyone. lmforge's int8 and int4 models are built with
+`quantize_model` (what `lmforge quantize` writes); llama.cpp reads the fp32 model exported by
+`lmforge convert --to-gguf --type q8_0|q4_0|f32`. Contenders alternate within each repeat.
+
+Next to each rate: the bytes of weights one decode step reads (every matrix once; the tied
+embedding once more as the LM head, in the head's storage), the bandwidth that implies, and
+that as a share of the read bandwidth measured in the same run (a sum over a 1 GiB buffer on
+the same threads): the physical limit of batch-1 decoding.
+
+    python bench/quant_real.py                          # speed table (needs llama-cpp-python)
+    python bench/quant_real.py --compile                # adds lmforge compile=True contenders
+    python bench/quant_real.py --quality RUN_DIR [--data FILE]  # perplexity fp32/int8/int4
+(--quality without --data scores the documents `lmforge pretrain` held out of its embedded
+corpus: a model pretrained there has not seen them)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import torch
+from torch import nn
+
+from lmforge.compress import quantize_model
+from lmforge.config import ModelConfig
+from lmforge.generate import GenerationConfig, generate
+from lmforge.models import Transformer, save_model
+
+SMOL = dict(
+    arch="decoder", vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536,
+    max_seq_len=2048, pos="rope", rope_theta=1e5, norm="rmsnorm", norm_eps=1e-5, mlp="glu",
+    activation="silu", bias=False, tie_embeddings=True, heads=("lm",),
+)  # fmt: skip
+GGUF_BYTES_PER_32 = {"f32": 128, "q8_0": 34, "q4_0": 18}
+
+
+def bytes_per_token(model: nn.Module) -> int:
+    """Weights one decode step reads: every linear (quantized buffers or float weight, scales
+    included) and every norm; the embedding only as a head when the head is tied to it."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            continue
+        for name, t in list(m.named_parameters(recurse=False)) + list(
+            m.named_buffers(recurse=False)
+        ):
+            if name.startswith("_") or t.dtype == torch.bool:
+                continue  # derived kernel layouts are counted through their stored twins
+            total += t.numel() * t.element_size()
+    return total
+
+
+def gguf_bytes_per_token(cfg: ModelConfig, kind: str) -> int:
+    """The same count for a GGUF file: every matrix (token_embd read once as the output)."""
+    per_layer = 2 * cfg.d_model * cfg.n_head * cfg.head_dim
+    per_layer += 2 * cfg.d_model * cfg.n_kv_head * cfg.head_dim + 3 * cfg.d_model * cfg.d_ff
+    weights = cfg.n_layer * per_layer + cfg.vocab_size * cfg.d_model
+    norms = (2 * cfg.n_layer + 1) * cfg.d_model * 4
+    return weights // 32 * GGUF_BYTES_PER_32[kind] + norms
+
+
+def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second that a sum over a `gib` GiB float32 buffer reads (median)."""
+    buf = torch.ones(int(gib * (1 << 30)) // 4)
+    buf.sum()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t0)
+    return buf.numel() * 4 / common.median(times)
+
+
+def smol_dir(root: Path) -> tuple[Path, Transformer]:
+    """The SmolLM2-shaped model with a small byte-level BPE tokenizer (padded vocabulary)."""
+    from lmforge.tokenizer import train_tokenizer
+
+    lines = [f"Line {i}: the quick brown fox jumps over the lazy dog {i % 13}." for i in range(200)]
+    tok = train_tokenizer(lines, vocab_size=512)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_dict({**SMOL, "bos_id": tok.bos_id})).eval()
+    out = root / "smol"
+    tok.save(out)
+    save_model(model, out)
+    return out, model
+
+
+def llama_cpp_call(path: Path, prompt: list[int], new: int, threads: int):
+    from llama_cpp import Llama
+
+    llm = Llama(
+        model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads,
+        n_batch=512, verbose=False,
+    )  # fmt: skip
+
+    def run() -> list[int]:
+        out = []
+        for t in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(t)
+            if len(out) == new:
+                break
+        return out
+
+    return run
+
+
+def speed(args: argparse.Namespace) -> None:
+    device = common.setup("cpu", args.threads)
+    common.print_machine(device)
+    root = Path(tempfile.mkdtemp(prefix="quant_real_"))
+    model_dir, fp32 = smol_dir(root)
+    cfg = fp32.cfg
+    prompt = torch.randint(0, 512, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+    gen = GenerationConfig(max_new_tokens=args.new_tokens, temperature=0.0)
+    models = {
+        "lmforge fp32": fp32,
+        "lmforge int8": quantize_model(copy.deepcopy(fp32), "int8"),
+        f"lmforge int4 (g{args.group_size})": quantize_model(
+            copy.deepcopy(fp32), "int4", group_size=args.group_size
+        ),
+    }
+    sizes = {name: bytes_per_token(m) for name, m in models.items()}
+    outputs: dict[str, list[int]] = {}
+
+    def lm_call(name: str, m: nn.Module, compile: bool):
+        def run():
+            with torch.no_grad():
+                outputs[name] = generate(m, prompt, gen, compile=compile)[0]
+
+        return run
+
+    calls = {name: lm_call(name, m, False) for name, m in models.items()}
+    if args.compile:
+        for name, m in list(models.items()):
+            t0 = time.perf_counter()
+            lm_call(name, m, True)()
+            print(f"{name} compile=True: first call {time.perf_counter() - t0:.1f} s", flush=True)
+            calls[f"{name} compiled"] = lm_call(f"{name} compiled", m, True)
+            sizes[f"{name} compiled"] = sizes[name]
+    try:
+        import llama_cpp  # noqa: F401
+
+        have_llama = True
+    except ImportError:
+        have_llama = False
+        print("llama-cpp-python is not installed: no llama.cpp contenders")
+    if have_llama:
+        from lmforge.interop.gguf_export import export_gguf
+
+        ids = prompt[0].tolist()
+        for kind in ("f32", "q8_0", "q4_0"):
+            f = export_gguf(model_dir, root / f"smol-{kind}.gguf", kind)
+            name = f"llama.cpp {kind.upper()}"
+            run = llama_cpp_call(f, ids, args.new_tokens, args.threads)
+
+            def keep(run=run, name=name):
+                outputs[name] = run()
+
+            calls[name] = keep
+            sizes[name] = gguf_bytes_per_token(cfg, kind)
+
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    bandwidth = [read_bandwidth()]
+    times = common.alternate(calls, device, args.repeats, warmup=1)
+    bandwidth.append(read_bandwidth())
+    print(f"load average after: {os.getloadavg()}", flush=True)
+    bw = common.median(bandwidth)
+    rows = []
+    base = {"int8": "llama.cpp Q8_0", "int4": "llama.cpp Q4_0", "fp32": "llama.cpp F32"}
+    rate = {n: args.new_tokens / common.median(t) for n, t in times.items()}
+    for name, t in times.items():
+        ref = next((v for k, v in base.items() if k in name and "lmforge" in name), None)
+        vs = f"{rate[name] / rate[ref]:.2f}x" if ref in rate else "-"
+        moved = rate[name] * sizes[name]
+        rows.append([
+            name, f"{rate[name]:.1f}", common.spread([args.new_tokens / x for x in t]),
+            f"{sizes[name] / 1e6:.0f} MB", f"{moved / 1e9:.1f} GB/s", f"{moved / bw:.0%}", vs,
+        ])  # fmt: skip
+    print(f"\nread bandwidth measured in this run: {bw / 1e9:.1f} GB/s (sum over 1 GiB)")
+    print(common.markdown_table(
+        ["contender", "tokens/s", "spread", "weights/token", "weights read", "of bandwidth",
+         "vs llama.cpp same bits"], rows))  # fmt: skip
+    if have_llama:
+        same = outputs["lmforge fp32"] == outputs.get("llama.cpp F32")
+        agree = 0
+        for x, y in zip(outputs["lmforge fp32"], outputs.get("llama.cpp F32", []), strict=False):
+            if x != y:
+                break
+            agree += 1
+        print(f"greedy tokens, lmforge fp32 vs llama.cpp F32 (same weights): "
+              f"{'identical' if same else f'first {agree} of {args.new_tokens} equal'}")  # fmt: skip
+
+
+def quality(args: argparse.Namespace) -> None:
+    """Held-out perplexity of a trained model, fp32 vs `lmforge quantize` int8 / int4."""
+    from lmforge.evaluate.perplexity import perplexity
+    from lmforge.recipes.quantize import quantize_checkpoint
+
+    common.setup("cpu", args.threads)
+    root = Path(tempfile.mkdtemp(prefix="quant_quality_"))
+    dirs = {"fp32": Path(args.quality)}
+    dirs["int8"] = quantize_checkpoint(args.quality, root / "int8", "int8").out_dir
+    for g in (128, 64, 32):
+        dirs[f"int4 g{g}"] = quantize_checkpoint(
+            args.quality, root / f"int4-{g}", "int4", g
+        ).out_dir
+    data = args.data
+    if not data:  # the documents `lmforge pretrain` held out of the embedded corpus (seed 0)
+        from lmforge.data import default_corpus, split_documents
+
+        _, valid = split_documents(default_corpus(), 0.05, seed=0)
+        (root / "held_out.txt").write_text("\n\n".join(valid), encoding="utf-8")
+        data = [root / "held_out.txt"]
+    ppl = {name: perplexity(d, data, device="cpu") for name, d in dirs.items()}
+    base = ppl["fp32"].perplexity
+    rows = [[name, f"{r.perplexity:.3f}", f"{(r.perplexity / base - 1):+.2%}", r.tokens]
+            for name, r in ppl.items()]  # fmt: skip
+    print(f"load average: {os.getloadavg()}")
+    print(common.markdown_table(["model", "perplexity", "vs fp32", "tokens"], rows))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--quality", help="a trained causal LM dir: held-out perplexity instead")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        help="held-out text files for --quality (default: the "
+        "embedded corpus's validation documents)",
+    )
+    args = p.parse_args()
+    if args.quality:
+        quality(args)
+    else:
+        speed(args)
+
+
+if __name__ == "__main__":
+    main()
