@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from lmforge.cli.checks import unexpected
+from lmforge.cli.compress import register as register_compress
 from lmforge.cli.data import data_app
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
@@ -37,6 +38,7 @@ register_interop(app)
 register_finetune(app)
 register_prompt(app)
 register_serve(app)
+register_compress(app)
 register_quantize(app)
 
 StrategyOpt = Annotated[

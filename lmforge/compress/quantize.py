@@ -442,6 +442,10 @@ def prepare_quantized(
                 "the config does not match the weights."
             )
         _swap(model, name, _empty(method, lin, group_size))
+    if record.get("embeddings"):  # int8 token embeddings (lmforge.compress.embedding)
+        from lmforge.compress.embedding import prepare_quantized_embeddings
+
+        prepare_quantized_embeddings(model, list(record["embeddings"]))
     setattr(model, ATTR, {**record, "modules": names})
     return model
 

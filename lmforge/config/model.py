@@ -70,6 +70,9 @@ class ModelConfig:
         d_model: width of the residual stream.
         head_dim: width of one head (default `d_model // n_head`).
         d_ff: hidden width of the feed-forward network (default 4 * d_model).
+        layer_d_ff, layer_n_head, layer_n_kv_head: optional per-block sizes, one number per
+            block (a structurally pruned model, `lmforge.compress`); None = `d_ff`, `n_head`,
+            `n_kv_head` in every block. Encoder or decoder models only.
         max_seq_len: the longest sequence the model accepts (positions table size).
         pos: positional scheme.
         rope_theta: RoPE base.
@@ -106,6 +109,9 @@ class ModelConfig:
     d_model: int = 256
     head_dim: int | None = None
     d_ff: int | None = None
+    layer_d_ff: list[int] | None = None
+    layer_n_head: list[int] | None = None
+    layer_n_kv_head: list[int] | None = None
     max_seq_len: int = 256
     pos: Positions = "learned"
     rope_theta: float = 10000.0
@@ -159,7 +165,10 @@ class ModelConfig:
         if self.arch == "encoder-decoder" and self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer
         self.heads = tuple(self.heads)
+        if self.layer_n_head is not None and self.layer_n_kv_head is None:
+            self.layer_n_kv_head = [h // self.n_kv_groups for h in self.layer_n_head]
         self._validate()
+        self._validate_layers()
 
     def _validate(self) -> None:
         positive = ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "num_labels")
@@ -226,8 +235,65 @@ class ModelConfig:
         positions = self.max_seq_len * d if self.pos == "learned" else 0
         head = 0 if self.tie_embeddings else self.vocab_size * d
         return self.vocab_size * d + positions + layers * (2 * attn + mlp) + head
+    def _validate_layers(self) -> None:
+        names = ("layer_d_ff", "layer_n_head", "layer_n_kv_head")
+        given = [n for n in names if getattr(self, n) is not None]
+        if not given:
+            return
+        if self.arch == "encoder-decoder":
+            raise ConfigError(
+                f"{given[0]} (per-block sizes) is supported for encoder or decoder models only; "
+                "remove it for an encoder-decoder."
+            )
+        if self.pos in ("alibi", "relative") and self.layer_n_head is not None:
+            raise ConfigError(
+                f"layer_n_head does not combine with pos='{self.pos}' (its biases are per head "
+                "of the whole model); keep the same heads in every block."
+            )
+        for name in given:
+            values = getattr(self, name)
+            if len(values) != self.n_layer or min(values) < 1:
+                raise ConfigError(
+                    f"{name} must hold n_layer={self.n_layer} numbers, each at least 1, got "
+                    f"{values}."
+                )
+        if self.layer_n_kv_head is not None:
+            for i, (h, kv) in enumerate(zip(self.layer_heads, self.layer_kv_heads, strict=True)):
+                if h % kv:
+                    raise ConfigError(
+                        f"block {i} has {h} query heads, not a multiple of its {kv} key/value "
+                        "heads; fix layer_n_head / layer_n_kv_head."
+                    )
 
     # ----------------------------------------------------------------- derived properties
+    @property
+    def layer_ffn(self) -> list[int]:
+        """The feed-forward width of each block (`layer_d_ff` or `d_ff` everywhere)."""
+        return list(self.layer_d_ff) if self.layer_d_ff is not None else [self.d_ff] * self.n_layer
+
+    @property
+    def layer_heads(self) -> list[int]:
+        """The query heads of each block (`layer_n_head` or `n_head` everywhere)."""
+        return (
+            list(self.layer_n_head)
+            if self.layer_n_head is not None
+            else [self.n_head] * self.n_layer
+        )
+
+    @property
+    def layer_kv_heads(self) -> list[int]:
+        """The key/value heads of each block (`layer_n_kv_head` or `n_kv_head` everywhere)."""
+        if self.layer_n_kv_head is not None:
+            return list(self.layer_n_kv_head)
+        return [self.n_kv_head] * self.n_layer
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when every block has the same sizes (no per-block lists)."""
+        return (
+            self.layer_d_ff is None and self.layer_n_head is None and self.layer_n_kv_head is None
+        )
+
     @property
     def is_causal(self) -> bool:
         """True when the (main) stack predicts left to right."""
@@ -241,6 +307,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["heads"] = list(self.heads)
+        for name in ("layer_d_ff", "layer_n_head", "layer_n_kv_head"):
+            if out[name] is None:
+                del out[name]  # a uniform model's config.json stays as it was
         if out["quantization"] is None:  # only quantized checkpoints carry the key
             del out["quantization"]
         return out

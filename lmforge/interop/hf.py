@@ -78,6 +78,11 @@ def family_from_hf(hf_config: HfConfig) -> tuple[Family, tuple[str, ...], str]:
 
 def family_of(cfg: ModelConfig) -> Family:
     """The Hugging Face family that represents `cfg` exactly (chosen by its choices, not a name)."""
+    if not cfg.is_uniform:
+        raise CheckpointError(
+            "this model has per-block sizes (a structurally pruned model) and Hugging Face "
+            "configs hold one size for all blocks, so it cannot be exported; use it in lmforge."
+        )
     reasons = []
     for family in FAMILIES.values():
         reason = family.mismatch(cfg)

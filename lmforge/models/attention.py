@@ -162,12 +162,15 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.cross = cross
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        if not cross and not cfg.is_uniform:  # a structurally pruned block (lmforge.compress)
+            self.n_head = cfg.layer_heads[layer_idx]
+            self.n_kv_head = cfg.layer_kv_heads[layer_idx]
         self.scale = cfg.attn_scale
         self.dropout_p = cfg.attn_dropout
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=cfg.bias)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
-        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
+        self.q_proj = nn.Linear(cfg.d_model, self.n_head * cfg.head_dim, bias=cfg.bias)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_head * cfg.head_dim, bias=cfg.bias)
+        self.o_proj = nn.Linear(self.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         self.backend: Backend = "sdpa"
 
     def _heads(self, x: Tensor, n: int) -> Tensor:

@@ -43,7 +43,7 @@ class Block(nn.Module):
             self.cross_norm = build_norm(cfg)
             self.cross_attn = Attention(cfg, layer_idx, cross=True)
         self.mlp_norm = build_norm(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, None if cross or cfg.is_uniform else cfg.layer_ffn[layer_idx])
         self.dropout = nn.Dropout(cfg.dropout)
 
     def _residual(self, x: Tensor, norm: nn.Module, fn) -> tuple[Tensor, Tensor | None]:

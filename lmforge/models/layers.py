@@ -51,14 +51,15 @@ class MLP(nn.Module):
     `down_proj(act(up_proj(x)))`; gated form `down_proj(act(gate_proj(x)) * up_proj(x))`.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, d_ff: int | None = None) -> None:
         super().__init__()
+        d_ff = cfg.d_ff if d_ff is None else d_ff  # a pruned block has its own width
         self.act = ACTIVATIONS[cfg.activation]
         self.gated = cfg.mlp == "glu"
         if self.gated:
-            self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+            self.gate_proj = nn.Linear(cfg.d_model, d_ff, bias=cfg.bias)
+        self.up_proj = nn.Linear(cfg.d_model, d_ff, bias=cfg.bias)
+        self.down_proj = nn.Linear(d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:

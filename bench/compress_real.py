@@ -1,0 +1,207 @@
+"""Compression measured on real models: prune -> distill -> quantize, and pruning curves.
+
+Two experiments, each one JSON file plus a PNG in --out:
+
+classifier  the real all-MiniLM-L6-v2 fine-tuned on the VADER reviews (a run dir of
+            `bench/finetune_real.py --work DIR`, i.e. DIR/run, with its data in DIR/data):
+            1. `lmforge.compress.compress`: structured pruning (--ffn-fraction, --head-fraction),
+               distillation from the unpruned model, int8 quantization; the pipeline's report;
+            2. a paired speed check: the original and the final model timed alternately in one
+               process (batch 32, --threads threads, test sentences), the ratio of medians;
+            3. accuracy vs sparsity without retraining: magnitude pruning (global) vs structured
+               pruning (FFN neurons + heads at the same fraction), sparsity = share of the block
+               weights removed.
+lm          a small causal LM (`lmforge pretrain` dir): held-out perplexity vs magnitude sparsity
+            0-70%, without retraining and after a short distillation from the unpruned model.
+
+Usage:
+    python bench/compress_real.py classifier --run runs/ft/run --data runs/ft/data --out runs/c
+    python bench/compress_real.py lm --model runs/lm --out runs/c-lm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _write(out: Path, name: str, payload: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(payload)[:2000])
+
+
+def _plot(path: Path, curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, points in curves.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def paired_speed(a, b, batches, threads: int, rounds: int) -> dict:
+    """Time models a and b alternately over the same batches; medians and their ratio."""
+    torch.set_num_threads(threads)
+    times = {"a": [], "b": []}
+    with torch.inference_mode():
+        for model in (a, b):
+            model(**batches[0])  # warm-up
+        for _ in range(rounds):
+            for key, model in (("a", a), ("b", b)):
+                t0 = time.perf_counter()
+                for batch in batches:
+                    model(**batch)
+                times[key].append(time.perf_counter() - t0)
+    n = sum(x["input_ids"].size(0) for x in batches)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"examples": n, "threads": threads, "rounds": rounds,
+            "original_examples_per_s": n / med["a"], "final_examples_per_s": n / med["b"],
+            "speedup": med["a"] / med["b"], "load_average": _load()}  # fmt: skip
+
+
+def block_sparsity(model, dense_total: int) -> float:
+    from lmforge.compress.prune import prunable_linears
+
+    kept = sum(int((m.weight != 0).sum()) for m in prunable_linears(model).values())
+    return 1 - kept / dense_total
+
+
+def classifier(args) -> None:
+    from lmforge.compress.data import StageData
+    from lmforge.compress.pipeline import CompressConfig, compress
+    from lmforge.compress.prune import magnitude_prune, prunable_linears
+    from lmforge.compress.structured import structured_prune
+    from lmforge.recipes.finetuned import load_finetuned, read_task_info
+
+    torch.set_num_threads(1)
+    data = Path(args.data)
+    files = {s: data / f"{s}.jsonl" for s in ("train", "valid", "test")}
+    cc = CompressConfig(prune=args.prune, distill=not args.no_distill, ffn_fraction=args.ffn_fraction,
+                        head_fraction=args.head_fraction, importance=args.importance,
+                        epochs=args.epochs, lr=args.lr, quantize=args.quantize,
+                        threads=args.threads, eval_limit=args.eval_limit, speed_batches=2)  # fmt: skip
+    if not args.skip_pipeline:
+        t0 = time.perf_counter()
+        result = compress(args.run, args.out / "pipeline", cc, train=files["train"],
+                          valid=files["valid"], test=files["test"])  # fmt: skip
+        _write(args.out, "pipeline", {"rows": result.rows, "wall_s": time.perf_counter() - t0,
+                                      "config": vars(cc)})  # fmt: skip
+        original, final = load_finetuned(args.original or args.run), result.final_dir
+        final_model = result.model.eval()
+        sd = StageData.build(Path(args.run), original, read_task_info(args.run), None, None,
+                             files["test"], cc)  # fmt: skip
+        sd.speed_batch, sd.speed_count = 32, args.speed_batches
+        speed = paired_speed(original, final_model, sd.speed_batches(), args.threads, args.rounds)
+        speed["final_dir"] = str(final)
+        _write(args.out, "speed", speed)
+    if not args.fractions:
+        return
+    # accuracy vs sparsity, no retraining
+    base = load_finetuned(args.run)
+    sd = StageData.build(Path(args.run), base, read_task_info(args.run), None, None,
+                         files["test"], cc)  # fmt: skip
+    dense = sum(m.weight.numel() for m in prunable_linears(base).values())
+    curves: dict[str, list] = {"magnitude (global)": [], "structured (neurons + heads)": []}
+    for f in args.fractions:
+        mag = load_finetuned(args.run)
+        if f > 0:
+            magnitude_prune(mag, f, "global")
+        acc = sd.quality(mag)["accuracy"]
+        curves["magnitude (global)"].append((block_sparsity(mag, dense), acc))
+        st = structured_prune(load_finetuned(args.run), f, f) if f > 0 else load_finetuned(args.run)
+        removed = 1 - sum(m.weight.numel() for m in prunable_linears(st).values()) / dense
+        curves["structured (neurons + heads)"].append((removed, sd.quality(st)["accuracy"]))
+        print(f"fraction {f}: {curves['magnitude (global)'][-1]} "
+              f"{curves['structured (neurons + heads)'][-1]} load {_load()}")  # fmt: skip
+    _write(args.out, "curve", {"curves": curves, "eval_limit": args.eval_limit, "load": _load()})
+    _plot(args.out / "curve.png", curves, "block weights removed", "test accuracy")
+
+
+def lm(args) -> None:
+    from lmforge.compress.data import StageData
+    from lmforge.compress.pipeline import CompressConfig, train_stage
+    from lmforge.compress.prune import magnitude_prune, remove_masks
+    from lmforge.data import default_corpus
+    from lmforge.models import load_model
+
+    torch.set_num_threads(1)
+    docs = default_corpus()
+    cut = int(0.9 * len(docs))
+    args.out.mkdir(parents=True, exist_ok=True)
+    train, test = args.out / "train.txt", args.out / "heldout.txt"
+    train.write_text("\n\n".join(docs[:cut]), encoding="utf-8")
+    test.write_text("\n\n".join(docs[cut:]), encoding="utf-8")
+    cc = CompressConfig(prune="magnitude", scope="layer", max_steps=args.distill_steps,
+                        batch_size=8, seq_len=64, lr=args.lr or 1e-3, eval_limit=None)  # fmt: skip
+    teacher = load_model(args.model)
+    sd = StageData.build(Path(args.model), teacher, None, train, None, test, cc)
+    curves: dict[str, list] = {"pruned": [], "pruned + distilled": []}
+    for s in args.sparsities:
+        model = load_model(args.model)
+        if s > 0:
+            magnitude_prune(model, s)
+        curves["pruned"].append((s, sd.quality(model)["perplexity"]))
+        if s > 0:
+            model = train_stage(model, teacher, sd, cc, args.out / f"distill-{s}", 1.0)
+            remove_masks(model)
+        curves["pruned + distilled"].append((s, sd.quality(model)["perplexity"]))
+        print(f"sparsity {s}: {curves['pruned'][-1]} {curves['pruned + distilled'][-1]} "
+              f"load {_load()}")  # fmt: skip
+    _write(args.out, "lm_curve", {"curves": curves, "distill_steps": args.distill_steps,
+                                  "model": str(args.model), "load": _load()})  # fmt: skip
+    _plot(args.out / "lm_curve.png", curves, "sparsity (block weights)", "held-out perplexity")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("classifier")
+    c.add_argument("--run", type=Path, required=True)
+    c.add_argument("--data", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--original", type=Path, default=None, help="speed baseline (default --run)")
+    c.add_argument("--prune", default="structured")
+    c.add_argument("--no-distill", action="store_true")
+    c.add_argument("--ffn-fraction", type=float, default=0.5)
+    c.add_argument("--head-fraction", type=float, default=0.25)
+    c.add_argument("--importance", default="magnitude")
+    c.add_argument("--epochs", type=float, default=1.0)
+    c.add_argument("--lr", type=float, default=5e-5)
+    c.add_argument("--quantize", default="int8")
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--eval-limit", type=int, default=None)
+    c.add_argument("--speed-batches", type=int, default=4)
+    c.add_argument("--rounds", type=int, default=5)
+    c.add_argument("--skip-pipeline", action="store_true")
+    c.add_argument("--fractions", type=float, nargs="*", default=[0.0, 0.2, 0.4, 0.6])
+    m = sub.add_parser("lm")
+    m.add_argument("--model", type=Path, required=True)
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
+    m.add_argument("--distill-steps", type=int, default=40)
+    m.add_argument("--lr", type=float, default=None)
+    args = p.parse_args()
+    classifier(args) if args.what == "classifier" else lm(args)
+
+
+if __name__ == "__main__":
+    main()
