@@ -136,7 +136,9 @@ def check_header(cfg: ModelConfig, path: str | Path) -> None:
     model: a config claiming more (or other) tensors than the file holds fails here, without
     allocating anything."""
     size = Path(path).stat().st_size
-    if least_values(cfg) > size:  # every value takes at least a byte
+    # every value takes at least a byte, half a byte in an int4 checkpoint
+    per_value = 0.5 if (cfg.quantization or {}).get("method") == "int4" else 1.0
+    if least_values(cfg) * per_value > size:
         raise CheckpointError(
             f"the config describes at least {least_values(cfg):,} weights but {path} holds only "
             f"{size:,} bytes; the config does not match the weights."
@@ -144,6 +146,8 @@ def check_header(cfg: ModelConfig, path: str | Path) -> None:
     have = header_shapes(path)
     with torch.device("meta"):
         skeleton = Transformer(cfg)
+        if cfg.quantization:
+            _quantized(skeleton, cfg)
     tied = {n for n, _ in skeleton.named_parameters(remove_duplicate=False)} - {
         n for n, _ in skeleton.named_parameters()
     }
@@ -158,6 +162,14 @@ def check_header(cfg: ModelConfig, path: str | Path) -> None:
                 f"{path} has no tensor '{name}', which the config needs; the config does not "
                 "match the weights."
             )
+
+
+def _quantized(model: Transformer, cfg: ModelConfig) -> None:
+    # the one place `models` reaches into `compress`: a quantized checkpoint needs its
+    # quantized linears swapped in before its integer tensors can load
+    from lmforge.compress.quantize import prepare_quantized
+
+    prepare_quantized(model, cfg.quantization)
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Transformer:
@@ -178,10 +190,6 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
     check_header(cfg, model_dir / WEIGHTS)
     model = Transformer(cfg)
     if cfg.quantization:
-        # the one place `models` reaches into `compress`: a quantized checkpoint needs its
-        # quantized linears swapped in before its integer tensors can load
-        from lmforge.compress.quantize import prepare_quantized
-
-        prepare_quantized(model, cfg.quantization)
+        _quantized(model, cfg)
     load_state(model, model_dir / WEIGHTS)
     return model.to(device).eval()

@@ -259,26 +259,27 @@ def test_config_validates_per_layer_sizes():
     assert "layer_d_ff" not in cfg.to_dict()  # uniform configs are stored as before
 
 
-@pytest.mark.parametrize("explicit", [False, True], ids=["sdpa", "explicit"])
-def test_static_decode_step_runs_a_pruned_model_like_the_plain_step(explicit):
-    """Blocks with different key/value head counts use narrowed views of one cache buffer."""
-    from lmforge.generate.core import decode_one_token, prefill
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_decode_step_runs_a_pruned_model_like_its_full_forward(backend):
+    """Blocks with different key/value head counts: the one decode step (each layer's own cache
+    buffer) gives the logits of a full forward over the grown rows, left padding included."""
+    from lmforge.generate.core import prefill
     from lmforge.generate.inputs import pad
-    from lmforge.generate.static import StaticDecoder
 
     model = build("llama-tiny")  # 4 query heads on 2 key/value heads per block
     kv = [torch.tensor([0]), torch.tensor([0, 1])]  # block 0 keeps one group, block 1 both
     pruned = shrink(model, None, kv)
     assert pruned.cfg.layer_n_kv_head == [1, 2]
-    ids, mask = pad([[5, 6, 7, 8], [3, 4]], 0, torch.device("cpu"))
+    pruned.set_attention_backend(backend)
+    rows = [[5, 6, 7, 8], [3, 4]]
+    ids, mask = pad(rows, 0, torch.device("cpu"))
     with torch.inference_mode():
-        caches = [pruned.new_cache(2, ids.size(1) + 5) for _ in range(2)]
-        logits = [prefill(pruned, ids, mask, c) for c in caches]
-        static = StaticDecoder(pruned, caches[1], mask, compile=False)
-        static.explicit = explicit
-        grown = mask
+        cache = pruned.new_cache(2, ids.size(1) + 5)
+        logits = prefill(pruned, ids, mask, cache)
         for _ in range(5):
-            token = logits[0].argmax(-1)[:, None]
-            grown = torch.cat([grown, grown.new_ones(2, 1)], dim=1)
-            logits = [decode_one_token(pruned, token, grown, caches[0]), static(token)]
-            torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+            token = logits.argmax(-1)
+            for r, t in zip(rows, token.tolist(), strict=True):
+                r.append(t)
+            logits = pruned.decode_step(token[:, None], cache)
+            want = torch.stack([pruned(torch.tensor([r])).logits[0, -1] for r in rows])
+            torch.testing.assert_close(logits, want.float(), rtol=1e-4, atol=1e-4)
