@@ -135,7 +135,7 @@ def truncation_lines() -> Iterator[None]:
 def summary(scores: dict) -> str:
     """The headline numbers of a score dict, as 'accuracy 0.912, macro_f1 0.904, loss 0.25'."""
     keys = ("accuracy", "macro_f1", "entity_f1", "entity_precision", "entity_recall",
-            "token_acc", "ppl", "loss")  # fmt: skip
+            "token_acc", "ppl", "loss", "exact_match", "f1", "bleu", "chrf", "rougeL")  # fmt: skip
     return ", ".join(f"{k} {scores[k]:.4f}" for k in keys if k in scores)
 
 

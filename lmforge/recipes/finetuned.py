@@ -114,13 +114,17 @@ def score_records(
     split: str = "test",
     batch_size: int = 32,
     warn: bool = True,
+    generate_limit: int = 200,
 ) -> dict[str, Any]:
     """Run the model on labelled records and score it (JSON-ready).
 
     classify: `classification_report` over the training labels, plus `loss` (mean CE);
     tokens:   `entity_scores` as `entity_precision/recall/f1`, `token_acc` (share of words tagged
               right; words past the length limit count as tagged "O") and `loss`;
-    sft, seq2seq: `loss` (mean NLL of the response/target tokens), `ppl` = exp(loss), `token_acc`.
+    sft, seq2seq: `loss` (mean NLL of the response/target tokens), `ppl` = exp(loss), `token_acc`,
+              and for the first `generate_limit` records (0 = none) the scores of greedy outputs
+              (`lmforge.evaluate.generation.generation_report`: bleu, chrf, rouge1/2/L,
+              exact_match, f1 on 0-100, samples).
     `warn=False` skips the truncation warning (for a split already warned about).
     """
     task, names = info["task"], list(info.get("labels") or [])
@@ -132,7 +136,13 @@ def score_records(
     if task in ("sft", "seq2seq"):
         ev = evaluate_loss(model, TaskObjective(task), data.sequential(), device)
         loss = ev["eval_loss"]
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "token_acc": ev["eval_token_acc"]}
+        out = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "token_acc": ev["eval_token_acc"]}
+        if generate_limit:
+            from lmforge.evaluate.generation import generation_report
+
+            out.update(generation_report(model, tokenizer, task, records, info["max_len"],
+                                         limit=generate_limit, batch_size=batch_size))  # fmt: skip
+        return out
     preds: list[Any] = []
     total, n = 0.0, 0
     for batch in data.sequential():
