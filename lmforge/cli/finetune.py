@@ -28,7 +28,10 @@ def _floats(text: str | None) -> str | list[float] | None:
 
 def finetune(
     model_dir: Annotated[Path, typer.Argument(help="A pretrained (or converted) model dir.")],
-    task: Annotated[str, typer.Option(help="classify, tokens (BIO tags), sft or seq2seq.")],
+    task: Annotated[
+        str,
+        typer.Option(help="classify, tokens (BIO tags), sft, seq2seq, qa (SQuAD) or choice."),
+    ],
     train: Annotated[Path, typer.Option(help="Training file (.csv, .tsv, .jsonl or .json).")],
     out: Annotated[Path, typer.Option(help="Output dir (best model, metrics, reports).")],
     overrides: Annotated[
@@ -68,13 +71,20 @@ def finetune(
         int | None, typer.Option(help="Stop after this many evaluations without improvement.")
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Model dropout while training.")] = None,
+    doc_stride: Annotated[
+        int, typer.Option(help="qa: context tokens shared by consecutive windows.")
+    ] = 128,
+    max_answer_len: Annotated[
+        int, typer.Option(help="qa: the longest predicted answer in tokens.")
+    ] = 30,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     strategy: Annotated[
         str | None,
         typer.Option(help="none, ddp or fsdp; run under torchrun for several processes."),
     ] = None,
 ) -> None:
-    """Fine-tune a model on labelled data: classification, BIO tagging, SFT or seq2seq."""
+    """Fine-tune a model on labelled data: classification, BIO tagging, SFT, seq2seq,
+    extractive QA or multiple choice."""
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.finetune import FinetuneConfig
     from lmforge.recipes.finetune import finetune as run
@@ -97,6 +107,8 @@ def finetune(
         select_metric=select_metric,
         patience=patience,
         dropout=dropout,
+        doc_stride=doc_stride,
+        max_answer_len=max_answer_len,
     )
 
     values = parse_overrides(overrides or [])

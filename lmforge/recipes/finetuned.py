@@ -121,6 +121,7 @@ def score_records(
     classify: `classification_report` over the training labels, plus `loss` (mean CE);
     tokens:   `entity_scores` as `entity_precision/recall/f1`, `token_acc` (share of words tagged
               right; words past the length limit count as tagged "O") and `loss`;
+    qa, choice: `lmforge.recipes.qa_scores` (SQuAD exact match / F1; accuracy);
     sft, seq2seq: `loss` (mean NLL of the response/target tokens), `ppl` = exp(loss), `token_acc`,
               and for the first `generate_limit` records (0 = none) the scores of greedy outputs
               (`lmforge.evaluate.generation.generation_report`: bleu, chrf, rouge1/2/L,
@@ -129,10 +130,15 @@ def score_records(
     """
     task, names = info["task"], list(info.get("labels") or [])
     ids = {name: i for i, name in enumerate(names)}
-    features = encode(task, tokenizer, records, ids, info["max_len"], split, warn=warn)
+    features = encode(task, tokenizer, records, ids, info["max_len"], split, warn=warn,
+                      doc_stride=int(info.get("doc_stride", 128)))  # fmt: skip
     data = batches_for(task, features, tokenizer, model, batch_size, name=split)
     device = next(model.parameters()).device
     model.eval()
+    if task in ("qa", "choice"):
+        from lmforge.recipes.qa_scores import score_qa_or_choice
+
+        return score_qa_or_choice(model, info, records, features, data.sequential())
     if task in ("sft", "seq2seq"):
         ev = evaluate_loss(model, TaskObjective(task), data.sequential(), device)
         loss = ev["eval_loss"]

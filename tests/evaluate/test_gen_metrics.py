@@ -48,7 +48,9 @@ def test_rouge_equals_rouge_score():
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     ours = rouge(PREDS, REFS)
     for key in ("rouge1", "rouge2", "rougeL"):
-        want = sum(scorer.score(r, p)[key].fmeasure for p, r in zip(PREDS, REFS)) / len(PREDS)
+        want = sum(
+            scorer.score(r, p)[key].fmeasure for p, r in zip(PREDS, REFS, strict=True)
+        ) / len(PREDS)
         assert ours[key] == pytest.approx(100 * want)
     assert ours["rouge1"] > ours["rouge2"] > 0
 
