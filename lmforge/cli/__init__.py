@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from lmforge.cli.data import data_app
+from lmforge.cli.eval import register as register_eval
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
 from lmforge.cli.longctx import register as register_longctx
@@ -35,6 +36,7 @@ register_interop(app)
 register_finetune(app)
 register_prompt(app)
 register_serve(app)
+register_eval(app)
 
 StrategyOpt = Annotated[
     str | None,
