@@ -22,8 +22,9 @@ A task file (the subset of lm-eval's format this harness reads):
 Requests go through the model's one forward in padded batches (`loglikelihoods`, longest first):
 
     loglikelihood(ctx, cont) = sum_{t in cont} log P(x_t | x_<t)     with whole = enc(ctx + cont),
-        cont tokens = whole[len(enc(ctx)):] (as lm-eval splits them), BOS (else EOS) in front
-        when the tokenizer has one; the left end is cut to the model's max_seq_len.
+        cont tokens = whole[len(enc(ctx)):] (as lm-eval splits them); before the context what
+        the tokenizer itself puts before a text (BOS for lmforge's BPE), and EOS when that
+        leaves the context empty; the left end is cut to the model's max_seq_len.
     multiple_choice   acc      = 1[argmax_i ll_i = gold]
                       acc_norm = 1[argmax_i ll_i / len(choice_i in bytes) = gold]
     loglikelihood     acc = 1[the continuation is the greedy continuation], perplexity =
@@ -293,8 +294,13 @@ class LM:
             )
         self.model, self.tok, self.batch_size = model.eval(), tokenizer, batch_size
         self.max_len = model.cfg.max_seq_len
-        start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-        self.prefix = [start] if start is not None else []
+        # what the tokenizer itself puts before a text (lmforge's BPE: BOS; many imported ones
+        # nothing); a text with no such start is scored after EOS, as lm-eval does
+        probe, plain = tokenizer.encode("a", add_special_tokens=True), tokenizer.encode("a")
+        lead = probe[: len(probe) - len(plain)] if probe[len(probe) - len(plain) :] == plain else []
+        self.prefix = lead if tokenizer.bos_id is not None and tokenizer.bos_id in lead else []
+        eos = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+        self.start = self.prefix or [eos]
         self.device = next(model.parameters()).device
 
     def pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -306,9 +312,10 @@ class LM:
             context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
         whole = self.tok.encode(context + continuation)
         ctx = self.tok.encode(context)
+        cont = whole[len(ctx) :]
         if whole[: len(ctx)] != ctx:  # a merge across the boundary: encode the parts alone
-            return self.prefix + ctx, self.tok.encode(continuation)
-        return self.prefix + ctx, whole[len(ctx) :]
+            cont = self.tok.encode(continuation)
+        return (self.prefix + ctx) or self.start, cont
 
     @torch.no_grad()
     def score(self, requests: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
@@ -347,11 +354,10 @@ class LM:
     def rolling(self, text: str) -> float:
         """The log-likelihood of every token of `text` (module docstring: windows of
         max_seq_len, each with as much preceding context as fits)."""
-        tokens = self.prefix + self.tok.encode(text)
-        if len(tokens) == len(self.prefix):
+        body = self.tok.encode(text)
+        if not body:
             return 0.0
-        if not self.prefix:  # the first token has no context to be predicted from
-            tokens = [self.tok.eos_id if self.tok.eos_id is not None else 0] + tokens
+        tokens = self.start + body  # the first token is predicted from BOS (else EOS)
         requests = []
         for first in range(1, len(tokens), self.max_len):
             last = min(first + self.max_len, len(tokens))  # predict tokens[first:last]
@@ -368,7 +374,7 @@ class LM:
         for at in range(0, len(contexts), self.batch_size):
             prompts = []
             for c in contexts[at : at + self.batch_size]:
-                ids = self.prefix + self.tok.encode(c)
+                ids = (self.prefix + self.tok.encode(c)) or self.start
                 prompts.append(ids[-(self.max_len - max_gen_toks) :])
             for tokens in generate(self.model, prompts, gen, tokenizer=self.tok):
                 text = self.tok.decode(tokens)
