@@ -289,8 +289,9 @@ class LM:
     def __init__(self, model, tokenizer, batch_size: int = 16) -> None:
         if "lm" not in model.cfg.heads or model.cfg.arch != "decoder":
             raise ConfigError(
-                f"lmforge eval scores decoder language models; this model is a {model.cfg.arch} "
-                f"with heads {list(model.cfg.heads)}."
+                f"lmforge eval scores decoder language models with an 'lm' head; this model is "
+                f"{'an' if model.cfg.arch[0] == 'e' else 'a'} {model.cfg.arch} with heads "
+                f"{list(model.cfg.heads)}; pass a pretrained or converted decoder."
             )
         self.model, self.tok, self.batch_size = model.eval(), tokenizer, batch_size
         self.max_len = model.cfg.max_seq_len
