@@ -333,7 +333,7 @@ class LM:
                 if not cont:
                     raise DataError("a request has an empty continuation; check doc_to_target.")
                 full = (ctx + cont)[-(self.max_len + 1) :]
-                rows.append((full[:-1], len(cont)))
+                rows.append((full[:-1], min(len(cont), len(full) - 1)))
             width = max(len(r) for r, _ in rows)
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -376,7 +376,7 @@ class LM:
             prompts = []
             for c in contexts[at : at + self.batch_size]:
                 ids = (self.prefix + self.tok.encode(c)) or self.start
-                prompts.append(ids[-(self.max_len - max_gen_toks) :])
+                prompts.append(ids[-max(1, self.max_len - max_gen_toks) :])
             for tokens in generate(self.model, prompts, gen, tokenizer=self.tok):
                 text = self.tok.decode(tokens)
                 for stop in until:
