@@ -19,8 +19,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path, help="results.json files")
     args = parser.parse_args()
-    reports = [json.loads(p.read_text(encoding="utf-8")) for p in args.results]
-    print(results_markdown(reports), end="")
+    by_model: dict[str, dict] = {}  # runs of one model (different tasks) share a column
+    for path in args.results:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        by_model.setdefault(report["model"], {"model": report["model"], "results": {}})
+        by_model[report["model"]]["results"].update(report["results"])
+    print(results_markdown(list(by_model.values())), end="")
 
 
 if __name__ == "__main__":
