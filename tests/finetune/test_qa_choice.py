@@ -225,3 +225,18 @@ def test_reading_squad_json_and_bad_input(tmp_path):
         read_task_file(wrong, "choice")
     with pytest.raises(ConfigError, match="distillation is not available"):
         FinetuneConfig(task="qa", teacher="x")
+
+
+def test_finetune_cli_qa(bases, tmp_path):
+    from typer.testing import CliRunner
+
+    from lmforge.cli import app
+
+    train = write_jsonl(tmp_path / "train.jsonl", qa_rows(32, 0))
+    result = CliRunner().invoke(app, ["finetune", str(bases["bert"]), "--task", "qa",
+                                      "--train", str(train), "--out", str(tmp_path / "out"),
+                                      "--epochs", "1", "--max-len", "32", "--doc-stride", "8",
+                                      "batch_size=16", "device=cpu", "precision=fp32"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "valid: loss" in result.output and "exact_match" in result.output
+    assert read_task_info(tmp_path / "out")["doc_stride"] == 8
