@@ -15,6 +15,7 @@ import typer
 from lmforge.cli.checks import unexpected
 from lmforge.cli.compress import register as register_compress
 from lmforge.cli.data import data_app
+from lmforge.cli.eval import register as register_eval
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
 from lmforge.cli.longctx import register as register_longctx
@@ -40,6 +41,7 @@ register_prompt(app)
 register_serve(app)
 register_compress(app)
 register_quantize(app)
+register_eval(app)
 
 StrategyOpt = Annotated[
     str | None,

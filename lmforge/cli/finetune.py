@@ -28,7 +28,10 @@ def _floats(text: str | None) -> str | list[float] | None:
 
 def finetune(
     model_dir: Annotated[Path, typer.Argument(help="A pretrained (or converted) model dir.")],
-    task: Annotated[str, typer.Option(help="classify, tokens (BIO tags), sft or seq2seq.")],
+    task: Annotated[
+        str,
+        typer.Option(help="classify, tokens (BIO tags), sft, seq2seq, qa (SQuAD) or choice."),
+    ],
     train: Annotated[Path, typer.Option(help="Training file (.csv, .tsv, .jsonl or .json).")],
     out: Annotated[Path, typer.Option(help="Output dir (best model, metrics, reports).")],
     overrides: Annotated[
@@ -68,6 +71,12 @@ def finetune(
         int | None, typer.Option(help="Stop after this many evaluations without improvement.")
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Model dropout while training.")] = None,
+    doc_stride: Annotated[
+        int, typer.Option(help="qa: context tokens shared by consecutive windows.")
+    ] = 128,
+    max_answer_len: Annotated[
+        int, typer.Option(help="qa: the longest predicted answer in tokens.")
+    ] = 30,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     strategy: Annotated[
         str | None,
@@ -77,7 +86,8 @@ def finetune(
         bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
     ] = False,
 ) -> None:
-    """Fine-tune a model on labelled data: classification, BIO tagging, SFT or seq2seq."""
+    """Fine-tune a model on labelled data: classification, BIO tagging, SFT, seq2seq,
+    extractive QA or multiple choice."""
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.finetune import FinetuneConfig
     from lmforge.recipes.finetune import finetune as run
@@ -100,6 +110,8 @@ def finetune(
         select_metric=select_metric,
         patience=patience,
         dropout=dropout,
+        doc_stride=doc_stride,
+        max_answer_len=max_answer_len,
     )
 
     values = parse_overrides(overrides or [])
@@ -142,7 +154,7 @@ def truncation_lines() -> Iterator[None]:
 def summary(scores: dict) -> str:
     """The headline numbers of a score dict, as 'accuracy 0.912, macro_f1 0.904, loss 0.25'."""
     keys = ("accuracy", "macro_f1", "entity_f1", "entity_precision", "entity_recall",
-            "token_acc", "ppl", "loss")  # fmt: skip
+            "token_acc", "ppl", "loss", "exact_match", "f1", "bleu", "chrf", "rougeL")  # fmt: skip
     return ", ".join(f"{k} {scores[k]:.4f}" for k in keys if k in scores)
 
 

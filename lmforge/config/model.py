@@ -31,7 +31,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 NormPlacement = Literal["pre", "post"]
 Mlp = Literal["mlp", "glu"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
-Head = Literal["lm", "mlm", "nsp", "classify", "tokens"]
+Head = Literal["lm", "mlm", "nsp", "classify", "tokens", "qa", "choice"]
 RopeScaling = Literal["linear", "dynamic", "yarn", "llama3"]
 
 
@@ -208,8 +208,8 @@ class ModelConfig:
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ConfigError(f"sliding_window must be at least 1, got {self.sliding_window}.")
         allowed = {
-            "decoder": {"lm", "classify", "tokens"},
-            "encoder": {"mlm", "nsp", "classify", "tokens"},
+            "decoder": {"lm", "classify", "tokens", "qa", "choice"},
+            "encoder": {"mlm", "nsp", "classify", "tokens", "qa", "choice"},
             "encoder-decoder": {"lm"},
         }[self.arch]
         wrong = [h for h in self.heads if h not in allowed]

@@ -170,9 +170,21 @@ def encode(
     max_len: int,
     split: str,
     warn: bool = True,
+    doc_stride: int = 128,
 ) -> list[Features]:
-    """Encode one split for `task` and warn (once, with the count) about cut examples."""
-    if task == "classify":
+    """Encode one split for `task` and warn (once, with the count) about cut examples.
+
+    qa gives `lmforge.data.qa.QAWindow`s (several per long context, nothing cut; `doc_stride`
+    tokens shared by consecutive windows); choice gives {"options", "labels"}."""
+    if task == "qa":
+        from lmforge.data.qa import qa_windows
+
+        return qa_windows(tokenizer, records, max_len, doc_stride)  # type: ignore[return-value]
+    if task == "choice":
+        from lmforge.data.choice import encode_choice
+
+        features, cut = encode_choice(tokenizer, records, max_len)
+    elif task == "classify":
         features, cut = encode_classify(tokenizer, records, label_ids, max_len)
     elif task == "tokens":
         features, cut = encode_tokens(tokenizer, records, label_ids, max_len)
@@ -236,6 +248,14 @@ def collate_fn(
 ) -> Callable[[Sequence[Features]], dict[str, Tensor]]:
     """The collate function of a task: `pad_features`, or the encoder-decoder layout of
     `lmforge.data.seq2seq.collate` for seq2seq."""
+    if task == "qa":
+        from lmforge.data.qa import qa_collate
+
+        return lambda features: qa_collate(features, pad_id)
+    if task == "choice":
+        from lmforge.data.choice import choice_collate
+
+        return lambda features: choice_collate(features, pad_id)
     if task != "seq2seq":
         return lambda features: pad_features(features, pad_id)
     from lmforge.data.seq2seq import collate

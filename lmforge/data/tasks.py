@@ -6,6 +6,9 @@
                                                        piece, IGNORE on the others
     sft       prompt, response  or  messages (chat)     prompt response [EOS]; loss on the response
     seq2seq   source, target                           encoder: source [EOS]; decoder: target [EOS]
+    qa        context, question, answers (SQuAD)        windows [CLS] question [SEP] context [SEP]
+                                                       (`lmforge.data.qa`)
+    choice    question, choices, label [, context]      one input per option (`lmforge.data.choice`)
 
 A decoder tokenizer without [CLS]/[SEP] uses BOS/EOS in their places. In a CSV file `tokens` and
 `tags` are space-separated strings; in JSONL they are lists (or such strings). Files end in .csv,
@@ -26,14 +29,16 @@ from typing import Any, Literal
 from lmforge.data.sources import _read_utf8
 from lmforge.errors import DataError
 
-Task = Literal["classify", "tokens", "sft", "seq2seq"]
-TASKS: tuple[str, ...] = ("classify", "tokens", "sft", "seq2seq")
+Task = Literal["classify", "tokens", "sft", "seq2seq", "qa", "choice"]
+TASKS: tuple[str, ...] = ("classify", "tokens", "sft", "seq2seq", "qa", "choice")
 #: task -> (required columns, optional columns); sft takes `messages` instead of prompt/response
 COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "classify": (("text", "label"), ("text_pair",)),
     "tokens": (("tokens", "tags"), ()),
     "sft": (("prompt", "response"), ()),
     "seq2seq": (("source", "target"), ()),
+    "qa": (("context", "question", "answers"), ("id",)),
+    "choice": (("question", "choices", "label"), ("context",)),
 }
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 Record = dict[str, Any]
@@ -90,6 +95,14 @@ def read_task_file(path: str | Path, task: str, split: str = "training") -> list
     """
     if task not in TASKS:
         raise DataError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}.")
+    if task == "qa":
+        from lmforge.data.qa import read_qa_file
+
+        return read_qa_file(path, split)
+    if task == "choice":
+        from lmforge.data.choice import read_choice_file
+
+        return read_choice_file(path, split)
     rows = read_rows(path, split)
     required, optional = COLUMNS[task]
     if not rows:

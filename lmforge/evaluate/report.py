@@ -113,7 +113,9 @@ def write_report(
     elif task == "tokens":
         text = entity_markdown(scores, title)
     else:
-        rows = "\n".join(f"| {k} | {_num(v)} |" for k, v in scores.items())
+        rows = "\n".join(
+            f"| {k} | {_num(v)} |" for k, v in scores.items() if not isinstance(v, dict | list)
+        )
         text = f"# {title}\n\n| metric | value |\n|---|---|\n{rows}\n"
     md = out_dir / f"{stem}-report.md"
     atomic_write_text(md, text)

@@ -5,6 +5,10 @@
 - nsp:      logits = tanh(h_[CLS] W_p + b_p) W_nsp + b        (pooled first token -> IsNext/NotNext)
 - classify: encoder: the pooled first token; decoder: the last non-padding token -> num_labels
 - tokens:   one label distribution per token (NER with BIO tags)
+- qa:       start/end logits per token, (B, T, 2) = h W_qa^T + b (BERT's extractive QA head;
+            `heads.qa_outputs` as Hugging Face's `qa_outputs`)
+- choice:   one score per input, the pooled first token (encoder) or the last non-padding token
+            (decoder) -> 1; the objective takes softmax over an example's options
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ class ModelOutput:
 
     Attributes:
         logits: the main head's logits: (B, T, vocab) for lm/mlm, (B, num_labels) for classify,
-            (B, T, num_labels) for tokens; None when the model has no head.
+            (B, T, num_labels) for tokens, (B, T, 2) start/end for qa, (B, 1) for choice; None
+            when the model has no head.
         hidden: last hidden states of the top stack (the decoder's for an encoder-decoder).
         nsp_logits: (B, 2) next-sentence logits when the model has an "nsp" head.
         encoder_hidden: encoder output of an encoder-decoder (reuse it while decoding).
@@ -86,7 +91,7 @@ class Heads(nn.Module):
                 self.lm_head.weight = tok.weight
         if "mlm" in names:
             self.mlm = MLMHead(cfg, tok)
-        pooled = cfg.arch == "encoder" and ("nsp" in names or "classify" in names)
+        pooled = cfg.arch == "encoder" and bool(names & {"nsp", "classify", "choice"})
         if pooled:
             self.pooler = Pooler(cfg)
         if "nsp" in names:
@@ -95,6 +100,11 @@ class Heads(nn.Module):
             self.dropout = nn.Dropout(cfg.dropout)
             bias = cfg.arch == "encoder" or "tokens" in names
             self.classifier = nn.Linear(cfg.d_model, cfg.num_labels, bias=bias)
+        if "qa" in names:
+            self.qa_outputs = nn.Linear(cfg.d_model, 2)
+        if "choice" in names:
+            self.dropout = nn.Dropout(cfg.dropout)
+            self.classifier = nn.Linear(cfg.d_model, 1)
 
     def forward(self, h: Tensor, attention_mask: Tensor | None, attentions=None):
         names = self.cfg.heads
@@ -103,7 +113,7 @@ class Heads(nn.Module):
             logits = self.lm_head(h * self.logit_scale if self.logit_scale != 1.0 else h)
         elif "mlm" in names:
             logits = self.mlm(h)
-        elif "classify" in names:
+        elif "classify" in names or "choice" in names:
             if self.cfg.arch == "encoder":
                 pooled = self.pooler(h)
             else:
@@ -111,6 +121,8 @@ class Heads(nn.Module):
             logits = self.classifier(self.dropout(pooled))
         elif "tokens" in names:
             logits = self.classifier(self.dropout(h))
+        elif "qa" in names:
+            logits = self.qa_outputs(h)  # (B, T, 2): start, end
         if "nsp" in names:
             nsp = self.nsp(self.pooler(h))
         return ModelOutput(logits=logits, hidden=h, nsp_logits=nsp, attentions=attentions)

@@ -8,6 +8,10 @@ with knowledge distillation from a teacher.
     tokens     the same per labelled token (a word's first piece; IGNORE elsewhere)
     sft        L = -(1/N) sum_{t in response} log P(x_t | x_<t)   (prompt tokens are IGNORE)
     seq2seq    L = -(1/N) sum_t log P(y_t | y_<t, x)
+    qa         L = (CE(start logits over the window's tokens, s) + CE(end logits, e)) / 2
+               (padding positions masked out; s = e = 0, the [CLS] "null" answer, when the
+               window does not hold the answer)
+    choice     L = CE(softmax over an example's option scores, y) (padded options masked out)
 
 Knowledge distillation (Hinton et al.) mixes in a teacher's softened distribution:
 
@@ -104,6 +108,8 @@ class TaskObjective:
             return self.teacher(**model_inputs(batch)).logits
 
     def __call__(self, model, batch: dict[str, Tensor]) -> LossOutput:
+        if self.task in ("qa", "choice"):
+            return span_or_choice_loss(self.task, model(**model_inputs(batch)).logits, batch)
         out = model(**model_inputs(batch))
         labels = batch["labels"]
         logits = out.logits
@@ -175,6 +181,36 @@ class TaskObjective:
             out["entity_recall"] = _ratio(ok, true)
             out["entity_f1"] = _ratio(2 * ok, pred + true)
         return out
+
+
+def choice_scores(logits: Tensor, choice_mask: Tensor) -> Tensor:
+    """(B * K, 1) option scores -> (B, K), padded options at -inf."""
+    z = logits.float().view(choice_mask.shape)
+    return z.masked_fill(~choice_mask, float("-inf"))
+
+
+def span_logits(logits: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(B, T, 2) qa logits -> start (B, T), end (B, T) in float32, padding at -inf."""
+    start, end = logits.float().unbind(-1)
+    if attention_mask is not None:
+        pad = attention_mask == 0
+        start, end = start.masked_fill(pad, float("-inf")), end.masked_fill(pad, float("-inf"))
+    return start, end
+
+
+def span_or_choice_loss(task: str, logits: Tensor, batch: dict[str, Tensor]) -> LossOutput:
+    """The qa and choice losses of the module docstring; metrics `span_acc` (start and end both
+    right) or `accuracy`."""
+    labels = batch["labels"]
+    if task == "qa":
+        start, end = span_logits(logits, batch.get("attention_mask"))
+        loss = (F.cross_entropy(start, labels[:, 0]) + F.cross_entropy(end, labels[:, 1])) / 2
+        hits = (start.argmax(-1) == labels[:, 0]) & (end.argmax(-1) == labels[:, 1])
+        return LossOutput(loss, int(labels.size(0)), {"span_acc": float(hits.float().mean())})
+    z = choice_scores(logits, batch["choice_mask"])
+    loss = F.cross_entropy(z, labels)
+    hits = z.argmax(-1) == labels
+    return LossOutput(loss, int(labels.size(0)), {"accuracy": float(hits.float().mean())})
 
 
 def _ratio(a: float, b: float) -> float:

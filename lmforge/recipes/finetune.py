@@ -42,6 +42,7 @@ from lmforge.recipes.finetuned import batches_for, load_finetuned, score_records
 from lmforge.recipes.task_model import (
     DEFAULT_LR,
     METHODS,
+    NEW_HEAD_TASKS,
     PEFT_METHODS,
     RUNTIME_MODEL_KEYS,
     FinetuneConfig,
@@ -74,9 +75,11 @@ def _select(fc: FinetuneConfig, tags: list[str]) -> tuple[str, str]:
     name = fc.select_metric
     if name is None:
         bio = any(t[:2] in ("B-", "I-") for t in tags)
-        name = {"classify": "macro_f1", "tokens": "entity_f1" if bio else "token_acc"}.get(
-            fc.task, "loss"
-        )
+        name = {
+            "classify": "macro_f1",
+            "tokens": "entity_f1" if bio else "token_acc",
+            "choice": "accuracy",
+        }.get(fc.task, "loss")
     name = name if name.startswith("eval_") else f"eval_{name}"
     return name, "min" if name.endswith(("loss", "ppl")) else "max"
 
@@ -187,7 +190,8 @@ def finetune(
 
     mcfg = task_config(base, fc.task, max(len(names), 1), str(model_dir)).replace(**model_values)
     ids = {name: i for i, name in enumerate(names)}
-    train_features = encode(fc.task, tok, train_records, ids, cut, "training")
+    train_features = encode(fc.task, tok, train_records, ids, cut, "training",
+                            doc_stride=fc.doc_stride)  # fmt: skip
     tcfg = _train_config(fc, train_values, len(train_features), _select(fc, names))
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
@@ -203,9 +207,12 @@ def finetune(
             )
         prepare_quantized(model, mcfg.quantization, missing_ok=True)
         mcfg = model.cfg = mcfg.replace(quantization=model.quantization)  # the task's modules
-    load_base(model, model_dir, new_head=fc.task in ("classify", "tokens"))
+    load_base(model, model_dir, new_head=fc.task in NEW_HEAD_TASKS)
     info = {"task": fc.task, "labels": names, "method": fc.method, "max_len": cut,
             "base_model": str(model_dir)}  # fmt: skip
+    if fc.task == "qa":  # how `score_records` windows contexts and picks answers
+        info.update(doc_stride=fc.doc_stride, max_answer_len=fc.max_answer_len,
+                    unanswerable=any(not r["answers"]["text"] for r in train_records))  # fmt: skip
 
     def save_extra(d: Path) -> None:
         tok.save(d)
@@ -240,7 +247,8 @@ def finetune(
 
     data = batches_for(fc.task, train_features, tok, model, tcfg.batch_size,
                        grad_accum=tcfg.grad_accum, seed=tcfg.seed)  # fmt: skip
-    valid_features = encode(fc.task, tok, valid_records, ids, cut, "validation")
+    valid_features = encode(fc.task, tok, valid_records, ids, cut, "validation",
+                            doc_stride=fc.doc_stride)  # fmt: skip
     held_out = batches_for(fc.task, valid_features, tok, model, tcfg.batch_size, name="validation")
     result = fit(model, objective, data, held_out.sequential, tcfg, out_dir, resume=resume,
                  save_extra=save_extra, export=export, progress=progress)  # fmt: skip

@@ -114,25 +114,41 @@ def score_records(
     split: str = "test",
     batch_size: int = 32,
     warn: bool = True,
+    generate_limit: int = 200,
 ) -> dict[str, Any]:
     """Run the model on labelled records and score it (JSON-ready).
 
     classify: `classification_report` over the training labels, plus `loss` (mean CE);
     tokens:   `entity_scores` as `entity_precision/recall/f1`, `token_acc` (share of words tagged
               right; words past the length limit count as tagged "O") and `loss`;
-    sft, seq2seq: `loss` (mean NLL of the response/target tokens), `ppl` = exp(loss), `token_acc`.
+    qa, choice: `lmforge.recipes.qa_scores` (SQuAD exact match / F1; accuracy);
+    sft, seq2seq: `loss` (mean NLL of the response/target tokens), `ppl` = exp(loss), `token_acc`,
+              and for the first `generate_limit` records (0 = none) the scores of greedy outputs
+              (`lmforge.evaluate.generation.generation_report`: bleu, chrf, rouge1/2/L,
+              exact_match, f1 on 0-100, samples).
     `warn=False` skips the truncation warning (for a split already warned about).
     """
     task, names = info["task"], list(info.get("labels") or [])
     ids = {name: i for i, name in enumerate(names)}
-    features = encode(task, tokenizer, records, ids, info["max_len"], split, warn=warn)
+    features = encode(task, tokenizer, records, ids, info["max_len"], split, warn=warn,
+                      doc_stride=int(info.get("doc_stride", 128)))  # fmt: skip
     data = batches_for(task, features, tokenizer, model, batch_size, name=split)
     device = next(model.parameters()).device
     model.eval()
+    if task in ("qa", "choice"):
+        from lmforge.recipes.qa_scores import score_qa_or_choice
+
+        return score_qa_or_choice(model, info, records, features, data.sequential())
     if task in ("sft", "seq2seq"):
         ev = evaluate_loss(model, TaskObjective(task), data.sequential(), device)
         loss = ev["eval_loss"]
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "token_acc": ev["eval_token_acc"]}
+        out = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "token_acc": ev["eval_token_acc"]}
+        if generate_limit:
+            from lmforge.evaluate.generation import generation_report
+
+            out.update(generation_report(model, tokenizer, task, records, info["max_len"],
+                                         limit=generate_limit, batch_size=batch_size))  # fmt: skip
+        return out
     preds: list[Any] = []
     total, n = 0.0, 0
     for batch in data.sequential():

@@ -7,6 +7,8 @@ trainable parts, and a teacher for distillation.
     tokens    "tokens": one label per token               encoder or decoder
     sft       the base's "lm" head                         decoder
     seq2seq   the base's "lm" head                         encoder-decoder
+    qa        "qa": start/end logits per token             encoder or decoder
+    choice    "choice": one score per (question, option)   encoder or decoder
 
 The base weights load into the task model; only the new head (`heads.*`) may be missing, and it
 keeps its fresh initialisation. The method then freezes (last-n) or attaches adapters (LoRA,
@@ -47,6 +49,8 @@ DEFAULT_LR = {
     "prefix-tuning": 5e-3,
 }
 RUNTIME_MODEL_KEYS = {"dropout", "attn_dropout"}  # model fields a fine-tune may change
+LABEL_TASKS = ("classify", "tokens")  # tasks with a label set
+NEW_HEAD_TASKS = ("classify", "tokens", "qa", "choice")  # tasks that put a new head on the base
 
 
 @dataclass
@@ -54,7 +58,8 @@ class FinetuneConfig:
     """What to fine-tune and how (train-loop settings are `TrainConfig` overrides).
 
     Attributes:
-        task: "classify", "tokens" (BIO tagging), "sft" (prompt/response or chat) or "seq2seq".
+        task: "classify", "tokens" (BIO tagging), "sft" (prompt/response or chat), "seq2seq",
+            "qa" (extractive, SQuAD format) or "choice" (multiple choice).
         method: "full", "last-n", "lora", "prompt-tuning" or "prefix-tuning".
         epochs: passes over the training data (sets max_steps unless that is overridden).
         max_len: longest example in tokens (default: the model's max_seq_len); longer ones are
@@ -73,6 +78,8 @@ class FinetuneConfig:
             macro_f1 (classify), entity_f1 (tokens with BIO tags) or loss.
         patience: stop after this many evaluations without improvement (None = never).
         dropout: the model's dropout rate while fine-tuning (None keeps the base's).
+        doc_stride: qa: context tokens shared by consecutive windows of a long context.
+        max_answer_len: qa: the longest predicted answer, in tokens.
     """
 
     task: str = "classify"
@@ -92,6 +99,8 @@ class FinetuneConfig:
     select_metric: str | None = None
     patience: int | None = None
     dropout: float | None = None
+    doc_stride: int = 128
+    max_answer_len: int = 30
 
     def __post_init__(self) -> None:
         for name, value, choices in (("task", self.task, TASKS), ("method", self.method, METHODS)):
@@ -113,20 +122,29 @@ class FinetuneConfig:
             raise ConfigError(
                 f"class_weights must be 'balanced' or a list of numbers, got '{self.class_weights}'."
             )
-        if self.class_weights is not None and self.task not in ("classify", "tokens"):
+        if self.class_weights is not None and self.task not in LABEL_TASKS:
             raise ConfigError("class_weights apply to the classify and tokens tasks only.")
+        if self.teacher is not None and self.task in ("qa", "choice"):
+            raise ConfigError(
+                f"distillation is not available for the {self.task} task; drop --teacher."
+            )
+        if self.doc_stride < 0 or self.max_answer_len < 1:
+            raise ConfigError(
+                f"need doc_stride >= 0 and max_answer_len >= 1, got {self.doc_stride} and "
+                f"{self.max_answer_len}."
+            )
 
 
 def task_config(base: ModelConfig, task: str, num_labels: int, name: str) -> ModelConfig:
     """The base config with the task's head: "classify"/"tokens" with num_labels classes; an
     "lm" head (decoder) for sft; an encoder-decoder for seq2seq."""
-    if task in ("classify", "tokens"):
+    if task in NEW_HEAD_TASKS:
         if base.arch == "encoder-decoder":
             raise ConfigError(
                 f"the {task} task needs an encoder or decoder model, but {name} is an "
                 "encoder-decoder; use --task seq2seq or another base model."
             )
-        return base.replace(heads=(task,), num_labels=num_labels)
+        return base.replace(heads=(task,), num_labels=num_labels if task in LABEL_TASKS else 2)
     wanted = "decoder" if task == "sft" else "encoder-decoder"
     if base.arch != wanted or "lm" not in base.heads:
         raise ConfigError(
@@ -168,7 +186,7 @@ def load_base(model: Transformer, model_dir: Path, new_head: bool) -> None:
 
 def apply_method(model: Transformer, fc: FinetuneConfig) -> None:
     """Freeze or attach adapters as the method says; a new head always trains in full."""
-    save = ["heads"] if fc.task in ("classify", "tokens") else []
+    save = ["heads"] if fc.task in NEW_HEAD_TASKS else []
     if fc.method == "last-n":
         freeze_all_but_last(model, fc.last_n)
     elif fc.method == "lora":

@@ -118,6 +118,11 @@ def test_every_task_and_method_trains_and_reloads(bases, tmp_path, task, base, m
         )
     if task in ("sft", "seq2seq"):
         assert r.metrics["select_metric"] == "eval_loss" and "ppl" in r.metrics["valid"]
+        # greedy outputs of the best model scored against the references (generation metrics)
+        valid = r.metrics["valid"]
+        assert {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match", "f1"} <= set(valid)
+        assert valid["n"] == 16 and 0 <= valid["chrf"] <= 100 and len(valid["samples"]) == 5
+        assert "| chrf |" in (r.out_dir / "valid-report.md").read_text()
 
 
 def test_distillation_from_a_teacher(
