@@ -15,6 +15,8 @@ import typer
 from lmforge.cli.data import data_app
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
+from lmforge.cli.knowledge import KgOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
+from lmforge.cli.knowledge import register as register_knowledge
 from lmforge.cli.longctx import register as register_longctx
 from lmforge.cli.prompt import register as register_prompt
 from lmforge.cli.serve import register as register_serve
@@ -35,6 +37,7 @@ register_interop(app)
 register_finetune(app)
 register_prompt(app)
 register_serve(app)
+register_knowledge(app)
 
 StrategyOpt = Annotated[
     str | None,
@@ -160,13 +163,19 @@ def generate(
             "seconds of compiling; worth it for long outputs."
         ),
     ] = False,
+    retrieve: RetrieveOpt = None,
+    retrieve_k: RetrieveKOpt = 3,
+    kg: KgOpt = None,
 ) -> None:
-    """Continue a prompt with a trained model."""
+    """Continue a prompt with a trained model (optionally with retrieved passages or KG facts)."""
+    from lmforge.knowledge import Augmented, cite
     from lmforge.recipes.generate import generate_from_dir
 
+    transform = prompt_transform(retrieve, retrieve_k, kg)
+    augmented = transform(prompt) if transform else Augmented(prompt, [])
     texts = generate_from_dir(
         model_dir,
-        prompt,
+        augmented.prompt,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -179,6 +188,8 @@ def generate(
         if len(texts) > 1:
             typer.echo(f"--- sample {i + 1}")
         typer.echo(prompt + text)
+    if transform:
+        typer.echo(cite(augmented.sources))
 
 
 @app.command()

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from lmforge.cli.knowledge import KgOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
+
 
 def serve(
     model_dir: Annotated[Path, typer.Argument(help="A model dir with its tokenizer.")],
@@ -31,6 +33,9 @@ def serve(
     dtype: Annotated[str, typer.Option(help="auto (bfloat16 on CUDA), float32, bfloat16.")] = (
         "auto"
     ),
+    retrieve: RetrieveOpt = None,
+    retrieve_k: RetrieveKOpt = 3,
+    kg: KgOpt = None,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions)."""
     from lmforge.serve import serve as run
@@ -45,6 +50,7 @@ def serve(
         model_name=model_name,
         device=device,
         dtype=dtype,
+        transform=prompt_transform(retrieve, retrieve_k, kg),
     )
 
 
@@ -55,6 +61,9 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    retrieve: RetrieveOpt = None,
+    retrieve_k: RetrieveKOpt = 3,
+    kg: KgOpt = None,
 ) -> None:
     """Chat with a model in the terminal (/reset clears, /exit quits)."""
     from lmforge.recipes.chat import chat as run
@@ -66,6 +75,7 @@ def chat(
         temperature=temperature,
         top_p=top_p,
         seed=seed,
+        transform=prompt_transform(retrieve, retrieve_k, kg),
     )
 
 

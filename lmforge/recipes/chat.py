@@ -13,12 +13,14 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from lmforge.errors import GenerationError, LmforgeError
 from lmforge.generate import GenerationConfig, stream_ids
+from lmforge.knowledge.prompts import cite
 from lmforge.recipes.finetuned import load_finetuned
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import chat_stops, encode_chat
@@ -32,6 +34,8 @@ class ChatSession:
         tokenizer: its tokenizer (chat template, stop strings, decoding).
         gen: decoding settings; `max_new_tokens` is the longest reply.
         system: an optional system message kept at the start of every prompt.
+        transform: an optional prompt transform (`lmforge.knowledge`) applied to each user
+            message (retrieved passages, KG facts); `sources` holds the last one's citations.
     """
 
     def __init__(
@@ -40,8 +44,10 @@ class ChatSession:
         tokenizer: Tokenizer,
         gen: GenerationConfig,
         system: str | None = None,
+        transform: Callable[[str], Any] | None = None,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.transform, self.sources = transform, []
         self.gen = replace(gen, stop=gen.stop + chat_stops(tokenizer))
         self.system = system
         self.turns: list[dict[str, str]] = []
@@ -69,6 +75,9 @@ class ChatSession:
 
     def reply(self, text: str) -> Iterator[str]:
         """Add a user message and stream the reply; the reply joins the conversation."""
+        if self.transform is not None:
+            augmented = self.transform(text)
+            text, self.sources = augmented.prompt, augmented.sources
         self.turns.append({"role": "user", "content": text})
         try:
             ids = self.prompt_ids()
@@ -93,6 +102,7 @@ def chat(
     seed: int | None = None,
     read: Callable[[str], str] = input,
     write: Callable[[str], object] | None = None,
+    transform: Callable[[str], Any] | None = None,
 ) -> None:
     """Chat in the terminal until `/exit` or end of input; `read`/`write` replace the terminal."""
     out = write or _write_stdout
@@ -101,7 +111,7 @@ def chat(
     gen = GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
     )
-    session = ChatSession(model, tokenizer, gen, system)
+    session = ChatSession(model, tokenizer, gen, system, transform)
     how = "its chat template" if tokenizer.chat_template else "the default chat format"
     out(f"chatting with {Path(model_dir).name} ({how}); /reset clears, /exit quits\n")
     while True:
@@ -122,6 +132,8 @@ def chat(
         try:
             for delta in session.reply(line):
                 out(delta)
+            if transform is not None:
+                out("\n" + cite(session.sources))
         except LmforgeError as exc:
             out(f"\nerror: {exc}")
         out("\n")

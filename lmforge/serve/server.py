@@ -6,7 +6,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastapi import FastAPI
@@ -31,6 +33,7 @@ def build_app(
     device: str = "auto",
     dtype: str = "auto",
     limits: Limits | None = None,
+    transform: Callable[[str], Any] | None = None,
 ) -> FastAPI:
     """Load `model_dir` (model + tokenizer) and return the app; the app's lifespan runs the
     decoding engine. The model is served under `model_name` (default: the dir's name)."""
@@ -57,6 +60,7 @@ def build_app(
         vocab_size=min(model.cfg.vocab_size, tokenizer.vocab_size),
         created=int(time.time()),
         limits=limits or Limits(),
+        transform=transform,
     )
     return create_app(Engine(model, tokenizer, max_batch), served, api_key)
 
@@ -72,6 +76,7 @@ def serve(
     device: str = "auto",
     dtype: str = "auto",
     log_level: str = "info",
+    transform: Callable[[str], Any] | None = None,
 ) -> None:
     """Serve `model_dir` over HTTP until interrupted (uvicorn)."""
     import uvicorn
@@ -83,6 +88,7 @@ def serve(
         model_name=model_name,
         device=device,
         dtype=dtype,
+        transform=transform,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
