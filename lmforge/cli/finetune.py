@@ -28,7 +28,9 @@ def _floats(text: str | None) -> str | list[float] | None:
 
 def finetune(
     model_dir: Annotated[Path, typer.Argument(help="A pretrained (or converted) model dir.")],
-    task: Annotated[str, typer.Option(help="classify, tokens (BIO tags), sft or seq2seq.")],
+    task: Annotated[
+        str, typer.Option(help="classify, tokens (BIO tags), sft, seq2seq or embed (pairs).")
+    ],
     train: Annotated[Path, typer.Option(help="Training file (.csv, .tsv, .jsonl or .json).")],
     out: Annotated[Path, typer.Option(help="Output dir (best model, metrics, reports).")],
     overrides: Annotated[
@@ -74,7 +76,12 @@ def finetune(
         typer.Option(help="none, ddp or fsdp; run under torchrun for several processes."),
     ] = None,
 ) -> None:
-    """Fine-tune a model on labelled data: classification, BIO tagging, SFT or seq2seq."""
+    """Fine-tune a model on labelled data: classification, BIO tagging, SFT, seq2seq or
+    sentence embeddings (query/positive pairs)."""
+    if task == "embed":  # lmforge.recipes.finetune_embed
+        from lmforge.cli.knowledge import finetune_embed
+
+        return finetune_embed(model_dir, train, out, valid, test, epochs, max_len, overrides)
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.finetune import FinetuneConfig
     from lmforge.recipes.finetune import finetune as run

@@ -129,6 +129,23 @@ def index_search(
             typer.echo(f"  {rank}. {h['score']:.3f} {origin(h)}: {snippet}")
 
 
+def finetune_embed(model_dir, train, out, valid, test, epochs, max_len, overrides) -> None:
+    """`lmforge finetune --task embed`: `temperature=` and `loss=` (infonce, negative-sampling)
+    ride along with the key=value train settings."""
+    from lmforge.config.train import parse_overrides
+    from lmforge.recipes.finetune_embed import finetune_embed as run
+
+    values = parse_overrides(overrides or [])
+    options = {k: values.pop(k) for k in ("temperature", "loss") if k in values}
+    r = run(model_dir, train, out, valid=valid, test=test, epochs=epochs,
+            max_len=max_len or 128, overrides=values, **options)  # fmt: skip
+    for when in ("before", "after"):
+        for split, scores in r.metrics[when].items():
+            numbers = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            typer.echo(f"{split} {when}: {numbers}")
+    typer.echo(f"{r.train.steps} steps; model in {r.out_dir} (metrics.json)")
+
+
 def register(app: typer.Typer) -> None:
     """Add `knowledge`, `index` and `augment` to the main `lmforge` app."""
     app.add_typer(knowledge_app, name="knowledge")
