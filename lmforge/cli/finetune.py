@@ -70,6 +70,9 @@ def finetune(
         int | None, typer.Option(help="Stop after this many evaluations without improvement.")
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Model dropout while training.")] = None,
+    augment: Annotated[
+        int, typer.Option(help="classify: augmented copies per training example (EDA).")
+    ] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     strategy: Annotated[
         str | None,
@@ -104,6 +107,7 @@ def finetune(
         select_metric=select_metric,
         patience=patience,
         dropout=dropout,
+        augment=augment,
     )
 
     values = parse_overrides(overrides or [])

@@ -129,6 +129,30 @@ def index_search(
             typer.echo(f"  {rank}. {h['score']:.3f} {origin(h)}: {snippet}")
 
 
+def augment(
+    data: Annotated[Path, typer.Argument(help="Classification file (text, label): .csv/.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Output .jsonl: the rows, then their copies.")],
+    n: Annotated[int, typer.Option(help="Augmented copies per row.")] = 2,
+    ops: Annotated[
+        str, typer.Option(help="Comma-separated: swap, delete, insert, synonym, context.")
+    ] = "swap,delete,insert,synonym",
+    alpha: Annotated[float, typer.Option(help="Share of words each operation changes.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same copies).")] = 0,
+    model: Annotated[
+        Path | None, typer.Option(help="Model dir whose embedding neighbours are synonyms.")
+    ] = None,
+    fill_mask_model: Annotated[
+        Path | None, typer.Option(help="BERT-family model dir with an MLM head, for 'context'.")
+    ] = None,
+) -> None:
+    """Write a classification file with augmented copies of each row (labels kept)."""
+    from lmforge.recipes.augment import augment_file
+
+    rows = augment_file(data, out, n, ops=ops.split(","), alpha=alpha, seed=seed, model=model,
+                        fill_mask_model=fill_mask_model)  # fmt: skip
+    typer.echo(f"wrote {rows} rows ({n} copies per row added) to {out}")
+
+
 def finetune_embed(model_dir, train, out, valid, test, epochs, max_len, overrides) -> None:
     """`lmforge finetune --task embed`: `temperature=` and `loss=` (infonce, negative-sampling)
     ride along with the key=value train settings."""
@@ -150,3 +174,4 @@ def register(app: typer.Typer) -> None:
     """Add `knowledge`, `index` and `augment` to the main `lmforge` app."""
     app.add_typer(knowledge_app, name="knowledge")
     app.add_typer(index_app, name="index")
+    app.command("augment")(augment)

@@ -39,7 +39,7 @@ class EmbeddingObjective:
             raise ValueError(f"unknown embedding loss '{self.loss}'; use {' or '.join(LOSSES)}.")
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> LossOutput:
-        q = self.encode(model, batch["query_ids"], batch["query_mask"])
+        q = self.encode(model, batch["input_ids"], batch["attention_mask"])
         p = self.encode(model, batch["positive_ids"], batch["positive_mask"])
         n = None
         if "negative_ids" in batch:

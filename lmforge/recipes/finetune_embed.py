@@ -51,13 +51,15 @@ def pooled(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pair_collate(pad_id: int):
-    """features -> {query_ids, query_mask, positive_ids, positive_mask, [negative_ids,
+    """features -> {input_ids, attention_mask (the queries), positive_ids, positive_mask, [negative_ids,
     negative_mask], same}; `same[i, j]` is True where key j (positives, then negatives) is the
     same text as row i's positive, so it is not counted as row i's negative."""
 
     def collate(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
-        batch["query_ids"], batch["query_mask"] = pad_batch([f["query"] for f in features], pad_id)
+        batch["input_ids"], batch["attention_mask"] = pad_batch(
+            [f["query"] for f in features], pad_id
+        )
         batch["positive_ids"], batch["positive_mask"] = pad_batch(
             [f["positive"] for f in features], pad_id
         )

@@ -73,6 +73,8 @@ class FinetuneConfig:
             macro_f1 (classify), entity_f1 (tokens with BIO tags) or loss.
         patience: stop after this many evaluations without improvement (None = never).
         dropout: the model's dropout rate while fine-tuning (None keeps the base's).
+        augment: classify only: add this many augmented copies of each training example
+            (`lmforge.recipes.augment.augment_training`; validation and test stay as they are).
     """
 
     task: str = "classify"
@@ -91,6 +93,7 @@ class FinetuneConfig:
     distill_temperature: float = 2.0
     select_metric: str | None = None
     patience: int | None = None
+    augment: int = 0
     dropout: float | None = None
 
     def __post_init__(self) -> None:
