@@ -56,8 +56,8 @@ from lmforge.recipes.generate import prompt_ids
 from lmforge.recipes.knowledge import build_index_from_dir
 from lmforge.recipes.pretrain import pretrain
 
-MODEL = {"preset": "gpt-tiny", "n_layer": 4, "d_model": 192, "n_head": 4, "n_kv_head": 4,
-         "max_seq_len": 256, "dropout": 0.0, "vocab_size": 2048}  # fmt: skip
+MODEL = {"preset": "gpt-tiny", "n_layer": 2, "d_model": 128, "n_head": 4, "n_kv_head": 4,
+         "max_seq_len": 128, "dropout": 0.0, "vocab_size": 2048}  # fmt: skip
 
 
 def reading_corpus(graph, templates, questions, countries, n: int, seed: int) -> list[str]:
@@ -108,8 +108,8 @@ def exact_match(predicted: list[str], gold: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/knowledge_run"))
-    parser.add_argument("--steps", type=int, default=1500, help="M0 pretraining steps")
-    parser.add_argument("--cpt-steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=800, help="M0 pretraining steps")
+    parser.add_argument("--cpt-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,8 +119,8 @@ def main() -> None:
 
     corpus = reading_corpus(graph, templates, questions, train_c, 20000, seed=0)
     write_jsonl(out / "reading" / "reading.jsonl", corpus)
-    train = {"batch_size": 16, "lr": 2e-3, "min_lr": 1e-4, "warmup_steps": 100, "seq_len": 256,
-             "eval_every": 500, "seed": 0, "device": "cpu", "precision": "fp32"}  # fmt: skip
+    train = {"batch_size": 16, "lr": 3e-3, "min_lr": 1e-4, "warmup_steps": 50, "seq_len": 128,
+             "eval_every": 200, "seed": 0, "device": "cpu", "precision": "fp32"}  # fmt: skip
     m0 = out / "m0"
     if not (m0 / "model.safetensors").is_file():
         r = pretrain([out / "reading"], m0, preset=MODEL["preset"], progress=False,

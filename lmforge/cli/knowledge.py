@@ -154,13 +154,13 @@ def augment(
 
 
 def finetune_embed(model_dir, train, out, valid, test, epochs, max_len, overrides) -> None:
-    """`lmforge finetune --task embed`: `temperature=` and `loss=` (infonce, negative-sampling)
-    ride along with the key=value train settings."""
+    """`lmforge finetune --task embed`: `temperature=`, `loss=` (infonce, negative-sampling) and
+    `corpus=PATH` (extra retrieval documents) ride along with the key=value train settings."""
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.finetune_embed import finetune_embed as run
 
     values = parse_overrides(overrides or [])
-    options = {k: values.pop(k) for k in ("temperature", "loss") if k in values}
+    options = {k: values.pop(k) for k in ("temperature", "loss", "corpus") if k in values}
     r = run(model_dir, train, out, valid=valid, test=test, epochs=epochs,
             max_len=max_len or 128, overrides=values, **options)  # fmt: skip
     for when in ("before", "after"):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from lmforge.config.train import make_train_config, split_values
 from lmforge.data.pairs import Pair, encode_pairs, read_pairs
+from lmforge.data.sources import read_documents
 from lmforge.data.task_batches import TaskBatches
 from lmforge.errors import ConfigError
 from lmforge.evaluate.retrieval import retrieval_scores
@@ -75,11 +76,13 @@ def pair_collate(pad_id: int):
     return collate
 
 
-def score_pairs(embed, pairs: list[Pair], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Retrieval over the split: the corpus is its distinct positives and negatives; query i's
-    relevant document is its positive. Returns recall@k and MRR."""
+def score_pairs(
+    embed, pairs: list[Pair], ks: Sequence[int] = (1, 5, 10), extra: Sequence[str] = ()
+) -> dict[str, float]:
+    """Retrieval over the split: the corpus is its distinct positives and negatives (plus
+    `extra` documents); query i's relevant document is its positive. Returns recall@k and MRR."""
     corpus = list(dict.fromkeys([p["positive"] for p in pairs] +
-                                [n for p in pairs for n in p["negatives"]]))  # fmt: skip
+                                [n for p in pairs for n in p["negatives"]] + list(extra)))  # fmt: skip
     where = {text: i for i, text in enumerate(corpus)}
     q = embed([p["query"] for p in pairs])
     d = embed(corpus)
@@ -98,6 +101,7 @@ def finetune_embed(
     max_len: int = 128,
     temperature: float = 0.05,
     loss: str = "infonce",
+    corpus: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> EmbedFinetuneResult:
@@ -111,6 +115,8 @@ def finetune_embed(
         max_len: tokens per text, special tokens included.
         temperature: tau of the contrastive scores.
         loss: "infonce" (in-batch softmax) or "negative-sampling".
+        corpus: documents (.txt/.jsonl, as `pretrain --data`) added to the retrieval corpus of
+            the valid and test scores, so queries must beat more than the split's positives.
         overrides: TrainConfig fields (lr, batch_size, max_steps, seed, ...).
     """
     if temperature <= 0:
@@ -129,6 +135,7 @@ def finetune_embed(
         valid_pairs = [p for i, p in enumerate(train_pairs) if i in held]
         train_pairs = [p for i, p in enumerate(train_pairs) if i not in held]
     test_pairs = read_pairs(test, "test") if test is not None else None
+    extra = read_documents(corpus) if corpus is not None else []
 
     model, tok = load_model_and_tokenizer(model_dir)
     pad_id = tok.pad_id if tok.pad_id is not None else (tok.eos_id or 0)
@@ -149,9 +156,14 @@ def finetune_embed(
     def embedder(model_or_dir) -> Embedder:
         return Embedder(model_or_dir, max_length=max_len)
 
-    before = {"valid": score_pairs(embedder(model_dir), valid_pairs)}
-    if test_pairs is not None:
-        before["test"] = score_pairs(embedder(model_dir), test_pairs)
+    def scores(model_or_dir) -> dict[str, dict[str, float]]:
+        embed = embedder(model_or_dir)
+        out = {"valid": score_pairs(embed, valid_pairs, extra=extra)}
+        if test_pairs is not None:
+            out["test"] = score_pairs(embed, test_pairs, extra=extra)
+        return out
+
+    before = scores(model_dir)
     out_dir = Path(out_dir)
 
     def save_extra(d: Path) -> None:
@@ -162,10 +174,9 @@ def finetune_embed(
 
     result = fit(model, objective, data, held_out.sequential, tcfg, out_dir,
                  save_extra=save_extra, progress=progress)  # fmt: skip
-    after = {"valid": score_pairs(embedder(out_dir), valid_pairs)}
-    if test_pairs is not None:
-        after["test"] = score_pairs(embedder(out_dir), test_pairs)
+    after = scores(out_dir)
     metrics = {"task": "embed", "loss": loss, "temperature": temperature, "steps": result.steps,
-               "train_pairs": len(train_pairs), "before": before, "after": after}  # fmt: skip
+               "train_pairs": len(train_pairs), "corpus_extra": len(extra), "before": before,
+               "after": after}  # fmt: skip
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return EmbedFinetuneResult(out_dir, result, metrics)
