@@ -21,7 +21,7 @@ Why exact search: at N = 1M chunks and d = 384 (all-MiniLM-L6-v2) the matrix is
 queries reads the matrix once (B = 32 costs ~the same time as 1). That is fast enough for
 interactive RAG and for evaluation in batches; an ANN library (FAISS HNSW/IVF, ~1 ms per query)
 pays off only beyond ~10M chunks or for many queries per second, at the cost of recall < 1. The
-measured figure is in BENCHMARKS.md (`bench/bench_index.py`).
+figures measured on this project's shared CPU are in BENCHMARKS.md (`bench/index_search.py`).
 """
 
 from __future__ import annotations
