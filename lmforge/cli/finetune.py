@@ -83,6 +83,11 @@ def finetune(
     sentence embeddings (query/positive pairs)."""
     if task == "embed":  # lmforge.recipes.finetune_embed
         from lmforge.cli.knowledge import finetune_embed
+        from lmforge.errors import ConfigError
+
+        if method != "full" or augment or teacher:
+            raise ConfigError("--task embed trains the whole model; drop --method, --augment "
+                              "and --teacher.")  # fmt: skip
 
         return finetune_embed(model_dir, train, out, valid, test, epochs, max_len, overrides)
     from lmforge.config.train import parse_overrides
