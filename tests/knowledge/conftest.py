@@ -1,31 +1,17 @@
 """Tiny model dirs for the knowledge tests: a random bert-tiny (embeddings) and gpt-tiny (text),
-with small tokenizers trained on the fly; and a toy embedding (letter counts) for fast unit tests."""
+with small tokenizers trained on the fly."""
 
 from __future__ import annotations
 
-import string
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from kn_helpers import FACTS
 
 from lmforge.config import ModelConfig
 from lmforge.models import Transformer, save_model
 from lmforge.tokenizer import train_tokenizer
-
-FACTS = [
-    "The capital of France is Paris. The currency of France is the Euro.",
-    "The capital of Japan is Tokyo. The currency of Japan is the Yen.",
-    "The capital of Peru is Lima. The currency of Peru is the Sol.",
-]
-
-
-def letters(texts: Sequence[str]) -> torch.Tensor:
-    """A toy embedding: unit vectors of letter counts (anagrams embed alike: Frnace = France)."""
-    rows = [[t.lower().count(c) for c in string.ascii_lowercase] for t in texts]
-    return F.normalize(torch.tensor(rows, dtype=torch.float32) + 1e-6, dim=-1)
 
 
 def _model(root: Path, preset: str, kind: str) -> Path:

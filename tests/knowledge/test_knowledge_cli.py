@@ -8,7 +8,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import FACTS
+from kn_helpers import FACTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_helpers import run_cli  # noqa: E402

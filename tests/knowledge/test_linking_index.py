@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FACTS, letters
+from kn_helpers import FACTS, letters
 
 from lmforge.errors import ConfigError, DataError
 from lmforge.knowledge import (
