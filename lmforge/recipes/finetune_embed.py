@@ -32,7 +32,7 @@ from lmforge.data.sources import read_documents
 from lmforge.data.task_batches import TaskBatches
 from lmforge.errors import ConfigError
 from lmforge.evaluate.retrieval import retrieval_scores
-from lmforge.objectives.embedding import EmbeddingObjective
+from lmforge.objectives.embedding import LOSSES, EmbeddingObjective
 from lmforge.recipes.embed import Embedder, last_hidden, mean_pool, pad_batch
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.train import TrainResult, fit
@@ -121,6 +121,8 @@ def finetune_embed(
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be positive, got {temperature}.")
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown embedding loss '{loss}'; use {' or '.join(LOSSES)}.")
     values, model_values = split_values(overrides or {})
     if model_values:
         raise ConfigError(f"model key '{next(iter(model_values))}' cannot change in a fine-tune.")
