@@ -15,7 +15,7 @@ import typer
 from lmforge.cli.data import data_app
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
-from lmforge.cli.knowledge import KgOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
+from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
 from lmforge.cli.knowledge import register as register_knowledge
 from lmforge.cli.longctx import register as register_longctx
 from lmforge.cli.prompt import register as register_prompt
@@ -166,12 +166,13 @@ def generate(
     retrieve: RetrieveOpt = None,
     retrieve_k: RetrieveKOpt = 3,
     kg: KgOpt = None,
+    kg_templates: KgTemplatesOpt = None,
 ) -> None:
     """Continue a prompt with a trained model (optionally with retrieved passages or KG facts)."""
     from lmforge.knowledge import Augmented, cite
     from lmforge.recipes.generate import generate_from_dir
 
-    transform = prompt_transform(retrieve, retrieve_k, kg)
+    transform = prompt_transform(retrieve, retrieve_k, kg, kg_templates)
     augmented = transform(prompt) if transform else Augmented(prompt, [])
     texts = generate_from_dir(
         model_dir,

@@ -1,7 +1,7 @@
 """`lmforge knowledge ...`, `lmforge index ...` and `lmforge augment`: knowledge graphs,
 embedding indexes for retrieval, and text data augmentation. `register(app)` adds the verbs.
 
-`RetrieveOpt`, `RetrieveKOpt`, `KgOpt` and `prompt_transform` are shared by `generate`, `chat` and
+`RetrieveOpt`, `RetrieveKOpt`, `KgOpt`, `KgTemplatesOpt` and `prompt_transform` are shared by `generate`, `chat` and
 `serve`, which take `--retrieve idx/ --retrieve-k K` or `--kg triples.tsv`.
 """
 
@@ -30,14 +30,23 @@ KgOpt = Annotated[
     typer.Option(help="A triple file (.tsv/.jsonl): put the linked entities' facts in the prompt."),
 ]
 AliasesOpt = Annotated[Path | None, typer.Option(help="Entity aliases (.jsonl).")]
+KgTemplatesOpt = Annotated[
+    Path | None, typer.Option(help="With --kg: JSON {relation: 'The capital of {head} is {tail}.'}")
+]
 
 
 def prompt_transform(
-    retrieve: Path | None, top_k: int, kg: Path | None, aliases: Path | None = None
+    retrieve: Path | None,
+    top_k: int,
+    kg: Path | None,
+    templates: Path | None = None,
+    aliases: Path | None = None,
 ):
     """The prompt transform the options ask for, or None."""
     from lmforge.errors import ConfigError
 
+    if templates is not None and kg is None:
+        raise ConfigError("--kg-templates goes with --kg TRIPLES; add --kg.")
     if retrieve is not None and kg is not None:
         raise ConfigError("pass --retrieve or --kg, not both.")
     if retrieve is not None:
@@ -47,7 +56,7 @@ def prompt_transform(
     if kg is not None:
         from lmforge.recipes.knowledge import load_kg
 
-        return load_kg(kg, aliases)
+        return load_kg(kg, aliases, templates)
     return None
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lmforge.cli.knowledge import KgOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
+from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
 
 
 def prompt(
@@ -41,6 +41,7 @@ def prompt(
     retrieve: RetrieveOpt = None,
     retrieve_k: RetrieveKOpt = 3,
     kg: KgOpt = None,
+    kg_templates: KgTemplatesOpt = None,
 ) -> None:
     """Classify texts by prompting: cloze with masked LMs, label likelihood with causal LMs."""
     from collections import Counter
@@ -65,7 +66,7 @@ def prompt(
         separator=separator.replace("\\n", "\n").replace("\\t", "\t"),
         batch_size=batch_size,
         device=device,
-        transform=prompt_transform(retrieve, retrieve_k, kg),
+        transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
     )
     how = f"{r.mode} scoring, {shots}-shot{', calibrated' if calibrate else ''}"
     n = len(r.predictions)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lmforge.cli.knowledge import KgOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
+from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
 
 
 def serve(
@@ -36,6 +36,7 @@ def serve(
     retrieve: RetrieveOpt = None,
     retrieve_k: RetrieveKOpt = 3,
     kg: KgOpt = None,
+    kg_templates: KgTemplatesOpt = None,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions)."""
     from lmforge.serve import serve as run
@@ -50,7 +51,7 @@ def serve(
         model_name=model_name,
         device=device,
         dtype=dtype,
-        transform=prompt_transform(retrieve, retrieve_k, kg),
+        transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
     )
 
 
@@ -64,6 +65,7 @@ def chat(
     retrieve: RetrieveOpt = None,
     retrieve_k: RetrieveKOpt = 3,
     kg: KgOpt = None,
+    kg_templates: KgTemplatesOpt = None,
 ) -> None:
     """Chat with a model in the terminal (/reset clears, /exit quits)."""
     from lmforge.recipes.chat import chat as run
@@ -75,7 +77,7 @@ def chat(
         temperature=temperature,
         top_p=top_p,
         seed=seed,
-        transform=prompt_transform(retrieve, retrieve_k, kg),
+        transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
     )
 
 

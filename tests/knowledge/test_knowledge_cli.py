@@ -116,14 +116,18 @@ def test_retriever_refuses_an_index_whose_model_is_gone(tmp_path, monkeypatch, c
 
 def test_prompt_classification_with_kg_facts(tmp_path, monkeypatch, capsys, gpt_dir):
     (tmp_path / "t.tsv").write_text(TRIPLES)
+    (tmp_path / "tm.json").write_text(json.dumps({"capital": "The capital of {head} is {tail}."}))
     data = tmp_path / "q.jsonl"
     data.write_text('{"text": "Is Paris the capital of France?", "label": "yes"}\n'
                     '{"text": "Is Lima the capital of Japan?", "label": "no"}\n')  # fmt: skip
     args = ["prompt", gpt_dir, "--template", "{text} =>", "--verbalizer", "yes=capital",
             "--verbalizer", "no=city", "--data", data, "--out", tmp_path / "o"]  # fmt: skip
-    code, out, err = run_cli(monkeypatch, capsys, *args, "--kg", tmp_path / "t.tsv")
+    code, out, err = run_cli(monkeypatch, capsys, *args, "--kg", tmp_path / "t.tsv",
+                             "--kg-templates", tmp_path / "tm.json")  # fmt: skip
     assert code == 0, err
     rows = [json.loads(r) for r in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
-    assert rows[0]["text"] == ("Context:\n[1] France capital Paris.\n\n"
+    assert rows[0]["text"] == ("Context:\n[1] The capital of France is Paris.\n\n"
                                "Is Paris the capital of France?")  # fmt: skip
-    assert rows[1]["text"].startswith("Context:\n[1] Japan capital Tokyo.\n\n")
+    assert rows[1]["text"].startswith("Context:\n[1] The capital of Japan is Tokyo.\n\n")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--kg-templates", tmp_path / "tm.json")
+    assert code == 2 and "goes with --kg" in err
