@@ -111,8 +111,8 @@ def exact_match(predicted: list[str], gold: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/knowledge_run"))
-    parser.add_argument("--steps", type=int, default=800, help="M0 pretraining steps")
-    parser.add_argument("--sft-steps", type=int, default=600, help="M0 answer-only steps")
+    parser.add_argument("--steps", type=int, default=350, help="M0 pretraining steps")
+    parser.add_argument("--sft-steps", type=int, default=1500, help="M0 answer-only steps")
     parser.add_argument("--cpt-steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
