@@ -9,7 +9,8 @@ server call one before encoding the prompt, so the model reads the passages firs
 
     What is the capital of France?
 
-and the caller prints the sources after the answer ("Sources: [1] france.txt:0#0 (0.82)").
+and the caller prints the sources after the answer ("Sources: [1] france.txt:0#0 (0.82)"); the
+server adds them as a `sources` list to a non-streamed response body.
 Both knowledge-graph facts (`kg_transform`) and retrieved chunks (`retrieval_transform`) use
 this one layout, so a model taught to read one reads the other.
 """
