@@ -18,6 +18,8 @@ from lmforge.cli.data import data_app
 from lmforge.cli.eval import register as register_eval
 from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
+from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
+from lmforge.cli.knowledge import register as register_knowledge
 from lmforge.cli.longctx import register as register_longctx
 from lmforge.cli.prompt import register as register_prompt
 from lmforge.cli.quantize import register as register_quantize
@@ -42,6 +44,7 @@ register_serve(app)
 register_compress(app)
 register_quantize(app)
 register_eval(app)
+register_knowledge(app)
 
 StrategyOpt = Annotated[
     str | None,
@@ -201,13 +204,20 @@ def generate(
     stats: Annotated[
         bool, typer.Option(help="Print tokens/s and the time to first token (to stderr).")
     ] = False,
+    retrieve: RetrieveOpt = None,
+    retrieve_k: RetrieveKOpt = 3,
+    kg: KgOpt = None,
+    kg_templates: KgTemplatesOpt = None,
 ) -> None:
-    """Continue a prompt with a trained model."""
+    """Continue a prompt with a trained model (optionally with retrieved passages or KG facts)."""
+    from lmforge.knowledge import Augmented, cite
     from lmforge.recipes.generate import generate_from_dir
 
+    transform = prompt_transform(retrieve, retrieve_k, kg, kg_templates)
+    augmented = transform(prompt) if transform else Augmented(prompt, [])
     result = generate_from_dir(
         model_dir,
-        prompt,
+        augmented.prompt,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -229,6 +239,8 @@ def generate(
         if len(texts) > 1:
             typer.echo(f"--- sample {i + 1}")
         typer.echo(text if chat else prompt + text)
+    if transform:
+        typer.echo(cite(augmented.sources))
     if result.acceptance is not None:
         typer.echo(f"draft acceptance rate: {result.acceptance:.1%}", err=True)
     if stats:

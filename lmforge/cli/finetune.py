@@ -30,7 +30,9 @@ def finetune(
     model_dir: Annotated[Path, typer.Argument(help="A pretrained (or converted) model dir.")],
     task: Annotated[
         str,
-        typer.Option(help="classify, tokens (BIO tags), sft, seq2seq, qa (SQuAD) or choice."),
+        typer.Option(
+            help="classify, tokens (BIO tags), sft, seq2seq, qa (SQuAD), choice or embed (pairs)."
+        ),
     ],
     train: Annotated[Path, typer.Option(help="Training file (.csv, .tsv, .jsonl or .json).")],
     out: Annotated[Path, typer.Option(help="Output dir (best model, metrics, reports).")],
@@ -77,6 +79,9 @@ def finetune(
     max_answer_len: Annotated[
         int, typer.Option(help="qa: the longest predicted answer in tokens.")
     ] = 30,
+    augment: Annotated[
+        int, typer.Option(help="classify: augmented copies per training example (EDA).")
+    ] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     strategy: Annotated[
         str | None,
@@ -87,7 +92,16 @@ def finetune(
     ] = False,
 ) -> None:
     """Fine-tune a model on labelled data: classification, BIO tagging, SFT, seq2seq,
-    extractive QA or multiple choice."""
+    extractive QA, multiple choice or sentence embeddings (query/positive pairs)."""
+    if task == "embed":  # lmforge.recipes.finetune_embed
+        from lmforge.cli.knowledge import finetune_embed
+        from lmforge.errors import ConfigError
+
+        if method != "full" or augment or teacher:
+            raise ConfigError("--task embed trains the whole model; drop --method, --augment "
+                              "and --teacher.")  # fmt: skip
+
+        return finetune_embed(model_dir, train, out, valid, test, epochs, max_len, overrides)
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.finetune import FinetuneConfig
     from lmforge.recipes.finetune import finetune as run
@@ -112,6 +126,7 @@ def finetune(
         dropout=dropout,
         doc_stride=doc_stride,
         max_answer_len=max_answer_len,
+        augment=augment,
     )
 
     values = parse_overrides(overrides or [])

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
+
 
 def prompt(
     model_dir: Annotated[Path, typer.Argument(help="A masked-LM or causal-LM model directory.")],
@@ -36,6 +38,10 @@ def prompt(
     ] = "\\n\\n",
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    retrieve: RetrieveOpt = None,
+    retrieve_k: RetrieveKOpt = 3,
+    kg: KgOpt = None,
+    kg_templates: KgTemplatesOpt = None,
 ) -> None:
     """Classify texts by prompting: cloze with masked LMs, label likelihood with causal LMs."""
     from collections import Counter
@@ -60,6 +66,7 @@ def prompt(
         separator=separator.replace("\\n", "\n").replace("\\t", "\t"),
         batch_size=batch_size,
         device=device,
+        transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
     )
     how = f"{r.mode} scoring, {shots}-shot{', calibrated' if calibrate else ''}"
     n = len(r.predictions)

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
+
 
 def serve(
     model_dir: Annotated[Path, typer.Argument(help="A model dir with its tokenizer.")],
@@ -48,6 +50,10 @@ def serve(
             min=0.001, help="KV-cache memory for all requests (default: half of what is free)."
         ),
     ] = None,
+    retrieve: RetrieveOpt = None,
+    retrieve_k: RetrieveKOpt = 3,
+    kg: KgOpt = None,
+    kg_templates: KgTemplatesOpt = None,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions)."""
     from lmforge.serve import Limits
@@ -73,6 +79,7 @@ def serve(
         dtype=dtype,
         limits=limits,
         max_connections=max_connections,
+        transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
     )
 
 
@@ -86,6 +93,10 @@ def chat(
     stats: Annotated[
         bool, typer.Option(help="After each reply, print tokens/s and time to first token.")
     ] = False,
+    retrieve: RetrieveOpt = None,
+    retrieve_k: RetrieveKOpt = 3,
+    kg: KgOpt = None,
+    kg_templates: KgTemplatesOpt = None,
 ) -> None:
     """Chat with a model in the terminal (/reset clears, /exit quits)."""
     from lmforge.recipes.chat import chat as run
@@ -98,6 +109,7 @@ def chat(
         top_p=top_p,
         seed=seed,
         stats=stats,
+        transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
     )
 
 

@@ -235,6 +235,7 @@ class ModelConfig:
         positions = self.max_seq_len * d if self.pos == "learned" else 0
         head = 0 if self.tie_embeddings else self.vocab_size * d
         return self.vocab_size * d + positions + layers * (2 * attn + mlp) + head
+
     def _validate_layers(self) -> None:
         names = ("layer_d_ff", "layer_n_head", "layer_n_kv_head")
         given = [n for n in names if getattr(self, n) is not None]

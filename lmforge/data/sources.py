@@ -170,6 +170,12 @@ def split_documents(
 # --------------------------------------------------------------------- helpers
 
 
+def data_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The usable files (.txt, .md, .jsonl, .json) named by `paths`, folders searched as in
+    `read_documents`; each file once."""
+    return _collect_files(paths)
+
+
 def _collect_files(paths: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:

@@ -16,9 +16,10 @@ x's text until it fits; `PromptResult.truncated` counts the examples this happen
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from lmforge.errors import ConfigError, DataError
 from lmforge.evaluate.metrics import accuracy, macro_f1
@@ -233,6 +234,7 @@ def prompt_classify(
     separator: str = "\n\n",
     batch_size: int = 8,
     device: str = "cpu",
+    transform: Callable[[str], Any] | None = None,
 ) -> PromptResult:
     """`classify` on a model dir and a data file; writes `predictions.jsonl` and `metrics.json`
     into `out` when given.
@@ -242,9 +244,13 @@ def prompt_classify(
         data: a .jsonl/.csv/.tsv file with a text field and, for accuracy, a label field.
         pool: a labelled file to draw demonstrations from (default: `data`).
         out: a directory for the outputs (None = write nothing).
+        transform: a prompt transform (`lmforge.knowledge`: KG facts, retrieved passages)
+            applied to each text before it goes into the template.
         Other arguments: see `classify`.
     """
     examples = read_examples(data, text_field, label_field)
+    if transform is not None:
+        examples = [replace(e, text=transform(e.text).prompt) for e in examples]
     pool_examples = read_examples(pool, text_field, label_field) if pool is not None else None
     if pool_examples is not None and not has_labels(pool_examples):
         raise DataError(f"the pool file {pool} has no '{label_field}' labels; label every row.")

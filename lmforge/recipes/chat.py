@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from torch import nn
 from lmforge.errors import GenerationError, LmforgeError
 from lmforge.generate import GenerationConfig, stream_ids
 from lmforge.generate.core import GenerationStats
+from lmforge.knowledge.prompts import cite
 from lmforge.recipes.finetuned import load_finetuned
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import chat_stops, encode_chat
@@ -33,6 +35,8 @@ class ChatSession:
         tokenizer: its tokenizer (chat template, stop strings, decoding).
         gen: decoding settings; `max_new_tokens` is the longest reply.
         system: an optional system message kept at the start of every prompt.
+        transform: an optional prompt transform (`lmforge.knowledge`) applied to each user
+            message (retrieved passages, KG facts); `sources` holds the last one's citations.
     """
 
     def __init__(
@@ -41,8 +45,10 @@ class ChatSession:
         tokenizer: Tokenizer,
         gen: GenerationConfig,
         system: str | None = None,
+        transform: Callable[[str], Any] | None = None,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.transform, self.sources = transform, []
         self.gen = replace(gen, stop=gen.stop + chat_stops(tokenizer))
         self.system = system
         self.turns: list[dict[str, str]] = []
@@ -71,6 +77,9 @@ class ChatSession:
 
     def reply(self, text: str) -> Iterator[str]:
         """Add a user message and stream the reply; the reply joins the conversation."""
+        if self.transform is not None:
+            augmented = self.transform(text)
+            text, self.sources = augmented.prompt, augmented.sources
         self.turns.append({"role": "user", "content": text})
         try:
             ids = self.prompt_ids()
@@ -101,6 +110,7 @@ def chat(
     read: Callable[[str], str] = input,
     write: Callable[[str], object] | None = None,
     stats: bool = False,
+    transform: Callable[[str], Any] | None = None,
 ) -> None:
     """Chat in the terminal until `/exit` or end of input; `read`/`write` replace the terminal.
     `stats`: after each reply, print its tokens/s and time to first token."""
@@ -110,7 +120,7 @@ def chat(
     gen = GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
     )
-    session = ChatSession(model, tokenizer, gen, system)
+    session = ChatSession(model, tokenizer, gen, system, transform)
     how = "its chat template" if tokenizer.chat_template else "the default chat format"
     out(f"chatting with {Path(model_dir).name} ({how}); /reset clears, /exit quits\n")
     while True:
@@ -131,6 +141,8 @@ def chat(
         try:
             for delta in session.reply(line):
                 out(delta)
+            if transform is not None:
+                out("\n" + cite(session.sources))
         except LmforgeError as exc:
             out(f"\nerror: {exc}")
         out("\n")

@@ -78,7 +78,48 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
-@torch.inference_mode()
+class Embedder:
+    """A loaded embedding model: `embedder(texts)` -> (N, d) embeddings (see `embed`).
+
+    Loads the model once, for callers that embed many times (an index, a retriever, a linker).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        batch_size: int = 32,
+        normalize: bool = True,
+        max_length: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+        self.model_dir, self.batch_size, self.normalize = model_dir, batch_size, normalize
+        self.model, self.tokenizer = load_model_and_tokenizer(model_dir)
+        if max_length is None:
+            max_length = sentence_max_length(model_dir)
+        self.max_length = max_tokens(self.model, self.tokenizer, max_length)
+
+    @torch.inference_mode()
+    def __call__(self, texts: str | Sequence[str]) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        model, tokenizer = self.model, self.tokenizer
+        if not texts:
+            return torch.zeros(0, model.cfg.d_model)
+        if tokenizer.pad_id is None and tokenizer.eos_id is None and len(texts) > 1:
+            raise TokenizerError(
+                "the tokenizer has neither a pad nor an eos token to pad batches with; "
+                "add pad_token to tokenizer_config.json or pass batch_size=1."
+            )
+        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+        ids = encode_texts(tokenizer, texts, self.max_length)
+        out = []
+        for start in range(0, len(ids), self.batch_size):
+            batch, mask = pad_batch(ids[start : start + self.batch_size], pad_id)
+            pooled = mean_pool(last_hidden(model, batch, mask).float(), mask)
+            out.append(F.normalize(pooled, p=2, dim=-1) if self.normalize else pooled)
+        return torch.cat(out).cpu()
+
+
 def embed(
     model_dir: str | Path,
     texts: str | Sequence[str],
@@ -100,27 +141,7 @@ def embed(
     Returns:
         (len(texts), d_model) float32 tensor on the CPU.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    model, tokenizer = load_model_and_tokenizer(model_dir)
-    if not texts:
-        return torch.zeros(0, model.cfg.d_model)
-    if tokenizer.pad_id is None and tokenizer.eos_id is None and len(texts) > 1:
-        raise TokenizerError(
-            "the tokenizer has neither a pad nor an eos token to pad batches with; "
-            "add pad_token to tokenizer_config.json or pass batch_size=1."
-        )
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
-    if max_length is None:
-        max_length = sentence_max_length(model_dir)
-    ids = encode_texts(tokenizer, texts, max_tokens(model, tokenizer, max_length))
-    out = []
-    for start in range(0, len(ids), batch_size):
-        batch, mask = pad_batch(ids[start : start + batch_size], pad_id)
-        pooled = mean_pool(last_hidden(model, batch, mask).float(), mask)
-        out.append(F.normalize(pooled, p=2, dim=-1) if normalize else pooled)
-    return torch.cat(out).cpu()
+    return Embedder(model_dir, batch_size, normalize, max_length)(texts)
 
 
 def cosine_matrix(embeddings: torch.Tensor) -> torch.Tensor:

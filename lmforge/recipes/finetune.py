@@ -174,6 +174,12 @@ def finetune(
         fraction = float(train_values.get("valid_fraction", 0.1))
         train_records, valid_records = _hold_out(train_records, fraction, seed)
     test_records = read_task_file(test, fc.task, "test") if test is not None else None
+    if fc.augment:  # EDA copies of the training examples only (lmforge.recipes.augment)
+        from lmforge.recipes.augment import augment_training
+
+        if fc.task != "classify":
+            raise ConfigError(f"--augment works with --task classify, not {fc.task}.")
+        train_records = augment_training(train_records, fc.augment, model_dir, seed)
     names: list[str] = []
     if fc.task in ("classify", "tokens"):
         what = "label" if fc.task == "classify" else "tag"

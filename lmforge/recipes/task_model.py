@@ -80,6 +80,8 @@ class FinetuneConfig:
         dropout: the model's dropout rate while fine-tuning (None keeps the base's).
         doc_stride: qa: context tokens shared by consecutive windows of a long context.
         max_answer_len: qa: the longest predicted answer, in tokens.
+        augment: classify only: add this many augmented copies of each training example
+            (`lmforge.recipes.augment.augment_training`; validation and test stay as they are).
     """
 
     task: str = "classify"
@@ -98,6 +100,7 @@ class FinetuneConfig:
     distill_temperature: float = 2.0
     select_metric: str | None = None
     patience: int | None = None
+    augment: int = 0
     dropout: float | None = None
     doc_stride: int = 128
     max_answer_len: int = 30

@@ -8,6 +8,7 @@ model name, sampling ranges and parameters this server does not implement.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ class Served:
     created: int
     limits: Limits = field(default_factory=Limits)
     max_token_chars: int | None = None  # the longest BPE vocabulary entry (None: no bound)
+    transform: Callable[[str], Any] | None = None  # `--retrieve` / `--kg` (lmforge.knowledge)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Job:
     echo: bool = False
     stream: bool = False
     include_usage: bool = False
+    sources: list[dict[str, Any]] = field(default_factory=list)  # cited by `--retrieve` / `--kg`
 
     @property
     def n(self) -> int:
@@ -318,6 +321,10 @@ def plan_completion(body: Any, served: Served) -> Job:
             param="echo",
             code="unsupported_parameter",
         )
+    sources: list[dict[str, Any]] = []
+    if isinstance(req.prompt, str):
+        prompt, sources = _augment(served, req.prompt)
+        req = req.model_copy(update={"prompt": prompt})
     prompts, texts = _completion_prompts(req, served)
     max_tokens = _max_tokens("max_tokens", req.max_tokens, prompts, served, "prompt")
     return Job(
@@ -328,7 +335,19 @@ def plan_completion(body: Any, served: Served) -> Job:
         echo=bool(req.echo),
         stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        sources=sources,
     )
+
+
+def _augment(served: Served, text: str) -> tuple[str, list[dict[str, Any]]]:
+    """The server's prompt transform (`--retrieve` / `--kg`) applied to `text`, if it has one:
+    (augmented text, sources as JSON objects)."""
+    if served.transform is None:
+        return text, []
+    augmented = served.transform(text)
+    sources = [{"index": i, "origin": s.origin, "score": s.score, "text": s.text}
+               for i, s in enumerate(augmented.sources, 1)]  # fmt: skip
+    return augmented.prompt, sources
 
 
 def _messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -375,6 +394,10 @@ def plan_chat(body: Any, served: Served) -> Job:
             code="invalid_value",
         )
     messages = _messages(req)
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    sources: list[dict[str, Any]] = []
+    if users:  # the latest user message is the query
+        messages[users[-1]]["content"], sources = _augment(served, messages[users[-1]]["content"])
     try:
         text = render_chat(served.tokenizer, messages)
         check_length_bound(served, text, "messages")
@@ -396,4 +419,5 @@ def plan_chat(body: Any, served: Served) -> Job:
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        sources=sources,
     )

@@ -143,7 +143,10 @@ class Answer:
             else:
                 item = {"index": c.index, "message": {"role": "assistant", "content": text}}
             choices.append({**item, "logprobs": logprobs, "finish_reason": c.finish_reason})
-        return {**self._head(chunk=False), "choices": choices, "usage": self.usage()}
+        body = {**self._head(chunk=False), "choices": choices, "usage": self.usage()}
+        if self.job.sources:  # `--retrieve` / `--kg`: the passages the prompt cited
+            body["sources"] = self.job.sources
+        return body
 
     def _echo(self, index: int) -> str:
         return self.job.prompt_texts[index // self.job.n] if self.job.echo else ""

@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def build_app(
     device: str = "auto",
     dtype: str = "auto",
     limits: Limits | None = None,
+    transform: Callable[[str], Any] | None = None,
 ) -> FastAPI:
     """Load `model_dir` (model + tokenizer) and return the app; the app's lifespan runs the
     decoding engine. The model is served under `model_name` (default: the dir's name)."""
@@ -72,6 +74,7 @@ def build_app(
         max_token_chars=max(map(len, tokenizer.backend.get_vocab()))
         if tokenizer.kind == "bpe"
         else None,
+        transform=transform,
     )
     return create_app(Engine(model, tokenizer, max_batch), served, api_key, admission)
 
@@ -89,6 +92,7 @@ def serve(
     log_level: str = "info",
     limits: Limits | None = None,
     max_connections: int = 4096,
+    transform: Callable[[str], Any] | None = None,
 ) -> None:
     """Serve `model_dir` over HTTP until interrupted (uvicorn); SIGTERM or Ctrl-C stops it
     within a few seconds, requests in flight included."""
@@ -102,6 +106,7 @@ def serve(
         device=device,
         dtype=dtype,
         limits=limits,
+        transform=transform,
     )
     raise_open_file_limit()
     uvicorn.Server(uvicorn_config(app, host, port, log_level, max_connections)).run()

@@ -49,3 +49,20 @@ def test_contrastive_losses_reject_bad_shapes():
         negative_sampling_loss(torch.zeros(3), torch.zeros(3))
     with pytest.raises(ValueError, match="temperature"):
         in_batch_contrastive_loss(torch.zeros(2, 3), torch.zeros(2, 3), 0.0)
+
+
+def test_in_batch_contrastive_with_hard_negatives_and_duplicates_matches_the_formula():
+    g = torch.Generator().manual_seed(2)
+    a, b, n, tau = (torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g),
+                    torch.randn(2, 6, generator=g), 0.2)  # fmt: skip
+    same = torch.zeros(3, 5, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True  # rows 0 and 1 share a positive: not each other's negative
+    unit = lambda t: [[float(x) for x in row / row.norm()] for row in t]  # noqa: E731
+    ua, keys = unit(a), unit(b) + unit(n)
+    total = 0.0
+    for i in range(3):
+        s = {j: sum(x * y for x, y in zip(ua[i], keys[j], strict=True)) / tau
+             for j in range(5) if j == i or not same[i, j]}  # fmt: skip
+        total += -(s[i] - math.log(sum(math.exp(v) for v in s.values())))
+    loss = in_batch_contrastive_loss(a, b, tau, negatives=n, same=same)
+    assert loss.item() == pytest.approx(total / 3, rel=1e-5)
