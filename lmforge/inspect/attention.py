@@ -32,7 +32,7 @@ def _stack(model: nn.Module, stack: str) -> nn.Module:
 
 
 def default_stack(model: nn.Module) -> str:
-    """"encoder" for encoder-only models, else "decoder"."""
+    """ "encoder" for encoder-only models, else "decoder"."""
     return "encoder" if model.cfg.arch == "encoder" else "decoder"
 
 

@@ -53,7 +53,7 @@ class LensResult:
 
 @torch.no_grad()
 def logit_lens(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, **forward_kwargs
 ) -> LensResult:
     """Decode the residual stream after every block with the model's final norm and head.
 
@@ -62,6 +62,7 @@ def logit_lens(
             supported here; pass the decoder-only or encoder-only model).
         input_ids: (B, T) ids.
         attention_mask: (B, T) 1/0, for padded batches.
+        forward_kwargs: passed to the forward (token_type_ids, ...).
 
     Returns:
         a `LensResult` (see there); for a pre-norm model the last row equals the model's logits.
@@ -78,11 +79,12 @@ def logit_lens(
         input_ids,
         attention_mask,
         names=["blocks.0.resid_pre", "blocks.*.resid_post"],
+        **forward_kwargs,
     )
     n = len(stack.layers)
     rows = [cache["blocks.0.resid_pre"]] + [cache[f"blocks.{i}.resid_post"] for i in range(n)]
     logits = []
-    for i, h in enumerate(rows):
+    for h in rows:
         if norm is not None:
             h = norm(h)
         logits.append(_head_logits(model, h, attention_mask).float())
@@ -90,7 +92,9 @@ def logit_lens(
     return LensResult(torch.stack(logits), ["embed"] + [str(i) for i in range(n)])
 
 
-def lens_top_tokens(lens: LensResult, k: int = 5, row: int = 0) -> list[list[list[tuple[int, float]]]]:
+def lens_top_tokens(
+    lens: LensResult, k: int = 5, row: int = 0
+) -> list[list[list[tuple[int, float]]]]:
     """Per layer and position: the top-k (token id, probability) of batch row `row`."""
     probs = torch.softmax(lens.logits[:, row], dim=-1)  # (L + 1, T, V)
     top = probs.topk(k, dim=-1)
@@ -105,7 +109,7 @@ class Attribution:
     """Direct logit attribution at one position.
 
     Attributes:
-        names: part names ("embed", "L{l}H{h}", "L{l} attn bias", "L{l} mlp", "final norm bias").
+        names: part names ("embed", "L{layer}H{head}", "L{layer} attn bias", "L{layer} mlp", "final norm bias").
         values: (n_parts,) their shares of the metric; they sum to `total`.
         total: the metric from the model's own logits (logit of `token`, or the difference
             logit(token) - logit(other)).
@@ -119,7 +123,10 @@ class Attribution:
         """(n_layer, n_head) grid of the head shares."""
         index = {name: i for i, name in enumerate(self.names)}
         return torch.tensor(
-            [[float(self.values[index[f"L{l}H{h}"]]) for h in range(n_head)] for l in range(n_layer)]
+            [
+                [float(self.values[index[f"L{ly}H{h}"]]) for h in range(n_head)]
+                for ly in range(n_layer)
+            ]
         )
 
 
@@ -163,20 +170,20 @@ def direct_logit_attribution(
         sigma = torch.sqrt(resid.pow(2).mean() + norm.eps)
     gain = norm.weight.float()
     names, parts = ["embed"], [cache["blocks.0.resid_pre"][0, position].float()]
-    for l in range(n):
-        attn = stack.layers[l].attn
-        z = cache[f"blocks.{l}.attn.z"][0, position]  # (H, hd)
+    for ly in range(n):
+        attn = stack.layers[ly].attn
+        z = cache[f"blocks.{ly}.attn.z"][0, position]  # (H, hd)
         zero = torch.zeros_like(z)
         base = attn.o_proj(zero.flatten()[None]).float()[0]  # the bias b^O (zeros if none)
         for h in range(attn.n_head):
             only = zero.clone()
             only[h] = z[h]
-            names.append(f"L{l}H{h}")
+            names.append(f"L{ly}H{h}")
             parts.append(attn.o_proj(only.flatten()[None]).float()[0] - base)
-        names.append(f"L{l} attn bias")
+        names.append(f"L{ly} attn bias")
         parts.append(base)
-        names.append(f"L{l} mlp")
-        parts.append(cache[f"blocks.{l}.mlp.out"][0, position].float())
+        names.append(f"L{ly} mlp")
+        parts.append(cache[f"blocks.{ly}.mlp.out"][0, position].float())
     stacked = torch.stack(parts)  # (n_parts, d)
     if layer_norm:
         stacked = stacked - stacked.mean(dim=-1, keepdim=True)

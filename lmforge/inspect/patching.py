@@ -95,7 +95,9 @@ def activation_patching(
         for start in range(0, n_col, batch_size):
             cols = list(range(start, min(start + batch_size, n_col)))
 
-            def patch(act: Tensor, _name: str, cols: list[int] = cols) -> Tensor:
+            def patch(
+                act: Tensor, _name: str, cols: list[int] = cols, clean_act: Tensor = clean_act
+            ) -> Tensor:
                 act = act.clone()
                 for row, col in enumerate(cols):
                     if per_head:

@@ -104,15 +104,21 @@ def saliency(
             emb = model.embed.tok(input_ids)[0].float()  # (T, d)
             base = torch.zeros_like(emb) if baseline is None else baseline.float()
             dtype = model.embed.tok.weight.dtype
-            f_in = float(_forward_score(model, input_ids, emb[None].to(dtype), score, forward_kwargs)[0])
-            f_base = float(_forward_score(model, input_ids, base[None].to(dtype), score, forward_kwargs)[0])
+            f_in = float(
+                _forward_score(model, input_ids, emb[None].to(dtype), score, forward_kwargs)[0]
+            )
+            f_base = float(
+                _forward_score(model, input_ids, base[None].to(dtype), score, forward_kwargs)[0]
+            )
         if method == "grad_x_input":
             x = emb[None].clone().requires_grad_(True)
             with torch.enable_grad():
                 s = _forward_score(model, input_ids, x.to(dtype), score, forward_kwargs)
                 (grad,) = torch.autograd.grad(s.sum(), x)
             attr = (grad[0] * emb).sum(-1)
-            return Saliency(attr.detach(), method, f_in, f_base, float(attr.sum()) - (f_in - f_base))
+            return Saliency(
+                attr.detach(), method, f_in, f_base, float(attr.sum()) - (f_in - f_base)
+            )
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         alphas = torch.tensor((nodes + 1) / 2, dtype=torch.float32)  # on [0, 1]
         w = torch.tensor(weights / 2, dtype=torch.float32)  # they sum to 1

@@ -21,7 +21,9 @@ PRESET = {"alibi": "gpt-tiny", "sliding-window": "llama-tiny"}
 
 def build(name: str, seed: int = 0, **overrides) -> Transformer:
     """A random model of one family, biases and norm gains random too (no silent no-op)."""
-    cfg = ModelConfig.from_preset(PRESET.get(name, name), **NO_DROPOUT, **CONFIGS[name], **overrides)
+    cfg = ModelConfig.from_preset(
+        PRESET.get(name, name), **NO_DROPOUT, **CONFIGS[name], **overrides
+    )
     torch.manual_seed(seed)
     model = Transformer(cfg).eval()
     with torch.no_grad():

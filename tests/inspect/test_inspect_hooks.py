@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from inspect_helpers import CONFIGS, build, forward, ids
 
 from lmforge.inspect import InspectError, hook_points, hooks, run_with_cache
 from lmforge.peft.lora import LoRAConfig, apply_lora
-from inspect_helpers import CONFIGS, build, forward, ids
 
 FAMILIES = list(CONFIGS)
 
@@ -50,7 +50,9 @@ def test_cached_parts_sum_to_the_residual():
         )
         # z through W^O is attn.out
         attn = model.decoder.layers[i].attn
-        torch.testing.assert_close(attn.o_proj(cache[p + "attn.z"].flatten(-2)), cache[p + "attn.out"])
+        torch.testing.assert_close(
+            attn.o_proj(cache[p + "attn.z"].flatten(-2)), cache[p + "attn.out"]
+        )
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -112,7 +114,9 @@ def test_hooks_see_lora_and_swapped_linears():
     merged = attn.q_proj.weight + attn.q_proj.delta_weight()  # W + (alpha/r) B A
     expected = torch.nn.functional.linear(h, merged).unflatten(-1, (model.cfg.n_head, -1))
     torch.testing.assert_close(cache["blocks.0.attn.q"], expected)
-    base_only = torch.nn.functional.linear(h, attn.q_proj.weight).unflatten(-1, (model.cfg.n_head, -1))
+    base_only = torch.nn.functional.linear(h, attn.q_proj.weight).unflatten(
+        -1, (model.cfg.n_head, -1)
+    )
     assert not torch.allclose(cache["blocks.0.attn.q"], base_only)
 
     # a module swap of nn.Linear (what quantization does) is hooked at its new place

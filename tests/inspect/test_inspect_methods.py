@@ -35,7 +35,12 @@ def test_recomputed_patterns_equal_the_math_weights(name, backend):
     model.set_attention_backend(backend)
     stack = "decoder" if model.cfg.arch != "encoder" else "encoder"
     got = attention_patterns(model, x, layers=[-1, 0], heads=[1, 0], stack=stack, **kw)
-    assert sorted(got) == [0, model.cfg.n_layer - 1 if stack == "encoder" or model.cfg.arch == "decoder" else model.cfg.n_decoder_layer - 1]
+    assert sorted(got) == [
+        0,
+        model.cfg.n_layer - 1
+        if stack == "encoder" or model.cfg.arch == "decoder"
+        else model.cfg.n_decoder_layer - 1,
+    ]
     for layer, pattern in got.items():
         want = reference.attentions[layer][:, [1, 0]].float()
         torch.testing.assert_close(pattern, want, atol=1e-5, rtol=1e-4)
@@ -55,7 +60,13 @@ def rollout_reference(patterns, residual=0.5):
     for bi in range(b):
         r = [[float(i == j) for j in range(t)] for i in range(t)]
         for a in patterns:
-            step = [[residual * (i == j) + (1 - residual) * float(a[bi, :, i, j].mean()) for j in range(t)] for i in range(t)]
+            step = [
+                [
+                    residual * (i == j) + (1 - residual) * float(a[bi, :, i, j].mean())
+                    for j in range(t)
+                ]
+                for i in range(t)
+            ]
             step = [[v / sum(row) for v in row] for row in step]
             r = [[sum(step[i][k] * r[k][j] for k in range(t)) for j in range(t)] for i in range(t)]
         out[bi] = torch.tensor(r)
@@ -67,7 +78,9 @@ def test_rollout_matches_the_formula():
     x = ids(model, length=6)
     pats = attention_patterns(model, x)
     got = attention_rollout([pats[i] for i in sorted(pats)])
-    torch.testing.assert_close(got, rollout_reference([pats[i] for i in sorted(pats)]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got, rollout_reference([pats[i] for i in sorted(pats)]), atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(got.sum(-1), torch.ones(2, 6))
     # causal: no position draws on a later token
     assert torch.all(got.triu(1) == 0)
@@ -109,7 +122,7 @@ def test_patching_every_position_restores_the_clean_logits(name):
             from lmforge.inspect import run_with_cache
 
             _, cache = run_with_cache(model, clean, names=[f"blocks.{layer}.{site}"])
-            with hooks(model, {f"blocks.{layer}.{site}": lambda a, n: cache[n]}):
+            with hooks(model, {f"blocks.{layer}.{site}": lambda a, n, c=cache: c[n]}):
                 patched = model(corrupt).logits
             torch.testing.assert_close(patched, clean_logits, rtol=0, atol=0)
 
