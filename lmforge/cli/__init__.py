@@ -14,6 +14,7 @@ import typer
 
 from lmforge.cli.data import data_app
 from lmforge.cli.finetune import register as register_finetune
+from lmforge.cli.inspect import register as register_inspect
 from lmforge.cli.interop import register as register_interop
 from lmforge.cli.longctx import register as register_longctx
 from lmforge.cli.prompt import register as register_prompt
@@ -35,6 +36,7 @@ register_interop(app)
 register_finetune(app)
 register_prompt(app)
 register_serve(app)
+register_inspect(app)
 
 StrategyOpt = Annotated[
     str | None,
