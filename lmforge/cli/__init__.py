@@ -192,6 +192,9 @@ def evaluate(
         Path | None,
         typer.Option(help="Where a fine-tuned model's report goes (default: by the data file)."),
     ] = None,
+    explain: Annotated[
+        int, typer.Option(help="Classifier errors explained by saliency in the report (0: none).")
+    ] = 5,
 ) -> None:
     """Perplexity of a causal LM on text; a fine-tuned model's scores on a labelled file."""
     from lmforge.errors import DataError
@@ -209,7 +212,7 @@ def evaluate(
             )
         with truncation_lines():
             scores, paths = evaluate_finetuned(
-                model_dir, data[0], report_dir=report_dir, batch_size=batch_size
+                model_dir, data[0], report_dir=report_dir, batch_size=batch_size, explain=explain
             )
         typer.echo(summary(scores))
         typer.echo(f"report: {', '.join(str(p) for p in paths)}")

@@ -96,9 +96,12 @@ def saliency(
     model_dir: ModelArg,
     text: Annotated[list[str], typer.Option("--text", help="Text to explain; repeat for more.")],
     out: OutOpt = Path("runs/inspect"),
-    label: Annotated[str | None, typer.Option(help="Label to explain (default: predicted).")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Label to explain (default: predicted).")
+    ] = None,
     template: Annotated[
-        str | None, typer.Option(help='Prompt template for a plain LM, e.g. "{text} It was [MASK]."')
+        str | None,
+        typer.Option(help='Prompt template for a plain LM, e.g. "{text} It was [MASK]."'),
     ] = None,
     verbalizer: Annotated[
         list[str] | None, typer.Option(help="LABEL=word[,word] with --template; repeat.")

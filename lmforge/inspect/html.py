@@ -24,7 +24,7 @@ table.grid { border-collapse: collapse; font-family: ui-monospace, monospace; fo
 table.grid td, table.grid th { border: 1px solid #ddd; padding: 2px 4px; text-align: center; }
 table.grid th { background: #f5f5f7; font-weight: 600; }
 .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 3px; }
-.models { display: grid; gap: 4px; }
+.models { display: grid; gap: 4px; justify-content: start; align-items: center; }
 .models canvas { border: 1px solid #ccc; cursor: pointer; image-rendering: pixelated; }
 .models canvas.on { outline: 2px solid #0071e3; }
 .sal { line-height: 2.1; font-size: 16px; margin: 6px 0 14px; }

@@ -85,8 +85,8 @@ def inspect_lens(
                            token_type_ids=types)  # fmt: skip
 
 
-def _one_token(tokenizer: Tokenizer, word: str, space: bool) -> int:
-    ids = tokenizer.encode((" " if space else "") + word)
+def _one_token(tokenizer: Tokenizer, word: str) -> int:
+    ids = tokenizer.encode(word)
     if len(ids) != 1 or ids[0] == tokenizer.unk_id:
         raise ConfigError(
             f"'{word}' is {len(ids)} tokens for this tokenizer (or unknown); name a target that "
@@ -95,14 +95,14 @@ def _one_token(tokenizer: Tokenizer, word: str, space: bool) -> int:
     return ids[0]
 
 
-def _target(info: dict | None, tokenizer: Tokenizer, name: str, space: bool) -> int:
+def _target(info: dict | None, tokenizer: Tokenizer, name: str) -> int:
     """A class id (fine-tuned classifier: by label name) or a token id (LM)."""
     if info is not None and info.get("task") == "classify":
         labels = [str(x) for x in info["labels"]]
         if name not in labels:
             raise ConfigError(f"'{name}' is not one of this classifier's labels {labels}.")
         return labels.index(name)
-    return _one_token(tokenizer, name, space)
+    return _one_token(tokenizer, name)
 
 
 def inspect_patch(
@@ -121,9 +121,8 @@ def inspect_patch(
     model, tokenizer, info = load(model_dir, device)
     clean, _ = encode_text(model, tokenizer, info, text)
     bad, _ = encode_text(model, tokenizer, info, corrupted)
-    space = model.cfg.arch != "encoder"
-    a = _target(info, tokenizer, answer, space)
-    w = _target(info, tokenizer, wrong, space) if wrong else None
+    a = _target(info, tokenizer, answer)
+    w = _target(info, tokenizer, wrong) if wrong else None
     return views.patch_view(model, tokenizer, clean, bad, a, w, _out(out), site=site,
                             answer_text=answer, wrong_text=wrong or "")  # fmt: skip
 
@@ -166,7 +165,9 @@ def inspect_saliency(
             examples.append({"ids": ids, "token_type_ids": types,
                              "score": class_score(target), "title": title})  # fmt: skip
         else:
-            examples.append(_verbalizer_example(model, tokenizer, text, template, verbalizer, label))
+            examples.append(
+                _verbalizer_example(model, tokenizer, text, template, verbalizer, label)
+            )
     return views.saliency_view(model, tokenizer, examples, _out(out), steps=steps)
 
 
@@ -210,3 +211,85 @@ def _verbalizer_example(
         "title": f"{chosen}: log P = {scores[chosen]:.3f} (best label {best})",
         "note": f"Score: log of the summed probability of {', '.join(verb.words[chosen])} at the slot.",
     }
+
+
+@torch.no_grad()
+def _class_probs(
+    model: Transformer, features: list[dict[str, Any]], batch: int = 32
+) -> torch.Tensor:
+    """(N, C) class probabilities of encoded classify features, run one length at a time."""
+    device = next(model.parameters()).device
+    out = torch.zeros(len(features), model.cfg.num_labels)
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    for start in range(0, len(order), batch):
+        chunk = order[start : start + batch]
+        n = max(len(features[i]["input_ids"]) for i in chunk)
+        ids = torch.zeros(len(chunk), n, dtype=torch.long)
+        types = torch.zeros(len(chunk), n, dtype=torch.long)
+        mask = torch.zeros(len(chunk), n, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            f = features[i]
+            k = len(f["input_ids"])
+            ids[row, :k] = torch.tensor(f["input_ids"])
+            types[row, :k] = torch.tensor(f["token_type_ids"])
+            mask[row, :k] = 1
+        logits = model(ids.to(device), mask.to(device), types.to(device)).logits.float()
+        out[chunk] = torch.softmax(logits, -1).cpu()
+    return out
+
+
+def explain_worst_errors(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    info: dict[str, Any],
+    records: list[dict[str, Any]],
+    out_dir: str | Path,
+    stem: str,
+    k: int = 5,
+    steps: int = 64,
+) -> tuple[str, list[Path]]:
+    """Integrated gradients for the k most confident mistakes of a fine-tuned classifier.
+
+    Each explained error shows which tokens pushed the model to the wrong class (the score is
+    the wrong class's logit). Returns (a Markdown section for the report, the files written:
+    `<stem>-saliency.html`, `.png`, `.json`); ("", []) when there is no mistake.
+    """
+    labels = [str(x) for x in info["labels"]]
+    ids = {name: i for i, name in enumerate(labels)}
+    feats, _ = encode_classify(tokenizer, records, ids, int(info["max_len"]))
+    probs = _class_probs(model, feats)
+    pred = probs.argmax(-1)
+    wrong = [i for i in range(len(feats)) if int(pred[i]) != feats[i]["labels"]]
+    if not wrong:
+        return "", []
+    worst = sorted(wrong, key=lambda i: -float(probs[i, pred[i]]))[:k]
+    examples = []
+    for i in worst:
+        p, t = int(pred[i]), feats[i]["labels"]
+        examples.append({
+            "ids": feats[i]["input_ids"], "token_type_ids": feats[i]["token_type_ids"],
+            "score": class_score(p),
+            "title": f"true {labels[t]}, predicted {labels[p]} (p = {float(probs[i, p]):.3f})",
+        })  # fmt: skip
+    paths = views.saliency_view(model, tokenizer, examples, out_dir, steps=steps,
+                                stem=f"{stem}-saliency")  # fmt: skip
+    lines = [
+        "",
+        f"## The {len(worst)} most confident errors, explained",
+        "",
+        f"Integrated gradients ({steps} steps) of the predicted (wrong) class's logit per token; "
+        f"open [{paths[0].name}]({paths[0].name}) for the highlighted text.",
+        "",
+        "| true | predicted | p | tokens pushing hardest towards the prediction |",
+        "|---|---|---|---|",
+    ]
+    import json
+
+    done = json.loads(paths[2].read_text(encoding="utf-8"))["examples"]
+    for i, ex in zip(worst, done, strict=True):
+        p, t = int(pred[i]), feats[i]["labels"]
+        top = sorted(zip(ex["scores"], ex["tokens"], strict=True), reverse=True)[:5]
+        shown = ", ".join(f"`{tok}` {s:+.2f}" for s, tok in top)
+        lines.append(f"| {labels[t]} | {labels[p]} | {float(probs[i, p]):.3f} | {shown} |")
+    lines += ["", f"![saliency of the first error]({paths[1].name})"]
+    return "\n".join(lines) + "\n", paths

@@ -13,7 +13,7 @@ from inspect_helpers import build, ids
 
 from lmforge.inspect import views
 from lmforge.inspect.html import write_page
-from lmforge.inspect.saliency import class_score, token_score
+from lmforge.inspect.saliency import class_score
 
 
 class Tok:
