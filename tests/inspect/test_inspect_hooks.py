@@ -17,21 +17,23 @@ FAMILIES = list(CONFIGS)
 def test_cache_matches_plain_forward(name):
     model = build(name)
     x = ids(model)
-    plain = forward(model, x)
+    fused = forward(model, x)
     kw = {"decoder_input_ids": x} if model.cfg.arch == "encoder-decoder" else {}
-    out, cache = run_with_cache(model, x, **kw)
-    torch.testing.assert_close(out.logits, plain.logits, rtol=0, atol=0)
+    out, cache = run_with_cache(model, x, names=lambda n: not n.endswith("pattern"), **kw)
+    assert torch.equal(out.logits, fused.logits)
+    # caching attn.pattern too needs the weights: those layers take the explicit-math path
+    out_all, cache_all = run_with_cache(model, x, **kw)
+    torch.testing.assert_close(out_all.logits, fused.logits, rtol=1e-5, atol=1e-5)
     points = hook_points(model)
-    assert set(cache) == set(points)
+    assert set(cache_all) == set(points)
     prefix = "decoder." if model.cfg.arch == "encoder-decoder" else ""
     n = model.cfg.n_decoder_layer if prefix else model.cfg.n_layer
-    # the cached activations are the ones a hand-written forward computes
     # each block's input is the previous block's output
     for i in range(1, n):
         torch.testing.assert_close(
             cache[f"{prefix}blocks.{i}.resid_pre"], cache[f"{prefix}blocks.{i - 1}.resid_post"]
         )
-    assert torch.equal(cache["logits"], plain.logits)
+    assert torch.equal(cache["logits"], fused.logits)
     assert cache[f"{prefix}blocks.{n - 1}.resid_post"].shape[-1] == model.cfg.d_model
     # the token embeddings are W_E[x]
     torch.testing.assert_close(cache["embed"], model.embed.tok.weight[x])
@@ -69,12 +71,53 @@ def test_identity_hooks_change_nothing(name):
     def keep(t, hook_name):
         return None
 
-    with hooks(model, {"*": [identity, keep]}):
+    names = [n for n in hook_points(model) if not n.endswith("attn.pattern")]
+    with hooks(model, {n: [identity, keep] for n in names}):
         hooked = forward(model, x).logits
     assert torch.equal(hooked, plain)
-    assert set(seen) == set(hook_points(model))
+    assert set(seen) == set(names)
+    # a hook on the pattern needs the weights, so those layers take the explicit-math path,
+    # equal to the fused one within rounding
+    with hooks(model, {"*": identity}):
+        all_hooked = forward(model, x).logits
+    assert any(n.endswith("attn.pattern") for n in seen)
+    torch.testing.assert_close(all_hooked, plain, atol=1e-5, rtol=1e-5)
     # hooks are gone afterwards
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "t5-tiny", "alibi"])
+def test_cached_pattern_is_the_attention_weights(name):
+    model = build(name)
+    x = ids(model)
+    kw = {"decoder_input_ids": x} if model.cfg.arch == "encoder-decoder" else {}
+    prefix = "decoder." if kw else ""
+    want = forward(model, x, need_weights=True).attentions
+    _, cache = run_with_cache(model, x, names=[f"{prefix}blocks.*.attn.pattern"], **kw)
+    for i, w in enumerate(want):
+        torch.testing.assert_close(cache[f"{prefix}blocks.{i}.attn.pattern"], w)
+
+
+def test_zeroing_a_pattern_row_equals_zeroing_that_head():
+    model = build("llama-tiny")
+    x = ids(model)
+    head = 1
+
+    def zero_pattern(p, _):
+        p = p.clone()
+        p[:, head] = 0
+        return p
+
+    def zero_z(z, _):
+        z = z.clone()
+        z[:, :, head] = 0
+        return z
+
+    with hooks(model, {"blocks.0.attn.pattern": zero_pattern}):
+        a = model(x).logits
+    with hooks(model, {"blocks.0.attn.z": zero_z}):
+        b = model(x).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "bert-tiny"])
