@@ -2,7 +2,8 @@
 gpt-style model (random weights, seed 0) with this checkout's models/ (identity hook points in
 every block and attention layer, unhooked) against another checkout's (`--base`, e.g. a main
 without them), each in its own process, alternating; plus, in this checkout, decoding while an
-identity hook sits on every block's output (the price of hooks when they are used).
+identity hook sits on every block's output (the price of hooks when they are used). Each process
+also times a plain forward of 128 tokens (the path through every Block and Attention forward).
 
     python bench/inspect_hooks.py --base /work/main
 """
@@ -36,16 +37,23 @@ if hooked:
     ctx = hooks(model, {"blocks.*.resid_post": lambda t, n: t})
     ctx.__enter__()
 out = generate(model, prompt, gen, compile=compile_)  # warm-up (and compilation)
-rates = []
-for _ in range(reps):
-    t0 = time.perf_counter()
-    out = generate(model, prompt, gen, compile=compile_)
-    rates.append(new / (time.perf_counter() - t0))
-print(json.dumps({"rates": rates, "tokens": out[0].tolist() if hasattr(out[0], "tolist") else out[0]}))
+long = torch.randint(0, model.cfg.vocab_size, (1, 128), generator=torch.Generator().manual_seed(2))
+rates, fwd = [], []
+with torch.no_grad():
+    model(long)
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = generate(model, prompt, gen, compile=compile_)
+        rates.append(new / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        model(long)
+        fwd.append(128 / (time.perf_counter() - t0))
+toks = out[0].tolist() if hasattr(out[0], "tolist") else out[0]
+print(json.dumps({"rates": rates, "forward": fwd, "tokens": toks}))
 """
 
 
-def run(tree: Path, args: argparse.Namespace, hooked: bool) -> dict:
+def run(tree: Path, hooked: bool, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", CHILD, args.preset, str(args.new_tokens), str(args.repeats),
            "1" if args.compile else "0", "1" if hooked else "0"]  # fmt: skip
@@ -64,6 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     contenders = {"base": (args.base, False), "this": (HERE, False), "this+hooks": (HERE, True)}
     rates: dict[str, list[float]] = {k: [] for k in contenders}
+    fwd: dict[str, list[float]] = {k: [] for k in contenders}
     tokens = {}
     load = []
     for r in range(args.rounds):
@@ -72,16 +81,23 @@ def main() -> None:
             load.append(os.getloadavg()[0])
             res = run(*contenders[name], args)
             rates[name] += res["rates"]
+            fwd[name] += res["forward"]
             tokens[name] = res["tokens"]
     same = tokens["base"] == tokens["this"] == tokens["this+hooks"]
     med = {k: statistics.median(v) for k, v in rates.items()}
+    mfwd = {k: statistics.median(v) for k, v in fwd.items()}
     print(f"# hook points and decode speed: {args.preset}, batch 1, {args.new_tokens} new tokens, "
           f"1 thread, compile={args.compile}")  # fmt: skip
     print(f"- load average during the run: {min(load):.1f} .. {max(load):.1f} (shared machine)")
     print(f"- greedy tokens identical across the three: {'yes' if same else 'NO'}")
-    print("\n| contender | median tok/s | vs base |\n|---|---|---|")
+    print(
+        "\n| contender | decode tok/s (median) | vs base | forward of 128 tokens, tok/s | vs base |"
+    )
+    print("|---|---|---|---|---|")
     for name in contenders:
-        print(f"| {name} | {med[name]:.1f} | {med[name] / med['base']:.3f} |")
+        print(f"| {name} | {med[name]:.1f} | {med[name] / med['base']:.3f} | {mfwd[name]:.0f} | "
+              f"{mfwd[name] / mfwd['base']:.3f} |")  # fmt: skip
+    print("\nall decode rates:", {k: [round(r, 1) for r in v] for k, v in rates.items()})
 
 
 if __name__ == "__main__":

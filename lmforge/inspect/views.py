@@ -137,6 +137,7 @@ def lens_view(
                       "rows": rows, "columns": classes, "values": values.tolist()})  # fmt: skip
         png = plot_heatmap(values, rows, classes, out / "lens.png",
                            title="logit lens on the classifier head", xlabel="class",
+                           labels=[[f"{v:.2f}" for v in row] for row in values.tolist()],
                            ylabel="layer", colorbar="probability")  # fmt: skip
     else:
         top = probs.topk(min(k, probs.size(-1)), dim=-1)
