@@ -28,13 +28,14 @@ from lmforge.utils.fs import atomic_write_text
 
 
 def token_labels(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
-    """A readable label per token: its own text (leading space shown as '␣'), or its piece."""
+    """A readable label per token: its own text, with spaces, newlines and tabs shown as '␣', '⏎'
+    and '⇥' (its vocabulary piece when it decodes to nothing)."""
     labels = []
     for i in ids:
         text = tokenizer.decode([int(i)], skip_special_tokens=False)
-        if not text.strip():
-            text = tokenizer.id_to_token(int(i)) or text
-        labels.append(text.replace(" ", "␣").replace("\n", "⏎") or f"<{int(i)}>")
+        if not text:
+            text = tokenizer.id_to_token(int(i)) or f"<{int(i)}>"
+        labels.append(text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥"))
     return labels
 
 
