@@ -83,8 +83,7 @@ def patch(
     ] = "resid_pre",
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Activation patching per layer x position (and per head): which activations restore the
-    clean answer."""
+    """Activation patching (layer x position, layer x head): what restores the clean answer."""
     from lmforge.recipes.inspect import inspect_patch
 
     _done(inspect_patch(model_dir, text, corrupted, answer, out, wrong=wrong, site=site,
