@@ -8,6 +8,7 @@ cross-attention, by encoders and decoders alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -17,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
 from lmforge.models.cache import KVCache
+from lmforge.models.layers import HookPoint
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import apply_rope
 
@@ -35,6 +37,7 @@ def attention(
     dropout_p: float = 0.0,
     backend: Backend = "sdpa",
     need_weights: bool = False,
+    pattern_hook: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Attention(Q, K, V) = softmax(Q K^T * scale + mask) V, scale = 1/sqrt(d_k) by default.
 
@@ -52,27 +55,30 @@ def attention(
             its own slice of the mask, recomputed in backward: memory linear in the length);
             `need_weights` forces "math".
         need_weights: also return the (B, H, Tq, Tk) attention weights.
+        pattern_hook: weights -> weights applied after the softmax (`lmforge.inspect`); forces
+            the explicit path like `need_weights`.
 
     Returns:
         (output of shape (B, H, Tq, D), weights or None).
     """
     n_rep = q.size(1) // k.size(1)
     tq, tk = q.size(-2), k.size(-2)
+    explicit = need_weights or pattern_hook is not None
     if isinstance(mask, AttentionMask):
-        if backend == "chunked" and not need_weights:
+        if backend == "chunked" and not explicit:
             return _chunked(q, k, v, mask, scale, dropout_p), None
-        if mask.is_plain and backend == "sdpa" and not need_weights:
+        if mask.is_plain and backend == "sdpa" and not explicit:
             causal, mask = mask.causal, None  # contiguous positions: the kernel's own causal rule
         else:
             causal, mask = False, mask.dense(q.dtype)
     if causal and tq == 1:
         causal = False  # a single newest query sees every key
-    if causal and (mask is not None or tq != tk or backend == "math" or need_weights):
+    if causal and (mask is not None or tq != tk or backend == "math" or explicit):
         # bottom-right aligned causal mask, folded into the additive mask
         causal_mask = causal_additive_mask(tq, tk, q.dtype, q.device)
         mask = causal_mask if mask is None else mask + causal_mask
         causal = False
-    if backend == "sdpa" and not need_weights:
+    if backend == "sdpa" and not explicit:
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -92,6 +98,8 @@ def attention(
     if mask is not None:
         scores = scores + mask.float()
     weights = torch.softmax(scores, dim=-1).to(q.dtype)
+    if pattern_hook is not None:
+        weights = pattern_hook(weights)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ v, (weights if need_weights else None)
@@ -156,6 +164,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         self.backend: Backend = "sdpa"
+        self.hook_pattern = HookPoint()  # the (B, H, Tq, Tk) weights, for lmforge.inspect
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         b, t, _ = x.shape
@@ -222,6 +231,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout_p if self.training else 0.0,
             backend=self.backend,
             need_weights=need_weights,
+            pattern_hook=self.hook_pattern if self.hook_pattern.active else None,
         )
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)  # (B, T, H*hd)

@@ -23,7 +23,7 @@ from lmforge.config import ModelConfig
 from lmforge.errors import GenerationError
 from lmforge.models.attention import Attention
 from lmforge.models.cache import KVCache
-from lmforge.models.layers import MLP, build_norm, dropout
+from lmforge.models.layers import MLP, HookPoint, build_norm, dropout
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import (
     RelativePositionBias,
@@ -45,6 +45,7 @@ class Block(nn.Module):
         self.mlp_norm = build_norm(cfg)
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_resid_mid = HookPoint()  # the stream between attention and MLP (lmforge.inspect)
 
     def _residual(self, x: Tensor, norm: nn.Module, fn) -> tuple[Tensor, Tensor | None]:
         if self.pre_norm:
@@ -85,6 +86,8 @@ class Block(nn.Module):
                 self.cross_norm,
                 lambda h: self.cross_attn(h, mask=memory_mask, memory=memory, cache=cache),
             )
+        if self.hook_resid_mid.active:
+            x = self.hook_resid_mid(x)
         x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None))
         return x, weights
 
