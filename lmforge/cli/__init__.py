@@ -17,6 +17,7 @@ from lmforge.cli.compress import register as register_compress
 from lmforge.cli.data import data_app
 from lmforge.cli.eval import register as register_eval
 from lmforge.cli.finetune import register as register_finetune
+from lmforge.cli.inspect import register as register_inspect
 from lmforge.cli.interop import register as register_interop
 from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
 from lmforge.cli.knowledge import register as register_knowledge
@@ -45,6 +46,7 @@ register_compress(app)
 register_quantize(app)
 register_eval(app)
 register_knowledge(app)
+register_inspect(app)
 
 StrategyOpt = Annotated[
     str | None,
@@ -265,6 +267,9 @@ def evaluate(
         Path | None,
         typer.Option(help="Where a fine-tuned model's report goes (default: by the data file)."),
     ] = None,
+    explain: Annotated[
+        int, typer.Option(help="Classifier errors explained by saliency in the report (0: none).")
+    ] = 5,
 ) -> None:
     """Perplexity of a causal LM on text; a fine-tuned model's scores on a labelled file."""
     from lmforge.errors import DataError
@@ -282,7 +287,7 @@ def evaluate(
             )
         with truncation_lines():
             scores, paths = evaluate_finetuned(
-                model_dir, data[0], report_dir=report_dir, batch_size=batch_size
+                model_dir, data[0], report_dir=report_dir, batch_size=batch_size, explain=explain
             )
         typer.echo(summary(scores))
         typer.echo(f"report: {', '.join(str(p) for p in paths)}")

@@ -94,10 +94,10 @@ def entity_markdown(scores: dict[str, Any], title: str) -> str:
 
 
 def write_report(
-    scores: dict[str, Any], task: str, out_dir: str | Path, stem: str, title: str
+    scores: dict[str, Any], task: str, out_dir: str | Path, stem: str, title: str, extra: str = ""
 ) -> list[Path]:
     """Write `<stem>-report.md` (and `<stem>-confusion.png` for classify) into out_dir; returns
-    the paths."""
+    the paths. `extra` is Markdown appended to the report (e.g. explained errors)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -118,5 +118,5 @@ def write_report(
         )
         text = f"# {title}\n\n| metric | value |\n|---|---|\n{rows}\n"
     md = out_dir / f"{stem}-report.md"
-    atomic_write_text(md, text)
+    atomic_write_text(md, text + extra)
     return [md, *written]

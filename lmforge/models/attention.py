@@ -8,6 +8,7 @@ cross-attention, by encoders and decoders alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -17,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
 from lmforge.models.cache import CacheView, KVCache
+from lmforge.models.layers import HookPoint
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import apply_rope
 
@@ -35,6 +37,7 @@ def attention(
     dropout_p: float = 0.0,
     backend: Backend = "sdpa",
     need_weights: bool = False,
+    pattern_hook: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Attention(Q, K, V) = softmax(Q K^T * scale + mask) V, scale = 1/sqrt(d_k) by default.
 
@@ -52,29 +55,32 @@ def attention(
             its own slice of the mask, recomputed in backward: memory linear in the length);
             `need_weights` forces "math".
         need_weights: also return the (B, H, Tq, Tk) attention weights.
+        pattern_hook: weights -> weights applied after the softmax (`lmforge.inspect`); forces
+            the explicit path like `need_weights`.
 
     Returns:
         (output of shape (B, H, Tq, D), weights or None).
     """
     n_rep = q.size(1) // k.size(1)
     tq, tk = q.size(-2), k.size(-2)
+    explicit = need_weights or pattern_hook is not None
     if isinstance(mask, AttentionMask):
-        if backend == "chunked" and not need_weights:
+        if backend == "chunked" and not explicit:
             return _chunked(q, k, v, mask, scale, dropout_p), None
-        if mask.is_plain and backend == "sdpa" and not need_weights:
+        if mask.is_plain and backend == "sdpa" and not explicit:
             causal, mask = mask.causal, None  # contiguous positions: the kernel's own causal rule
         else:
             causal, mask = False, mask.dense(q.dtype)
     if causal and tq == 1:
         causal = False  # a single newest query sees every key
-    if causal and (mask is not None or tq != tk or backend == "math" or need_weights):
+    if causal and (mask is not None or tq != tk or backend == "math" or explicit):
         # bottom-right aligned causal mask, folded into the additive mask
         causal_mask = causal_additive_mask(tq, tk, q.dtype, q.device)
         mask = causal_mask if mask is None else mask + causal_mask
         causal = False
     # a single query under torch.compile is written out below: the fused SDPA CPU kernel splits
     # it into (batch, head) tasks, while the formula lets the compiler fuse mask, scale and softmax
-    fused = backend == "sdpa" and not need_weights
+    fused = backend == "sdpa" and not explicit
     if fused and not (tq == 1 and torch.compiler.is_compiling()):
         out = F.scaled_dot_product_attention(
             q,
@@ -104,6 +110,8 @@ def attention(
             m = m.expand(m.size(0), h, tq, tk).reshape(m.size(0), h_kv, n_rep, tq, tk)
         scores = (scores.view(b, h_kv, n_rep, tq, tk) + m).view(b, h_kv, n_rep * tq, tk)
     weights = torch.softmax(scores, dim=-1).to(q.dtype)
+    if pattern_hook is not None:  # the hook sees (B, H, Tq, Tk), one map per query head
+        weights = pattern_hook(weights.view(b, h, tq, tk)).reshape(b, h_kv, n_rep * tq, tk)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = (weights @ v).view(b, h, tq, d)
@@ -172,6 +180,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_head * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(self.n_head * cfg.head_dim, cfg.d_model, bias=cfg.bias)
         self.backend: Backend = "sdpa"
+        self.hook_pattern = HookPoint()  # the (B, H, Tq, Tk) weights, for lmforge.inspect
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         b, t, _ = x.shape
@@ -228,7 +237,8 @@ class Attention(nn.Module):
                     mask = mask.with_prefix(pk.size(2))  # prefix columns are always visible
                 elif mask is not None:  # the bottom-right causal alignment keeps them so too
                     mask = F.pad(mask, (pk.size(2), 0))
-        # (hook points of q, k, v, the pattern and z go here)
+        # lmforge.inspect reads q, k, v at the projections and z at o_proj's input (module
+        # hooks); the pattern goes through `hook_pattern`, which costs nothing unless hooked
         out, weights = attention(
             q,
             k,
@@ -239,6 +249,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout_p if self.training else 0.0,
             backend=self.backend,
             need_weights=need_weights,
+            pattern_hook=self.hook_pattern if self.hook_pattern.active else None,
         )
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)  # (B, T, H*hd)

@@ -23,7 +23,7 @@ from lmforge.config import ModelConfig
 from lmforge.errors import GenerationError
 from lmforge.models.attention import Attention
 from lmforge.models.cache import CacheView, KVCache
-from lmforge.models.layers import MLP, build_norm, dropout
+from lmforge.models.layers import MLP, HookPoint, build_norm, dropout
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import (
     RelativePositionBias,
@@ -45,6 +45,7 @@ class Block(nn.Module):
         self.mlp_norm = build_norm(cfg)
         self.mlp = MLP(cfg, None if cross or cfg.is_uniform else cfg.layer_ffn[layer_idx])
         self.dropout = nn.Dropout(cfg.dropout)
+        self.hook_resid_mid = HookPoint()  # the stream between attention and MLP (lmforge.inspect)
 
     def _residual(self, x: Tensor, norm: nn.Module, fn) -> tuple[Tensor, Tensor | None]:
         if self.pre_norm:
@@ -66,7 +67,8 @@ class Block(nn.Module):
         need_weights: bool = False,
         prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        # (hook points of the residual stream go here: block input, attention out, MLP out)
+        # lmforge.inspect: resid_pre / resid_post are this block's input / output (module hooks),
+        # resid_mid is `hook_resid_mid` below
         x, weights = self._residual(
             x,
             self.attn_norm,
@@ -86,6 +88,8 @@ class Block(nn.Module):
                 self.cross_norm,
                 lambda h: self.cross_attn(h, mask=memory_mask, memory=memory, cache=cache),
             )
+        if self.hook_resid_mid.active:
+            x = self.hook_resid_mid(x)
         x, _ = self._residual(x, self.mlp_norm, lambda h: (self.mlp(h), None))
         return x, weights
 

@@ -23,6 +23,18 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+class HookPoint(nn.Module):
+    """Identity that names an activation inside a block for `lmforge.inspect`: forward hooks on
+    it read or replace the activation. Callers skip it unless a hook is registered (`active`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    @property
+    def active(self) -> bool:
+        return bool(self._forward_hooks)
+
+
 def dropout(module: nn.Dropout, x: Tensor) -> Tensor:
     """module(x), skipped when it is the identity (eval mode or p = 0): saves the call and the
     dispatch per use while decoding."""

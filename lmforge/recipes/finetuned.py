@@ -191,11 +191,14 @@ def evaluate_finetuned(
     report_dir: str | Path | None = None,
     batch_size: int = 32,
     device: str = "cpu",
+    explain: int = 5,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Score the fine-tuned model in `model_dir` on a labelled file and write a report.
 
     The report (`<data stem>-report.md` and `.json`, and `<data stem>-confusion.png` for
-    classify) goes to `report_dir`, by default the folder of the data file.
+    classify) goes to `report_dir`, by default the folder of the data file. For classify, the
+    `explain` most confident errors get integrated-gradients saliency (`<data stem>-saliency.*`,
+    a section of the report); 0 skips it.
 
     Returns:
         (scores, report paths).
@@ -220,6 +223,12 @@ def evaluate_finetuned(
     data = Path(data)
     out = Path(report_dir) if report_dir is not None else data.parent
     title = f"{Path(model_dir).name} on {data.name}"
-    paths = write_report(scores, task, out, data.stem, title)
+    extra, explained = "", []
+    if task == "classify" and explain > 0:
+        from lmforge.recipes.inspect import explain_worst_errors
+
+        extra, explained = explain_worst_errors(model, tokenizer, info, records, out, data.stem,
+                                                k=explain)  # fmt: skip
+    paths = [*write_report(scores, task, out, data.stem, title, extra), *explained]
     atomic_write_text(out / f"{data.stem}-report.json", json.dumps(scores, indent=2) + "\n")
     return scores, [*paths, out / f"{data.stem}-report.json"]
