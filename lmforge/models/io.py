@@ -89,6 +89,16 @@ def load_state_dict(
         raise CheckpointError(f"weights in {path} do not fit the model: {what}.")
 
 
+def build_model(cfg: ModelConfig) -> Transformer:
+    """The model a config describes: the `Transformer`, or a `FusionModel` (text core + image
+    encoder) when the config has images."""
+    if cfg.image_size is not None:
+        from lmforge.models.fusion import FusionModel
+
+        return FusionModel(cfg)
+    return Transformer(cfg)
+
+
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Transformer:
     """Build the model from `config.json` and load `model.safetensors`."""
     model_dir = Path(model_dir)
@@ -100,6 +110,6 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
             "pass the --out directory of `lmforge pretrain` or a converted model."
         )
     cfg = ModelConfig.from_dir(model_dir)
-    model = Transformer(cfg)
+    model = build_model(cfg)
     load_state(model, model_dir / WEIGHTS)
     return model.to(device).eval()
