@@ -96,11 +96,6 @@ class MultimodalResult:
 def model_config(base: ModelConfig, mc: MultimodalConfig, image: ImageRecord, n_labels: int):
     """The text model's config with the image side and the task's head."""
     task = TASKS[mc.task]
-    if task == "caption" and base.arch != "decoder":
-        raise ConfigError(
-            f"captioning needs a decoder (a causal LM) as its text model, but the base is "
-            f"{'an' if base.arch[0] == 'e' else 'a'} {base.arch}; pass a GPT/Llama model dir."
-        )
     heads = {"classify": ("classify",), "retrieve": (), "caption": ("lm",)}[task]
     return base.replace(
         heads=heads,
@@ -208,6 +203,11 @@ def finetune_multimodal(
     if model_values:
         raise ConfigError(f"model key '{next(iter(model_values))}' cannot be overridden here.")
     base = ModelConfig.from_dir(model_dir)
+    if task == "caption" and base.arch != "decoder":
+        raise ConfigError(
+            f"captioning needs a decoder (a causal LM) as its text model, but the base is "
+            f"{'an' if base.arch[0] == 'e' else 'a'} {base.arch}; pass a GPT/Llama model dir."
+        )
     tok = Tokenizer.load(model_dir)
     if task == "caption" and tok.eos_id is None:
         raise ConfigError(f"the tokenizer of {model_dir} has no EOS token to end captions.")
