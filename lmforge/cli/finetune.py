@@ -80,7 +80,8 @@ def finetune(
         typer.Option(help="none, ddp or fsdp; run under torchrun for several processes."),
     ] = None,
     fusion: Annotated[
-        str, typer.Option(help="Image tasks: early, late, cross or prefix fusion of image and text.")
+        str,
+        typer.Option(help="Image tasks: early, late, cross or prefix fusion of image and text."),
     ] = "late",
     fusion_combine: Annotated[
         str, typer.Option(help="Image tasks, late fusion: concat, sum or gated.")

@@ -113,8 +113,10 @@ def read_images(path: str | Path, split: str = "training", channels: int = 1) ->
     path = Path(path)
     if not path.is_file():
         raise DataError(f"the {split} file {path} does not exist; pass a .csv/.jsonl or .npz.")
-    records = _from_npz(path, split) if path.suffix.lower() == ".npz" else _from_table(
-        path, split, channels
+    records = (
+        _from_npz(path, split)
+        if path.suffix.lower() == ".npz"
+        else _from_table(path, split, channels)
     )
     if not records:
         raise DataError(f"the {split} file {path} has no images.")

@@ -66,9 +66,10 @@ class FusionObjective:
             t2i = multi_positive_contrastive_loss(out.text_embeds, out.image_embeds, g,
                                                   self.temperature)  # fmt: skip
             with torch.no_grad():
-                sim = F.normalize(out.image_embeds.float(), dim=-1) @ F.normalize(
-                    out.text_embeds.float(), dim=-1
-                ).T
+                sim = (
+                    F.normalize(out.image_embeds.float(), dim=-1)
+                    @ F.normalize(out.text_embeds.float(), dim=-1).T
+                )
                 hit = g[sim.argmax(-1)] == g
             return LossOutput((i2t + t2i) / 2, int(g.numel()),
                               {"batch_recall1": float(hit.float().mean())})  # fmt: skip

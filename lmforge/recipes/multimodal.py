@@ -235,7 +235,8 @@ def finetune_multimodal(
 
     cfg = model_config(base, mc, records["training"][0], len(names))
     feats = {
-        s: image_features(task, rs, tok, label_ids, mc.prompt, text_ids) for s, rs in records.items()
+        s: image_features(task, rs, tok, label_ids, mc.prompt, text_ids)
+        for s, rs in records.items()
     }
     tcfg = _train_config(mc, train_values, len(feats["training"]), task)
     if tcfg.threads:
