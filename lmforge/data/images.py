@@ -1,9 +1,11 @@
 """Images with labels and texts, for image-and-text fine-tuning.
 
-Two ways in, both generic:
+Three ways in, all generic:
 
 - a table (CSV/TSV/JSONL/JSON) with an `image` column holding PNG/JPEG paths relative to the
   table's folder, a `label` column and, for captioning and retrieval, a `text` column;
+- a folder with one sub-folder of images per class (`train/7/001.png`), the label being the
+  sub-folder's name (the layout of torchvision's ImageFolder);
 - a NumPy `.npz` file with arrays `images` ((N, H, W), (N, H, W, C) or (N, C, H, W)), `labels`
   and optionally `texts` (read with allow_pickle=False: strings must be a unicode array).
 
@@ -77,6 +79,22 @@ def _from_table(path: Path, split: str, channels: int) -> list[ImageRecord]:
     return out
 
 
+def _from_folder(path: Path, split: str, channels: int) -> list[ImageRecord]:
+    classes = sorted(d for d in path.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(
+            f"the {split} folder {path} has no class sub-folders; put each class's images in a "
+            "folder named after the label, or pass a table (.csv/.jsonl) or .npz file."
+        )
+    out = []
+    for folder in classes:
+        for image in sorted(folder.iterdir()):
+            if image.suffix.lower() in IMAGE_SUFFIXES:
+                pixels = _normalise(_read_image(image, channels), 255.0)
+                out.append(ImageRecord(pixels, folder.name, None))
+    return out
+
+
 def _from_npz(path: Path, split: str) -> list[ImageRecord]:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -109,7 +127,8 @@ def _from_npz(path: Path, split: str) -> list[ImageRecord]:
 
 
 def read_images(path: str | Path, split: str = "training", channels: int = 1) -> list[ImageRecord]:
-    """Records from a table of image paths or an .npz of arrays (see the module docstring)."""
+    """Records from a table of image paths, a folder of class folders or an .npz of arrays (see
+    the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"the {split} file {path} does not exist; pass a .csv/.jsonl or .npz.")

@@ -65,6 +65,20 @@ def test_digits_export_is_real_and_stated(digits):
     assert -1.0 <= float(records[0].pixels.min()) and float(records[0].pixels.max()) <= 1.0
 
 
+def test_class_folders_are_read_like_imagefolder(tmp_path):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((4, 4), 60 * i, np.uint8)).save(tmp_path / label / f"{i}.png")
+    records = read_images(tmp_path)
+    assert [r.label for r in records] == ["cat", "cat", "dog", "dog"]
+    assert float(records[0].pixels[0, 0, 0]) == -1.0
+    with pytest.raises(DataError, match="no class sub-folders"):
+        read_images(tmp_path / "cat")
+
+
 def test_npz_arrays_are_read_without_pickle(tmp_path):
     path = tmp_path / "set.npz"
     np.savez(path, images=np.zeros((3, 4, 4), np.uint8), labels=np.array(["a", "b", "a"]),
