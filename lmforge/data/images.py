@@ -130,13 +130,17 @@ def read_images(path: str | Path, split: str = "training", channels: int = 1) ->
     """Records from a table of image paths, a folder of class folders or an .npz of arrays (see
     the module docstring)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"the {split} file {path} does not exist; pass a .csv/.jsonl or .npz.")
-    records = (
-        _from_npz(path, split)
-        if path.suffix.lower() == ".npz"
-        else _from_table(path, split, channels)
-    )
+    if path.is_dir():
+        records = _from_folder(path, split, channels)
+    elif not path.is_file():
+        raise DataError(
+            f"the {split} data {path} does not exist; pass a .csv/.jsonl table, an .npz file or "
+            "a folder of class sub-folders."
+        )
+    elif path.suffix.lower() == ".npz":
+        records = _from_npz(path, split)
+    else:
+        records = _from_table(path, split, channels)
     if not records:
         raise DataError(f"the {split} file {path} has no images.")
     shape = tuple(records[0].pixels.shape)
