@@ -152,9 +152,6 @@ class FusionModel(nn.Module):
         self.core = Transformer(text_config(cfg))
         # early fusion feeds raw patch tokens into the text stack: no image blocks of its own
         self.image = ImageEncoder(cfg, n_layer=0 if cfg.fusion == "early" else None)
-        nn.init.normal_(self.image.patches.proj.weight, 0.0, 0.02)
-        if self.image.patches.pos is not None:
-            nn.init.normal_(self.image.patches.pos, 0.0, 0.02)
         self.projector = PrefixProjector(d, d) if cfg.fusion == "prefix" else None
         causal = cfg.arch == "decoder"
         self.cross = CrossFusion(cfg, causal) if cfg.fusion == "cross" else None

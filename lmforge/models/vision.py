@@ -59,6 +59,17 @@ class PatchEmbedding(nn.Module):
                 "sincos", sincos_2d_table(side, side, cfg.d_model), persistent=False
             )
             self.pos = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform on W as the (d, C p p) matrix it is, zero bias, learned positions
+        N(0, 0.02). (PyTorch's default conv bias, U(+-1/sqrt(C p^2)), would drown the image signal
+        of small patches: +-0.5 for 2x2 grey patches.)"""
+        w = self.proj.weight
+        nn.init.xavier_uniform_(w.view(w.size(0), -1))
+        nn.init.zeros_(self.proj.bias)
+        if self.pos is not None:
+            nn.init.normal_(self.pos, 0.0, 0.02)
 
     def forward(self, pixels: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, N, d)."""

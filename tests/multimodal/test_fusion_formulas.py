@@ -169,3 +169,12 @@ def test_config_checks_the_image_fields():
         tiny(patch_size=3)
     with pytest.raises(ConfigError, match="needs images"):
         tiny(image_size=None)
+
+
+def test_fresh_patch_embeddings_carry_the_image_not_the_bias():
+    """At initialisation two different images must give clearly different patch tokens (a conv
+    bias drawn from U(+-1/sqrt(C p^2)) used to swamp 2x2 grey patches)."""
+    pe = PatchEmbedding(tiny(patch_size=2))
+    a, b = torch.rand(1, 1, 8, 8) * 2 - 1, torch.rand(1, 1, 8, 8) * 2 - 1
+    za, zb = pe(a), pe(b)
+    assert float((za - zb).abs().mean()) > 0.5 * float(za.abs().mean())
