@@ -55,3 +55,15 @@ def prepare(
         f"in {shards} shards in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s); "
         f"shards in {out}"
     )
+
+
+@data_app.command()
+def digits(
+    out: Annotated[Path, typer.Option(help="Folder to write (images/, train/valid/test.csv).")],
+    seed: Annotated[int, typer.Option(help="Seed of the 70/15/15 split.")] = 0,
+) -> None:
+    """Write scikit-learn's 1,797 real 8x8 handwritten digits as PNGs + CSVs with captions."""
+    from lmforge.data.images import export_digits
+
+    counts = export_digits(out, seed=seed)
+    typer.echo(", ".join(f"{k} {v}" for k, v in counts.items()) + f" images in {out}")

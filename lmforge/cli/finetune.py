@@ -31,7 +31,8 @@ def finetune(
     task: Annotated[
         str,
         typer.Option(
-            help="classify, tokens (BIO tags), sft, seq2seq, qa (SQuAD), choice or embed (pairs)."
+            help="classify, tokens (BIO tags), sft, seq2seq, qa (SQuAD), choice, embed (pairs); "
+            "with images: image-classify, image-text (retrieval) or caption."
         ),
     ],
     train: Annotated[Path, typer.Option(help="Training file (.csv, .tsv, .jsonl or .json).")],
@@ -90,9 +91,25 @@ def finetune(
     overwrite: Annotated[
         bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
     ] = False,
+    fusion: Annotated[
+        str,
+        typer.Option(help="Image tasks: early, late, cross or prefix fusion of image and text."),
+    ] = "late",
+    fusion_combine: Annotated[
+        str, typer.Option(help="Image tasks, late fusion: concat, sum or gated.")
+    ] = "concat",
+    patch_size: Annotated[int, typer.Option(help="Image tasks: side of a square patch.")] = 2,
+    image_pos: Annotated[
+        str, typer.Option(help="Image tasks: learned or sincos2d patch positions.")
+    ] = "learned",
+    image_layers: Annotated[int, typer.Option(help="Image tasks: image encoder blocks.")] = 2,
+    prompt: Annotated[
+        str | None, typer.Option(help="Image tasks: the text given with every image.")
+    ] = None,
 ) -> None:
     """Fine-tune a model on labelled data: classification, BIO tagging, SFT, seq2seq,
-    extractive QA, multiple choice or sentence embeddings (query/positive pairs)."""
+    extractive QA, multiple choice or sentence embeddings (query/positive pairs); with images:
+    image classification, image-text retrieval and captioning."""
     if task == "embed":  # lmforge.recipes.finetune_embed
         from lmforge.cli.knowledge import finetune_embed
         from lmforge.errors import ConfigError
@@ -102,6 +119,16 @@ def finetune(
                               "and --teacher.")  # fmt: skip
 
         return finetune_embed(model_dir, train, out, valid, test, epochs, max_len, overrides)
+    from lmforge.recipes.multimodal import TASKS as IMAGE_TASKS
+
+    if task in IMAGE_TASKS:
+        from lmforge.utils.fs import prepare_out_dir
+
+        prepare_out_dir(out, "finetune", inputs=[model_dir, train, valid, test],
+                        overwrite=overwrite, resume=resume)  # fmt: skip
+        _finetune_images(model_dir, task, train, out, overrides, valid, test, epochs, resume,
+                         fusion, fusion_combine, patch_size, image_pos, image_layers, prompt)  # fmt: skip
+        return
     from lmforge.config.train import parse_overrides
     from lmforge.recipes.finetune import FinetuneConfig
     from lmforge.recipes.finetune import finetune as run
@@ -145,6 +172,30 @@ def finetune(
             typer.echo(f"{split}: {summary(r.metrics[split])}")
     report = "test" if "test" in r.metrics else "valid"
     typer.echo(f"{r.train.steps} steps; model in {r.out_dir} (metrics.json, {report}-report.md)")
+
+
+def _finetune_images(model_dir, task, train, out, overrides, valid, test, epochs, resume,
+                     fusion, fusion_combine, patch_size, image_pos, image_layers, prompt) -> None:  # fmt: skip
+    from lmforge.config.train import parse_overrides
+    from lmforge.errors import ConfigError
+    from lmforge.recipes.multimodal import MultimodalConfig, finetune_multimodal
+
+    if valid is None:
+        raise ConfigError(f"--task {task} needs --valid (a held-out image table or .npz).")
+    mc = MultimodalConfig(task=task, fusion=fusion, fusion_combine=fusion_combine,
+                          patch_size=patch_size, image_pos=image_pos, n_image_layer=image_layers,
+                          prompt=prompt, epochs=epochs)  # fmt: skip
+    r = finetune_multimodal(model_dir, train, out, mc, valid=valid, test=test,
+                            overrides=parse_overrides(overrides or []), resume=resume)  # fmt: skip
+    typer.echo(f"{r.metrics['parameters']:,} parameters, {r.train.steps} steps in "
+               f"{r.metrics['train_seconds']} s")  # fmt: skip
+    keys = ("accuracy", "macro_f1", "image_to_text_recall1", "text_to_image_recall1",
+            "caption_exact_match")  # fmt: skip
+    for split in ("validation", "test"):
+        if split in r.metrics:
+            s = r.metrics[split]
+            typer.echo(f"{split}: " + ", ".join(f"{k} {s[k]:.4f}" for k in keys if k in s))
+    typer.echo(f"model in {r.out_dir} (metrics.json, report.md)")
 
 
 @contextlib.contextmanager

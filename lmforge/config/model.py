@@ -33,6 +33,9 @@ Mlp = Literal["mlp", "glu"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 Head = Literal["lm", "mlm", "nsp", "classify", "tokens", "qa", "choice"]
 RopeScaling = Literal["linear", "dynamic", "yarn", "llama3"]
+ImagePositions = Literal["learned", "sincos2d"]
+Fusion = Literal["early", "late", "cross", "prefix"]
+FusionCombine = Literal["concat", "sum", "gated"]
 
 
 #: Upper bounds on every size: far above any published model, low enough that a damaged or
@@ -51,6 +54,11 @@ MAX_SIZES = {
     "num_labels": 1 << 20,
     "rel_buckets": 1 << 16,
     "sliding_window": 1 << 24,
+    "image_size": 1 << 14,
+    "image_channels": 1 << 10,
+    "n_image_layer": 1024,
+    "n_fusion_layer": 1024,
+    "proj_dim": 1 << 16,
 }
 #: The most parameters a config may describe (about 2.2 trillion).
 MAX_PARAMS = 1 << 41
@@ -98,6 +106,19 @@ class ModelConfig:
         bos_id, eos_id, pad_id, mask_id, decoder_start_id: special token ids (None if absent).
         quantization: None, or the record of `lmforge.compress.quantize_model` (method, group
             size, the swapped module names) that the loader rebuilds before loading weights.
+        image_size: side in pixels of the square images of an image-and-text model (None = text
+            only); image_channels: their channels; patch_size: side of the square patches that
+            become image tokens ((image_size / patch_size)^2 of them, ViT style).
+        image_pos: "learned" or "sincos2d" (fixed 2-D sine-cosine) positions of the patches.
+        n_image_layer: blocks of the image encoder (the same `Block` as the text stacks).
+        fusion: how image and text meet (see `lmforge.models.fusion`): "early" (patch and text
+            tokens in one sequence), "late" (pooled image and text vectors combined),
+            "cross" (text attends to image features) or "prefix" (image features projected into
+            a language model's input, LLaVA style).
+        fusion_combine: how late fusion combines the two vectors: "concat", "sum" or "gated".
+        n_fusion_layer: cross-attention blocks of "cross" fusion on top of an encoder.
+        proj_dim: width of the shared image-text embedding space of two-tower retrieval
+            (default d_model).
     """
 
     arch: Arch = "decoder"
@@ -149,6 +170,15 @@ class ModelConfig:
     mask_id: int | None = None
     decoder_start_id: int | None = None
     quantization: dict[str, Any] | None = None
+    image_size: int | None = None
+    image_channels: int = 1
+    patch_size: int = 4
+    image_pos: ImagePositions = "learned"
+    n_image_layer: int = 2
+    fusion: Fusion | None = None
+    fusion_combine: FusionCombine = "concat"
+    n_fusion_layer: int = 1
+    proj_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -217,6 +247,7 @@ class ModelConfig:
             raise ConfigError(
                 f"head(s) {wrong} do not fit arch='{self.arch}'; choose from {sorted(allowed)}."
             )
+        self._validate_image()
         ids = ("bos_id", "eos_id", "pad_id", "mask_id", "decoder_start_id")
         for name in ids:
             value = getattr(self, name)
@@ -265,6 +296,40 @@ class ModelConfig:
                         f"block {i} has {h} query heads, not a multiple of its {kv} key/value "
                         "heads; fix layer_n_head / layer_n_kv_head."
                     )
+
+    def _validate_image(self) -> None:
+        if self.image_size is None:
+            if self.fusion is not None:
+                raise ConfigError(
+                    f"fusion='{self.fusion}' needs images; set image_size (and patch_size)."
+                )
+            return
+        for name in ("image_size", "image_channels", "patch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.n_image_tokens > 1 << 16:
+            raise ConfigError(
+                f"image_size={self.image_size} with patch_size={self.patch_size} makes "
+                f"{self.n_image_tokens:,} image tokens, more than {1 << 16:,}; use larger patches."
+            )
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
+                "choose a patch size that tiles the image."
+            )
+        if self.n_image_layer < 0 or self.n_fusion_layer < 1:
+            raise ConfigError("n_image_layer must be >= 0 and n_fusion_layer >= 1.")
+        if self.proj_dim is not None and self.proj_dim < 1:
+            raise ConfigError(f"proj_dim must be at least 1, got {self.proj_dim}.")
+        if self.image_pos == "sincos2d" and self.d_model % 4:
+            raise ConfigError(
+                f"sincos2d image positions need d_model divisible by 4, got {self.d_model}."
+            )
+
+    @property
+    def n_image_tokens(self) -> int:
+        """Patches per image: (image_size / patch_size)^2 (0 for a text-only model)."""
+        return (self.image_size // self.patch_size) ** 2 if self.image_size else 0
 
     # ----------------------------------------------------------------- derived properties
     @property

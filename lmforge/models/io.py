@@ -145,7 +145,7 @@ def check_header(cfg: ModelConfig, path: str | Path) -> None:
         )
     have = header_shapes(path)
     with torch.device("meta"):
-        skeleton = Transformer(cfg)
+        skeleton = build_model(cfg)
         if cfg.quantization:
             _quantized(skeleton, cfg)
     tied = {n for n, _ in skeleton.named_parameters(remove_duplicate=False)} - {
@@ -172,6 +172,16 @@ def _quantized(model: Transformer, cfg: ModelConfig) -> None:
     prepare_quantized(model, cfg.quantization)
 
 
+def build_model(cfg: ModelConfig) -> Transformer:
+    """The model a config describes: the `Transformer`, or a `FusionModel` (text core + image
+    encoder) when the config has images."""
+    if cfg.image_size is not None:
+        from lmforge.models.fusion import FusionModel
+
+        return FusionModel(cfg)
+    return Transformer(cfg)
+
+
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Transformer:
     """Build the model from `config.json` and load `model.safetensors`.
 
@@ -188,7 +198,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Tra
         )
     cfg = ModelConfig.from_dir(model_dir)
     check_header(cfg, model_dir / WEIGHTS)
-    model = Transformer(cfg)
+    model = build_model(cfg)
     if cfg.quantization:
         _quantized(model, cfg)
     load_state(model, model_dir / WEIGHTS)
