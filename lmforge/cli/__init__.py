@@ -17,6 +17,7 @@ from lmforge.cli.finetune import register as register_finetune
 from lmforge.cli.interop import register as register_interop
 from lmforge.cli.longctx import register as register_longctx
 from lmforge.cli.prompt import register as register_prompt
+from lmforge.cli.report import register as register_report
 from lmforge.cli.serve import register as register_serve
 from lmforge.errors import LmforgeError
 
@@ -35,6 +36,7 @@ register_interop(app)
 register_finetune(app)
 register_prompt(app)
 register_serve(app)
+register_report(app)
 
 StrategyOpt = Annotated[
     str | None,

@@ -255,6 +255,9 @@ def finetune(
     from lmforge.evaluate.report import write_report
 
     write_report(metrics[split], fc.task, out_dir, split, f"{out_dir.name}: {split} ({fc.task})")
+    from lmforge.evaluate.card import finish_run
+
+    finish_run(out_dir)  # hardware.json + report.html
     return FinetuneResult(out_dir, result, metrics, names, mcfg, tcfg, trainable)
 
 
