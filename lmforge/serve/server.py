@@ -15,6 +15,7 @@ from lmforge.errors import ServeError
 from lmforge.recipes.finetuned import load_finetuned
 from lmforge.serve.app import create_app
 from lmforge.serve.engine import Engine
+from lmforge.serve.playground import mount_playground
 from lmforge.serve.protocol import Limits, Served
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils.device import resolve_device
@@ -58,7 +59,9 @@ def build_app(
         created=int(time.time()),
         limits=limits or Limits(),
     )
-    return create_app(Engine(model, tokenizer, max_batch), served, api_key)
+    app = create_app(Engine(model, tokenizer, max_batch), served, api_key)
+    mount_playground(app, model_dir)  # the web page at /
+    return app
 
 
 def serve(
