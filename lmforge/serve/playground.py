@@ -2,6 +2,7 @@
 
     GET /                        the page (plain HTML + JS + CSS from the package, no CDN)
     GET /playground/{file}       its script and style sheet
+    GET /playground/info         the served model's id and context, and whether a key is needed
     GET /playground/report       the served run's report card (report.html of the model dir,
                                  else built from the dir when it is a run dir)
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
@@ -21,7 +23,7 @@ from lmforge.errors import LmforgeError
 from lmforge.serve.errors import ApiError
 
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
-PUBLIC_PATHS = frozenset({"/", *(f"/playground/{name}" for name in _ASSETS)})
+PUBLIC_PATHS = frozenset({"/", "/playground/info", *(f"/playground/{name}" for name in _ASSETS)})
 
 
 def _asset(name: str) -> str:
@@ -43,9 +45,15 @@ def report_card(model_dir: Path) -> str | None:
         return None
 
 
-def mount_playground(app: FastAPI, model_dir: str | Path) -> None:
-    """Add the playground routes to the server app of `model_dir`."""
+def mount_playground(app: FastAPI, model_dir: str | Path, needs_key: bool) -> None:
+    """Add the playground routes to the server app of `model_dir` (`create_app`'s, whose
+    `state.served` names the model); `needs_key` tells the page to ask for the API key."""
     model_dir = Path(model_dir)
+    served = app.state.served
+
+    @app.get("/playground/info", include_in_schema=False)
+    async def info() -> dict[str, Any]:
+        return {"model": served.name, "context_length": served.context, "needs_key": needs_key}
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:

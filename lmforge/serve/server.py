@@ -60,7 +60,7 @@ def build_app(
         limits=limits or Limits(),
     )
     app = create_app(Engine(model, tokenizer, max_batch), served, api_key)
-    mount_playground(app, model_dir)  # the web page at /
+    mount_playground(app, model_dir, needs_key=api_key is not None)  # the web page at /
     return app
 
 

@@ -39,14 +39,18 @@ function meta(div, text) {
 
 async function loadModel() {
   try {
-    const response = await fetch("/v1/models", { headers: headers() });
+    const response = await fetch("/playground/info");
     if (!response.ok) {
       $("model").textContent = await apiError(response);
       return;
     }
-    const card = (await response.json()).data[0];
-    modelId = card.id;
-    $("model").textContent = card.id + " · context " + card.context_length + " tokens";
+    const info = await response.json();
+    modelId = info.model;
+    let text = info.model + " · context " + info.context_length + " tokens";
+    if (info.needs_key && !$("api_key").value.trim()) {
+      text += " · this server needs its API key (Settings)";
+    }
+    $("model").textContent = text;
   } catch (err) {
     $("model").textContent = "the server cannot be reached (" + err.message + ").";
   }
