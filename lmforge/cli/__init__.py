@@ -164,19 +164,21 @@ def generate(
     ] = False,
 ) -> None:
     """Continue a prompt with a trained model."""
-    from lmforge.recipes.generate import generate_from_dir
+    from lmforge.cli.notices import warning_lines
+    from lmforge.recipes.generate import EmptyOutputWarning, generate_from_dir
 
-    texts = generate_from_dir(
-        model_dir,
-        prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        num_return_sequences=num_return_sequences,
-        seed=seed,
-        compile=compile,
-    )
+    with warning_lines(EmptyOutputWarning):  # an empty output says why, in one line
+        texts = generate_from_dir(
+            model_dir,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            num_return_sequences=num_return_sequences,
+            seed=seed,
+            compile=compile,
+        )
     for i, text in enumerate(texts):
         if len(texts) > 1:
             typer.echo(f"--- sample {i + 1}")
@@ -190,7 +192,11 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Windows (or examples) per batch.")] = 8,
     report_dir: Annotated[
         Path | None,
-        typer.Option(help="Where a fine-tuned model's report goes (default: by the data file)."),
+        typer.Option(
+            "--out",
+            "--report-dir",
+            help="Where a fine-tuned model's report goes (default: the model's run dir).",
+        ),
     ] = None,
 ) -> None:
     """Perplexity of a causal LM on text; a fine-tuned model's scores on a labelled file."""

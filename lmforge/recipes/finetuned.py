@@ -34,6 +34,7 @@ from lmforge.peft import is_adapter_dir, load_adapter
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import evaluate_loss
 from lmforge.utils.fs import atomic_write_text
+from lmforge.utils.progress import bar
 
 TASK_FILE = "task.json"
 FORMAT = "lmforge-task"
@@ -114,6 +115,7 @@ def score_records(
     split: str = "test",
     batch_size: int = 32,
     warn: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the model on labelled records and score it (JSON-ready).
 
@@ -121,7 +123,8 @@ def score_records(
     tokens:   `entity_scores` as `entity_precision/recall/f1`, `token_acc` (share of words tagged
               right; words past the length limit count as tagged "O") and `loss`;
     sft, seq2seq: `loss` (mean NLL of the response/target tokens), `ppl` = exp(loss), `token_acc`.
-    `warn=False` skips the truncation warning (for a split already warned about).
+    `warn=False` skips the truncation warning (for a split already warned about); `progress`
+    shows a bar (with ETA) over the batches.
     """
     task, names = info["task"], list(info.get("labels") or [])
     ids = {name: i for i, name in enumerate(names)}
@@ -129,13 +132,15 @@ def score_records(
     data = batches_for(task, features, tokenizer, model, batch_size, name=split)
     device = next(model.parameters()).device
     model.eval()
+    n_batches = -(-len(features) // batch_size)
+    batches = bar(data.sequential(), n_batches, f"scoring {split}", enabled=progress)
     if task in ("sft", "seq2seq"):
-        ev = evaluate_loss(model, TaskObjective(task), data.sequential(), device)
+        ev = evaluate_loss(model, TaskObjective(task), batches, device)
         loss = ev["eval_loss"]
         return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "token_acc": ev["eval_token_acc"]}
     preds: list[Any] = []
     total, n = 0.0, 0
-    for batch in data.sequential():
+    for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(**model_inputs(batch)).logits.float()
         labels = batch["labels"]
@@ -179,7 +184,8 @@ def evaluate_finetuned(
     """Score the fine-tuned model in `model_dir` on a labelled file and write a report.
 
     The report (`<data stem>-report.md` and `.json`, and `<data stem>-confusion.png` for
-    classify) goes to `report_dir`, by default the folder of the data file.
+    classify) goes to `report_dir`, by default the model dir (the run dir of `lmforge finetune`;
+    the data file's folder may be read-only or shared, so nothing is written there).
 
     Returns:
         (scores, report paths).
@@ -202,7 +208,7 @@ def evaluate_finetuned(
     scores = score_records(model, tokenizer, info, records, split="evaluation",
                            batch_size=batch_size)  # fmt: skip
     data = Path(data)
-    out = Path(report_dir) if report_dir is not None else data.parent
+    out = Path(report_dir) if report_dir is not None else Path(model_dir)
     title = f"{Path(model_dir).name} on {data.name}"
     paths = write_report(scores, task, out, data.stem, title)
     atomic_write_text(out / f"{data.stem}-report.json", json.dumps(scores, indent=2) + "\n")

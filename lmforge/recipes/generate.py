@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +24,30 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
             "the prompt is empty and the tokenizer has no BOS/EOS to start from; pass --prompt."
         )
     return ids
+
+
+class EmptyOutputWarning(UserWarning):
+    """A generated output holds no visible text; the message says why and what to try."""
+
+
+def explain_empty(tokenizer: Tokenizer, tokens: list[int], max_new_tokens: int) -> str | None:
+    """One sentence on why `tokens` (new tokens, EOS removed) show no text; None if they do."""
+    if tokenizer.decode(tokens).strip():
+        return None
+    template = getattr(tokenizer, "chat_template", None)
+    hint = (
+        " This tokenizer has a chat template, so it is likely an instruct model: talk to it "
+        "through its template (`lmforge chat MODEL_DIR`)."
+        if template
+        else " A base model may need a longer prompt, a higher --temperature or more training."
+    )
+    if not tokens:
+        return "the model ended at once (its first token was end-of-sequence)." + hint
+    if len(tokens) < max_new_tokens:
+        return (
+            f"the model wrote only {len(tokens)} whitespace token(s), then end-of-sequence." + hint
+        )
+    return f"the model wrote only whitespace for all {len(tokens)} new tokens." + hint
 
 
 def generate_from_dir(
@@ -52,4 +77,8 @@ def generate_from_dir(
     ids = prompt_ids(tok, prompt)
     with torch.no_grad():
         outputs = generate(model, [ids], gen, tokenizer=tok, compile=compile)
+    for out in outputs:
+        notice = explain_empty(tok, list(out), max_new_tokens)
+        if notice is not None:
+            warnings.warn(notice, EmptyOutputWarning, stacklevel=2)
     return [tok.decode(out) for out in outputs]
