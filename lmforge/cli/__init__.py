@@ -19,6 +19,7 @@ from lmforge.cli.longctx import register as register_longctx
 from lmforge.cli.prompt import register as register_prompt
 from lmforge.cli.report import register as register_report
 from lmforge.cli.serve import register as register_serve
+from lmforge.config.train import train_keys_help
 from lmforge.errors import LmforgeError
 
 app = typer.Typer(
@@ -63,7 +64,7 @@ def quickstart(
     run(out, max_steps=max_steps, seed=seed)
 
 
-@app.command()
+@app.command(epilog=train_keys_help())
 def pretrain(
     out: Annotated[Path, typer.Option(help="Run directory (model, checkpoints, metrics).")],
     overrides: Annotated[
