@@ -200,14 +200,15 @@ def ppl_by_length(
     return PplByLength(list(lengths), ppls, counts)
 
 
-def plot_ppl(
-    results: dict[str, PplByLength], out_png: str | Path, trained_len: int | None = None
-) -> Path:
-    """One line per model: perplexity against context length (log scales)."""
+def ppl_figure(results: dict[str, PplByLength], trained_len: int | None = None):
+    """One line per model: perplexity against context length (log 2 x-axis ticked at the
+    measured lengths; a log y-axis only when perplexity spans 10x or more, else linear so the
+    ticks stay readable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for name, r in results.items():
@@ -215,12 +216,31 @@ def plot_ppl(
     if trained_len:
         ax.axvline(trained_len, color="gray", linestyle="--", linewidth=1, label="trained length")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    lengths = sorted({n for r in results.values() for n in r.lengths})
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    values = [p for r in results.values() for p in r.ppl if p > 0]
+    if values and max(values) / min(values) >= 10:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    else:
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter(useOffset=False))
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_ppl(
+    results: dict[str, PplByLength], out_png: str | Path, trained_len: int | None = None
+) -> Path:
+    """Save `ppl_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = ppl_figure(results, trained_len)
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
