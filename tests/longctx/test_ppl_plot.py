@@ -31,3 +31,20 @@ def test_wide_range_is_log_with_plain_ticks():
     assert ax.get_yscale() == "log"
     assert ax.get_ylim()[1] > 900 and not any("$" in y for y in _labels(ax.yaxis))
     plt.close(fig)
+
+
+def test_ppl_by_length_shows_progress(capsys):
+    import numpy as np
+    import torch
+
+    from lmforge.config import ModelConfig
+    from lmforge.longctx.probes import ppl_by_length
+    from lmforge.models import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset("gpt-tiny", vocab_size=50, max_seq_len=64)).eval()
+    tokens = np.random.default_rng(0).integers(0, 50, 400)
+    quiet = ppl_by_length(model, tokens, [16, 32])
+    assert capsys.readouterr().err == ""
+    loud = ppl_by_length(model, tokens, [16, 32], progress=True)
+    assert "ppl by length:" in capsys.readouterr().err and loud.ppl == quiet.ppl
