@@ -35,7 +35,10 @@ def report_card(model_dir: Path) -> str | None:
     dir's metrics; None when the dir holds no run."""
     from lmforge.evaluate.card import CARD_FILE, build_card
 
-    for candidate in (model_dir, model_dir.parent):  # a merged LoRA model sits in <run>/merged
+    candidates = [model_dir]
+    if model_dir.name == "merged":  # a LoRA run's merged model sits in <run>/merged
+        candidates.append(model_dir.parent)
+    for candidate in candidates:
         path = candidate / CARD_FILE
         if path.is_file():
             return path.read_text(encoding="utf-8")

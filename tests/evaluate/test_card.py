@@ -132,3 +132,14 @@ def test_eval_ppl_only_where_exp_loss_is_a_perplexity():
 
     classify.perplexity = False
     assert set(_held_out(classify)) == {"eval_loss", "eval_accuracy"}
+
+
+def test_playground_finds_the_report_card(tmp_path):
+    from lmforge.serve.playground import report_card
+
+    run = _classify_run(tmp_path)
+    assert "<h2>Curves</h2>" in report_card(run)  # built from the run's files
+    write_card(run)
+    (run / "merged").mkdir()
+    assert report_card(run / "merged") == (run / "report.html").read_text(encoding="utf-8")
+    assert report_card(tmp_path / "empty") is None

@@ -79,3 +79,13 @@ def test_chat_in_headless_chromium(server, client, browser, tmp_path):
     assert browser.js("document.querySelectorAll('.msg.user').length") == 1
     assert browser.errors == []
     assert shot.stat().st_size > 5000
+
+    # the report card tab replaces the chat; this model dir holds no run, and says so
+    browser.click("#tab-report")
+    note = browser.wait_for(
+        "document.getElementById('report-note').textContent.includes('lmforge')"
+    )
+    assert note is True
+    assert browser.js("getComputedStyle(document.getElementById('chat-view')).display") == "none"
+    browser.click("#tab-chat")
+    assert browser.js("getComputedStyle(document.getElementById('report-view')).display") == "none"

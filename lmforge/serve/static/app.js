@@ -67,12 +67,12 @@ function request() {
     stream_options: { include_usage: true },
     temperature: Number($("temperature").value),
     top_p: Number($("top_p").value),
-    max_tokens: Number($("max_tokens").value),
     presence_penalty: Number($("presence_penalty").value),
     frequency_penalty: Number($("frequency_penalty").value),
   };
   const stops = $("stop_words").value.split("\n").filter((s) => s.length > 0);
   if (stops.length) body.stop = stops;
+  if ($("max_tokens").value !== "") body.max_tokens = Number($("max_tokens").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   return body;
 }
