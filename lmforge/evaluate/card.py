@@ -89,6 +89,7 @@ def _series_figure(records: list[dict[str, Any]], key: str, ylabel: str):
     ax.plot(*zip(*points, strict=True), "o-" if len(points) < 30 else "-", linewidth=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -181,7 +182,10 @@ def build_card(run_dir: str | Path) -> str:
         extra = sorted({k for r in records for k in r if k.startswith("eval_")} - shown)
         if any("eval_ppl" in r for r in records):
             extra.insert(0, "eval_ppl")
-        for key, label in [(k, k[5:]) for k in extra] + [("lr", "learning rate")]:
+        names = [
+            (k, "held-out perplexity" if k == "eval_ppl" else f"held-out {k[5:]}") for k in extra
+        ]
+        for key, label in [*names, ("lr", "learning rate")]:
             fig = _series_figure(records, key, label)
             if fig is not None:
                 parts.append(_png(fig))

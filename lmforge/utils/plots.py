@@ -71,11 +71,13 @@ def loss_figure(records: list[dict[str, Any]], kind: str):
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.2)
+        style = "-" if len(train) >= 30 else ".-"  # a short run's few points stay visible
+        ax.plot(*zip(*train, strict=True), style, label="train loss", linewidth=1.2)
     if evals:
         ax.plot(*zip(*evals, strict=True), "o-", label="held-out loss", linewidth=1.5)
     ax.set_xlabel("step")
     ax.set_ylabel(loss_label(kind))
+    ax.ticklabel_format(axis="y", useOffset=False)  # 7.85, not 0.0005 + 7.853
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     accuracies = [k for k in ACCURACY_KEYS if any(k in r for r in records)]
