@@ -35,7 +35,10 @@ def serve(
     """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions)."""
     from lmforge.serve import serve as run
 
-    typer.echo(f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch})")
+    typer.echo(
+        f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch}); "
+        f"playground at http://{host}:{port}/"
+    )
     run(
         model_dir,
         host=host,
