@@ -24,7 +24,9 @@ from lmforge.cli.knowledge import register as register_knowledge
 from lmforge.cli.longctx import register as register_longctx
 from lmforge.cli.prompt import register as register_prompt
 from lmforge.cli.quantize import register as register_quantize
+from lmforge.cli.report import register as register_report
 from lmforge.cli.serve import register as register_serve
+from lmforge.config.train import train_keys_help
 from lmforge.errors import LmforgeError
 
 app = typer.Typer(
@@ -47,6 +49,7 @@ register_quantize(app)
 register_eval(app)
 register_knowledge(app)
 register_inspect(app)
+register_report(app)
 
 StrategyOpt = Annotated[
     str | None,
@@ -76,7 +79,7 @@ def quickstart(
     run(out, max_steps=max_steps, seed=seed, overwrite=overwrite)
 
 
-@app.command()
+@app.command(epilog=train_keys_help())
 def pretrain(
     out: Annotated[Path, typer.Option(help="Run directory (model, checkpoints, metrics).")],
     overrides: Annotated[
@@ -212,30 +215,32 @@ def generate(
     kg_templates: KgTemplatesOpt = None,
 ) -> None:
     """Continue a prompt with a trained model (optionally with retrieved passages or KG facts)."""
+    from lmforge.cli.notices import warning_lines
     from lmforge.knowledge import Augmented, cite
-    from lmforge.recipes.generate import generate_from_dir
+    from lmforge.recipes.generate import EmptyOutputWarning, generate_from_dir
 
     transform = prompt_transform(retrieve, retrieve_k, kg, kg_templates)
     augmented = transform(prompt) if transform else Augmented(prompt, [])
-    result = generate_from_dir(
-        model_dir,
-        augmented.prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        num_return_sequences=num_return_sequences,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-        seed=seed,
-        stop=stop,
-        compile=compile,
-        draft=draft,
-        draft_k=draft_k,
-        chat=chat,
-        return_stats=True,
-    )
+    with warning_lines(EmptyOutputWarning):  # an empty output says why, in one line
+        result = generate_from_dir(
+            model_dir,
+            augmented.prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            num_return_sequences=num_return_sequences,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            seed=seed,
+            stop=stop,
+            compile=compile,
+            draft=draft,
+            draft_k=draft_k,
+            chat=chat,
+            return_stats=True,
+        )
     texts = result.texts
     for i, text in enumerate(texts):
         if len(texts) > 1:
@@ -247,15 +252,6 @@ def generate(
         typer.echo(f"draft acceptance rate: {result.acceptance:.1%}", err=True)
     if stats:
         typer.echo(result.stats.summary(), err=True)
-    if result.ended_at_once and not chat:
-        from lmforge.recipes.finetuned import load_model_and_tokenizer
-
-        if load_model_and_tokenizer(model_dir)[1].chat_template:
-            typer.echo(
-                "the model ended at once; it has a chat template, so it may be an instruct "
-                "model: try --chat.",
-                err=True,
-            )
 
 
 @app.command()
@@ -265,7 +261,11 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Windows (or examples) per batch.")] = 8,
     report_dir: Annotated[
         Path | None,
-        typer.Option(help="Where a fine-tuned model's report goes (default: by the data file)."),
+        typer.Option(
+            "--out",
+            "--report-dir",
+            help="Where a fine-tuned model's report goes (default: the model's run dir).",
+        ),
     ] = None,
     explain: Annotated[
         int, typer.Option(help="Classifier errors explained by saliency in the report (0: none).")

@@ -225,4 +225,6 @@ def summary(scores: dict) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune)
+    from lmforge.config.train import train_keys_help
+
+    app.command("finetune", epilog=train_keys_help())(finetune)

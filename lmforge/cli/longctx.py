@@ -68,7 +68,7 @@ def passkey(
     from lmforge.tokenizer import Tokenizer
 
     model, tok = load_model(model_dir), Tokenizer.load(model_dir)
-    result = passkey_probe(model, tok, _lengths(lengths), trials=trials, seed=seed)
+    result = passkey_probe(model, tok, _lengths(lengths), trials=trials, seed=seed, progress=True)
     typer.echo(result.table())
     out = out or Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def ppl_by_length_cmd(
 
     model, tok = load_model(model_dir), Tokenizer.load(model_dir)
     tokens = tokens_from_documents(tok, read_documents(data) if data else default_corpus())
-    result = ppl_by_length(model, tokens, _lengths(lengths))
+    result = ppl_by_length(model, tokens, _lengths(lengths), progress=True)
     typer.echo(result.table())
     out = out or Path(model_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,10 @@ def serve(
         raise typer.BadParameter("must be a finite number of GB.", param_hint="--kv-memory-gb")
     kv = None if kv_memory_gb is None else int(kv_memory_gb * 2**30)
     limits = Limits(max_tokens=max_tokens, max_requests=max_requests, kv_bytes=kv)
-    typer.echo(f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch})")
+    typer.echo(
+        f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch}); "
+        f"playground at http://{host}:{port}/"
+    )
     run(
         model_dir,
         host=host,

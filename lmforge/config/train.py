@@ -29,12 +29,15 @@ class TrainConfig:
     Attributes:
         max_steps: optimizer steps in the run.
         batch_size: sequences per micro-batch; grad_accum micro-batches make one step.
+        grad_accum: micro-batches whose gradients add up to one optimizer step.
         seq_len: tokens per training sequence (default: the model's max_seq_len).
-        lr, min_lr: peak learning rate and the floor the schedule decays to.
+        lr: peak learning rate (after warm-up).
+        min_lr: the floor the schedule decays to.
         warmup_steps: linear warm-up from 0 to lr.
         schedule: decay after warm-up ("cosine", "linear" or "constant").
         weight_decay: AdamW decay on matrices (never on norms, biases or embeddings).
-        beta1, beta2, eps: AdamW moments.
+        beta1, beta2: AdamW's decay rates of the gradient's first and second moments.
+        eps: AdamW's term added to the root of the second moment.
         grad_clip: clip the global gradient norm to this (0 = off).
         eval_every: evaluate (and checkpoint) every this many steps.
         eval_batches: micro-batches of held-out data per evaluation.
@@ -211,3 +214,66 @@ def make_train_config(values: dict[str, Any]) -> TrainConfig:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "config"
         raise ConfigError(f"train config key '{loc}': {err['msg']}.") from None
+
+
+def train_keys() -> list[tuple[str, str, str]]:
+    """(key, default, meaning) of every `TrainConfig` field, in field order, read from the
+    dataclass itself (defaults) and its docstring's Attributes section (meanings).
+
+    An entry naming several keys ("lr, min_lr: ...") gives each of them its meaning.
+    """
+    meanings: dict[str, str] = {}
+    doc = (TrainConfig.__doc__ or "").split("Attributes:", 1)[-1]
+    current: list[str] = []
+    for line in doc.splitlines():
+        text = line.strip()
+        if not text:
+            continue
+        head, sep, rest = text.partition(": ")
+        names = [n.strip() for n in head.split(",")]
+        if sep and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            if all(n.isidentifier() for n in names):
+                current = names
+                for n in names:
+                    meanings[n] = rest
+                continue
+        for n in current:  # a continuation line of the current entry
+            meanings[n] += " " + text
+    rows: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default
+        if default is None or isinstance(default, bool):  # as a key=value override is written
+            default = json.dumps(default)
+        rows.append((f.name, str(default), meanings.get(f.name, "")))
+    return rows
+
+
+def train_keys_help() -> str:
+    """The train keys as help text for `lmforge pretrain --help` and `lmforge finetune --help`."""
+    lines = [
+        "Train keys (pass as key=value, or at the top of a --config YAML; model keys: "
+        "`lmforge presets NAME`):",
+        "",
+    ]
+    lines += [f"{key} = {default}: {meaning}" for key, default, meaning in train_keys()]
+    return "\n\n".join(lines)
+
+
+def train_keys_markdown() -> str:
+    """The train keys as a Markdown table (docs/train-keys.md is this text)."""
+    lines = [
+        "# Train keys",
+        "",
+        "Every field of `TrainConfig` (`lmforge/config/train.py`), its default and meaning. Pass "
+        "them as `key=value` to `lmforge pretrain` or `lmforge finetune`, or at the top of a "
+        "`--config` YAML/JSON file (model keys go under `model:`). Generated from the dataclass "
+        "by `lmforge.config.train.train_keys_markdown()`; `lmforge pretrain --help` shows the "
+        "same list.",
+        "",
+        "| key | default | meaning |",
+        "|---|---|---|",
+    ]
+    for key, default, meaning in train_keys():
+        cell = meaning.replace("|", "\\|")
+        lines.append(f"| `{key}` | `{default}` | {cell} |")
+    return "\n".join(lines) + "\n"

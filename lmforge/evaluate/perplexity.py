@@ -20,6 +20,7 @@ from lmforge.objectives import causal_lm_loss
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import evaluate_loss
 from lmforge.utils.device import resolve_device
+from lmforge.utils.progress import bar
 
 
 @dataclass
@@ -36,8 +37,10 @@ def perplexity(
     seq_len: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    progress: bool = True,
 ) -> PerplexityResult:
-    """Score `data` (text/jsonl files or folders) with the model in `model_dir`."""
+    """Score `data` (text/jsonl files or folders) with the model in `model_dir`; `progress`
+    shows a bar (with ETA) over the batches of windows."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
     model = load_model(model_dir, resolve_device(device))
@@ -51,7 +54,9 @@ def perplexity(
     seq_len = min(seq_len, len(tokens) - 2) if len(tokens) > 3 else seq_len
     windows = TokenWindows(tokens, seq_len, batch_size, name="evaluation")
     device_ = next(model.parameters()).device
+    n_batches = -(-((len(tokens) - 1) // seq_len) // batch_size)
+    batches = bar(windows.sequential(), n_batches, "perplexity", enabled=progress)
     with torch.no_grad():
-        result = evaluate_loss(model, causal_lm_loss, windows.sequential(), device_)
+        result = evaluate_loss(model, causal_lm_loss, batches, device_)
     n = ((len(tokens) - 1) // seq_len) * seq_len
     return PerplexityResult(result["eval_loss"], math.exp(result["eval_loss"]), n)

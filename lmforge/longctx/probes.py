@@ -21,6 +21,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.generate import GenerationConfig, generate
 from lmforge.models import Transformer
 from lmforge.utils.fs import atomic_path, atomic_write_text
+from lmforge.utils.progress import bar
 
 FILLER = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -92,14 +93,18 @@ def passkey_probe(
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0),
     trials: int = 4,
     seed: int = 0,
+    progress: bool = False,
 ) -> PasskeyResult:
     """Retrieval accuracy for every (length, depth): the share of trials whose greedy
-    continuation starts with the key's digits."""
+    continuation starts with the key's digits; `progress` shows a bar over the cells."""
     rng = random.Random(seed)
     accuracy, samples = [], []
+    cells = bar(range(len(lengths) * len(depths)), len(lengths) * len(depths), "passkey",
+                unit="cell", enabled=progress)  # fmt: skip
     for length in lengths:
         row = []
         for depth in depths:
+            next(cells)
             keys = [str(rng.randint(10000, 99999)) for _ in range(trials)]
             prompts = [_passkey_prompt(tokenizer, length, depth, k) for k in keys]
             gen = GenerationConfig(max_new_tokens=8, temperature=0.0)
@@ -113,6 +118,7 @@ def passkey_probe(
                 samples.append({"length": length, "depth": depth, "key": key, "output": text})
             row.append(hits / trials)
         accuracy.append(row)
+    next(cells, None)  # closes the bar
     return PasskeyResult(list(lengths), list(depths), accuracy, trials, samples)
 
 
@@ -167,16 +173,18 @@ def ppl_by_length(
     lengths: list[int],
     batch_size: int = 4,
     max_windows: int = 16,
+    progress: bool = False,
 ) -> PplByLength:
     """Perplexity of the same stretch of text cut into windows of each length L.
 
     The stretch is `max_windows` windows of the longest length (or all the text, if shorter),
     so every L scores the same tokens and only the context each token gets differs.
+    `progress` shows a bar over the lengths.
     """
     device = next(model.parameters()).device
     span = min(len(tokens) - 1, max_windows * max(lengths))
     ppls, counts = [], []
-    for length in lengths:
+    for length in bar(lengths, len(lengths), "ppl by length", unit="length", enabled=progress):
         n_windows = span // length
         if n_windows < 1:
             raise DataError(
@@ -200,14 +208,15 @@ def ppl_by_length(
     return PplByLength(list(lengths), ppls, counts)
 
 
-def plot_ppl(
-    results: dict[str, PplByLength], out_png: str | Path, trained_len: int | None = None
-) -> Path:
-    """One line per model: perplexity against context length (log scales)."""
+def ppl_figure(results: dict[str, PplByLength], trained_len: int | None = None):
+    """One line per model: perplexity against context length (log 2 x-axis ticked at the
+    measured lengths; a log y-axis only when perplexity spans 10x or more, else linear so the
+    ticks stay readable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for name, r in results.items():
@@ -215,12 +224,31 @@ def plot_ppl(
     if trained_len:
         ax.axvline(trained_len, color="gray", linestyle="--", linewidth=1, label="trained length")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    lengths = sorted({n for r in results.values() for n in r.lengths})
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    values = [p for r in results.values() for p in r.ppl if p > 0]
+    if values and max(values) / min(values) >= 10:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    else:
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter(useOffset=False))
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_ppl(
+    results: dict[str, PplByLength], out_png: str | Path, trained_len: int | None = None
+) -> Path:
+    """Save `ppl_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = ppl_figure(results, trained_len)
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")

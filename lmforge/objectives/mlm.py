@@ -45,3 +45,6 @@ def mlm_nsp_loss(model, batch: dict[str, Tensor]) -> LossOutput:
         metrics["nsp_acc"] = float((out.nsp_logits.argmax(-1) == nsp_labels).float().mean())
         loss = mlm + nsp
     return LossOutput(loss, n, metrics)
+
+
+mlm_nsp_loss.perplexity = False  # the summed MLM + NSP loss is no per-token loss: no eval_ppl

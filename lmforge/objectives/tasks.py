@@ -95,6 +95,11 @@ class TaskObjective:
     temperature: float = 2.0
     span_fn: Callable[[list[str]], list] | None = None
 
+    @property
+    def perplexity(self) -> bool:
+        """Whether exp(held-out loss) is a perplexity: for generation tasks, not for labels."""
+        return self.task in ("sft", "seq2seq")
+
     def __post_init__(self) -> None:
         if self.teacher is not None:
             self.teacher.eval()

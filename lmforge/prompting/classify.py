@@ -145,6 +145,7 @@ def classify(
     content_free: Sequence[str] = CONTENT_FREE,
     separator: str = "\n\n",
     batch_size: int = 8,
+    progress: bool = False,
 ) -> PromptResult:
     """Classify `examples` by prompting `model` (see the module docstring).
 
@@ -160,6 +161,7 @@ def classify(
         calibrated: apply contextual calibration with `content_free` inputs.
         separator: text between demonstrations and the query.
         batch_size: prompts per forward pass.
+        progress: show a progress bar (with ETA) over the forward passes.
     """
     if shots < 0:
         raise ConfigError(f"shots must be at least 0, got {shots}.")
@@ -168,7 +170,7 @@ def classify(
     if calibrated and not content_free:
         raise ConfigError("calibration needs at least one content-free input such as 'N/A'.")
     verbalizer = verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer.parse(verbalizer)
-    scorer = LabelScorer(model, tokenizer, verbalizer, batch_size)
+    scorer = LabelScorer(model, tokenizer, verbalizer, batch_size, progress)
     if not isinstance(template, Template):
         template = Template.parse(template, tokenizer.roles.get("mask"), scorer.mode == "cloze")
     pool_is_data = pool is None
@@ -235,6 +237,7 @@ def prompt_classify(
     batch_size: int = 8,
     device: str = "cpu",
     transform: Callable[[str], Any] | None = None,
+    progress: bool = True,
 ) -> PromptResult:
     """`classify` on a model dir and a data file; writes `predictions.jsonl` and `metrics.json`
     into `out` when given.
@@ -269,6 +272,7 @@ def prompt_classify(
         calibrated=calibrated,
         separator=separator,
         batch_size=batch_size,
+        progress=progress,
     )
     if out is not None:
         out_dir = Path(out)

@@ -40,6 +40,7 @@ from lmforge.errors import CheckpointError, ConfigError, TokenizerError
 from lmforge.models import Transformer
 from lmforge.prompting.template import Verbalizer
 from lmforge.tokenizer import Tokenizer
+from lmforge.utils.progress import bar
 
 Mode = Literal["cloze", "causal"]
 Prompt = tuple[str, str]  # (text before the slot, text after it)
@@ -99,11 +100,17 @@ class LabelScorer:
     """
 
     def __init__(
-        self, model: Transformer, tokenizer: Tokenizer, verbalizer: Verbalizer, batch_size: int = 8
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        verbalizer: Verbalizer,
+        batch_size: int = 8,
+        progress: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self.progress = progress  # a tqdm bar over the forward passes
         self.mode: Mode = scoring_mode(model)
         if self.mode == "cloze" and tokenizer.mask_id is None:
             raise TokenizerError(
@@ -164,7 +171,8 @@ class LabelScorer:
     def word_scores(self, prompts: Sequence[Prompt]) -> Tensor:
         """(N, W) s(w) for every prompt and every (label, word) entry, in `self.entries` order."""
         out = torch.empty(len(prompts), len(self.entries))
-        for start in range(0, len(prompts), self.batch_size):
+        starts = range(0, len(prompts), self.batch_size)
+        for start in bar(starts, len(starts), "scoring prompts", enabled=self.progress):
             chunk = prompts[start : start + self.batch_size]
             out[start : start + len(chunk)] = self._score_chunk(chunk)
         return out

@@ -99,6 +99,12 @@ class ChatSession:
         self.last_stats = stats
 
 
+EMPTY_REPLY = (
+    "(no reply: the model ended its turn at once; a base model never tuned on chats often does "
+    "this, try `lmforge generate` with a plain prompt or a higher --temperature)"
+)
+
+
 def chat(
     model_dir: str | Path,
     *,
@@ -138,11 +144,15 @@ def chat(
         if not line:
             continue
         out("bot> ")
+        said = ""
         try:
             for delta in session.reply(line):
+                said += delta
                 out(delta)
             if transform is not None:
                 out("\n" + cite(session.sources))
+            if not said.strip():  # silence would look like a hang or a bug
+                out(EMPTY_REPLY)
         except LmforgeError as exc:
             out(f"\nerror: {exc}")
         out("\n")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from lmforge.config import ModelConfig
 from lmforge.config.train import TrainConfig, make_train_config, split_values
 from lmforge.data.task_batches import encode
 from lmforge.data.tasks import check_labels, label_names, read_task_file, record_labels
-from lmforge.errors import CheckpointError, ConfigError, DataError
+from lmforge.errors import CheckpointError, ConfigError, DataError, LmforgeError
 from lmforge.evaluate.metrics import bio_spans
 from lmforge.models import Transformer, is_model_dir, save_model
 from lmforge.objectives.tasks import TaskObjective, balanced_weights
@@ -225,6 +226,7 @@ def finetune(
         write_task_info(d, info)
 
     export = None
+    fresh = not out_dir.exists()  # a run that fails before training leaves no partial dir
     if fc.method in PEFT_METHODS:  # the frozen base once; the adapter at every best evaluation
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(model, out_dir)
@@ -233,7 +235,12 @@ def finetune(
         def export(d: Path) -> None:
             save_adapter(model, d)
 
-    apply_method(model, fc)
+    try:
+        apply_method(model, fc)
+    except LmforgeError:
+        if fresh:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     trainable = trainable_report(model).splitlines()[0]
 
     weights = None
@@ -280,6 +287,9 @@ def finetune(
     from lmforge.evaluate.report import write_report
 
     write_report(metrics[split], fc.task, out_dir, split, f"{out_dir.name}: {split} ({fc.task})")
+    from lmforge.evaluate.card import finish_run
+
+    finish_run(out_dir)  # hardware.json + report.html
     return FinetuneResult(out_dir, result, metrics, names, mcfg, tcfg, trainable)
 
 

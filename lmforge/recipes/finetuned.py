@@ -34,6 +34,7 @@ from lmforge.peft import is_adapter_dir, load_adapter
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import evaluate_loss
 from lmforge.utils.fs import atomic_write_text
+from lmforge.utils.progress import bar
 
 TASK_FILE = "task.json"
 FORMAT = "lmforge-task"
@@ -115,6 +116,7 @@ def score_records(
     batch_size: int = 32,
     warn: bool = True,
     generate_limit: int = 200,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the model on labelled records and score it (JSON-ready).
 
@@ -126,7 +128,8 @@ def score_records(
               and for the first `generate_limit` records (0 = none) the scores of greedy outputs
               (`lmforge.evaluate.generation.generation_report`: bleu, chrf, rouge1/2/L,
               exact_match, f1 on 0-100, samples).
-    `warn=False` skips the truncation warning (for a split already warned about).
+    `warn=False` skips the truncation warning (for a split already warned about); `progress`
+    shows a bar (with ETA) over the batches.
     """
     task, names = info["task"], list(info.get("labels") or [])
     ids = {name: i for i, name in enumerate(names)}
@@ -139,8 +142,10 @@ def score_records(
         from lmforge.recipes.qa_scores import score_qa_or_choice
 
         return score_qa_or_choice(model, info, records, features, data.sequential())
+    n_batches = -(-len(features) // batch_size)
+    batches = bar(data.sequential(), n_batches, f"scoring {split}", enabled=progress)
     if task in ("sft", "seq2seq"):
-        ev = evaluate_loss(model, TaskObjective(task), data.sequential(), device)
+        ev = evaluate_loss(model, TaskObjective(task), batches, device)
         loss = ev["eval_loss"]
         out = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "token_acc": ev["eval_token_acc"]}
         if generate_limit:
@@ -151,7 +156,7 @@ def score_records(
         return out
     preds: list[Any] = []
     total, n = 0.0, 0
-    for batch in data.sequential():
+    for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(**model_inputs(batch)).logits.float()
         labels = batch["labels"]
@@ -196,8 +201,9 @@ def evaluate_finetuned(
     """Score the fine-tuned model in `model_dir` on a labelled file and write a report.
 
     The report (`<data stem>-report.md` and `.json`, and `<data stem>-confusion.png` for
-    classify) goes to `report_dir`, by default the folder of the data file. For classify, the
-    `explain` most confident errors get integrated-gradients saliency (`<data stem>-saliency.*`,
+    classify) goes to `report_dir`, by default the model dir (the run dir of `lmforge finetune`;
+    the data file's folder may be read-only or shared, so nothing is written there). For classify,
+    the `explain` most confident errors get integrated-gradients saliency (`<data stem>-saliency.*`,
     a section of the report); 0 skips it.
 
     Returns:
@@ -221,7 +227,7 @@ def evaluate_finetuned(
     scores = score_records(model, tokenizer, info, records, split="evaluation",
                            batch_size=batch_size)  # fmt: skip
     data = Path(data)
-    out = Path(report_dir) if report_dir is not None else data.parent
+    out = Path(report_dir) if report_dir is not None else Path(model_dir)
     title = f"{Path(model_dir).name} on {data.name}"
     extra, explained = "", []
     if task == "classify" and explain > 0:

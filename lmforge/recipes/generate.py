@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +31,38 @@ class GenerateResult:
         texts: the new text of each sequence.
         stats: speed (tokens/s, time to first token).
         acceptance: accepted / proposed draft tokens (speculative decoding), else None.
-        ended_at_once: every sequence ended on EOS before its first token.
     """
 
     texts: list[str]
     stats: GenerationStats
     acceptance: float | None = None
-    ended_at_once: bool = False
+
+
+class EmptyOutputWarning(UserWarning):
+    """A generated output holds no visible text; the message says why and what to try."""
+
+
+def explain_empty(
+    tokenizer: Tokenizer, tokens: list[int], max_new_tokens: int, chat: bool = False
+) -> str | None:
+    """One sentence on why `tokens` (new tokens, EOS removed) show no text; None if they do.
+    `chat`: the prompt already went through the chat template."""
+    if tokenizer.decode(tokens).strip():
+        return None
+    template = getattr(tokenizer, "chat_template", None)
+    hint = (
+        " This tokenizer has a chat template, so it is likely an instruct model: try --chat "
+        "(or `lmforge chat MODEL_DIR`)."
+        if template and not chat
+        else " A base model may need a longer prompt, a higher --temperature or more training."
+    )
+    if not tokens:
+        return "the model ended at once (its first token was end-of-sequence)." + hint
+    if len(tokens) < max_new_tokens:
+        return (
+            f"the model wrote only {len(tokens)} whitespace token(s), then end-of-sequence." + hint
+        )
+    return f"the model wrote only whitespace for all {len(tokens)} new tokens." + hint
 
 
 def generate_from_dir(
@@ -108,8 +134,11 @@ def generate_from_dir(
         total = time.perf_counter() - t0
         new = sum(len(o.tokens) for o in outputs)
         stats = GenerationStats(len(ids), new, ttft_s=total, total_s=total)
+    for out in outputs:
+        notice = explain_empty(tok, list(out.tokens), max_new_tokens, chat)
+        if notice is not None:
+            warnings.warn(notice, EmptyOutputWarning, stacklevel=2)
     texts = [out.text or "" for out in outputs]
     if not return_stats:
         return texts
-    at_once = all(not o.tokens and o.finish_reason == "stop" for o in outputs)
-    return GenerateResult(texts, stats, acceptance, at_once)
+    return GenerateResult(texts, stats, acceptance)

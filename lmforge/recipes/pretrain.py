@@ -336,6 +336,9 @@ def pretrain(
         summary["best_eval"] = best
     if main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+        from lmforge.evaluate.card import finish_run
+
+        finish_run(out_dir)  # hardware.json + report.html
     return PretrainResult(
         out_dir,
         result,

@@ -8,13 +8,16 @@ baseline, and three samples are printed.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import typer
 
+from lmforge.evaluate.card import write_card
 from lmforge.recipes.generate import generate_from_dir
 from lmforge.recipes.pretrain import PretrainResult, pretrain
+from lmforge.utils.fs import atomic_write_text
 
 QUICKSTART_SETTINGS = {
     "vocab_size": 4096,
@@ -60,17 +63,22 @@ def quickstart(
             f"({result.unigram_ppl / ppl:.1f}x lower)"
         )
     typer.echo("")
+    samples = []
     for i, prompt in enumerate(PROMPTS):
         text = generate_from_dir(
             out, prompt, max_new_tokens=48, temperature=0.8, top_k=50, seed=seed + i
         )[0]
         shown = (prompt + text).replace("\n", " ").strip()
         typer.echo(f"sample {i + 1}: {shown}")
+        samples.append(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False))
+    atomic_write_text(out / "samples.jsonl", "\n".join(samples) + "\n")
+    write_card(out)  # again, now with the samples
     typer.echo("")
     typer.echo(f"model + tokenizer : {out}/model.safetensors, config.json, tokenizer.json")
     typer.echo(f"last checkpoint   : {out}/checkpoints/step-{result.train.steps:08d}")
     typer.echo(f"metrics           : {out}/metrics.jsonl")
     typer.echo(f"loss curve        : {out}/loss.png")
+    typer.echo(f"report card       : {out}/report.html (samples.jsonl)")
     typer.echo(
         f'done in {time.perf_counter() - t0:.0f} s. Next: lmforge generate {out} --prompt "..."'
     )

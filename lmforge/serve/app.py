@@ -31,8 +31,11 @@ from lmforge.errors import LmforgeError, ServeError
 from lmforge.serve.admission import Admission, Reservation
 from lmforge.serve.engine import Engine, EngineFailure, Ticket
 from lmforge.serve.errors import ApiError, error_body
+from lmforge.serve.playground import PUBLIC_PATHS
 from lmforge.serve.protocol import Job, Limits, Served, plan_chat, plan_completion
 from lmforge.serve.responses import Answer, Kind, sse
+
+_PUBLIC = PUBLIC_PATHS | {"/health"}  # the playground page and assets hold no data
 
 
 class _AuthGuard:
@@ -42,7 +45,7 @@ class _AuthGuard:
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health":
+        if scope["type"] != "http" or scope["path"] in _PUBLIC:
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")

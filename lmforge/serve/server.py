@@ -22,6 +22,7 @@ from lmforge.serve.app import check_api_key, create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.errors import error_body
 from lmforge.serve.offload import OffloadedTokenizer
+from lmforge.serve.playground import mount_playground
 from lmforge.serve.protocol import Limits, Served
 from lmforge.tokenizer import Tokenizer
 from lmforge.utils.device import resolve_device
@@ -76,7 +77,9 @@ def build_app(
         else None,
         transform=transform,
     )
-    return create_app(Engine(model, tokenizer, max_batch), served, api_key, admission)
+    app = create_app(Engine(model, tokenizer, max_batch), served, api_key, admission)
+    mount_playground(app, model_dir, needs_key=api_key is not None)  # the web page at /
+    return app
 
 
 def serve(

@@ -117,7 +117,9 @@ def evaluate_loss(
     if n == 0:
         raise TrainingError("the held-out data produced no targets; add more validation text.")
     loss = total / n
-    result = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+    result = {"eval_loss": loss}
+    if getattr(objective, "perplexity", True):  # exp(loss) means nothing for a class loss
+        result["eval_ppl"] = math.exp(min(loss, 50.0))
     means = {k: v / n for k, v in sums.items()}
     summarize = getattr(objective, "summarize", None)
     if summarize is not None:

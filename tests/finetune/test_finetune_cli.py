@@ -36,9 +36,29 @@ def test_finetune_lora_then_evaluate(monkeypatch, capsys, tmp_path, gpt_pretrain
     assert "warning: 24 of 24 evaluation examples were longer than 7 tokens" in err
     assert stdout.startswith("accuracy") and "macro_f1" in stdout
     for name in ("held-report.md", "held-confusion.png", "held-report.json"):
-        assert (data.parent / name).is_file(), name
-    report = json.loads((data.parent / "held-report.json").read_text(encoding="utf-8"))
+        assert (out / name).is_file(), name  # into the run dir, never next to the data
+    assert sorted(p.name for p in data.parent.iterdir()) == ["held.csv"]
+    report = json.loads((out / "held-report.json").read_text(encoding="utf-8"))
     assert report["accuracy"] == m["test"]["accuracy"]  # the adapter is applied on load
+    # the run's report card: written at the end of the run, and again with the evaluation
+    assert "test-confusion" in (out / "report.html").read_text(encoding="utf-8")
+    code, stdout, err = run_cli(monkeypatch, capsys, "report", out)
+    assert code == 0, err
+    card = (out / "report.html").read_text(encoding="utf-8")
+    assert "<h3>held-report</h3>" in card
+    assert "eval_ppl" not in (out / "metrics.jsonl").read_text(encoding="utf-8")
+
+
+def test_failed_lora_targets_leave_no_run_dir(monkeypatch, capsys, tmp_path, gpt_pretrained,
+                                              classify_files):  # fmt: skip
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "finetune", gpt_pretrained, "--task", "classify",
+        "--train", classify_files["train"], "--out", out, "--method", "lora",
+        "--lora-targets", "*.no_such_layer", *TRAIN,
+    )  # fmt: skip
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert not out.exists()
 
 
 def test_evaluate_a_tagger_and_user_errors(monkeypatch, capsys, tmp_path, bases, bert_classifier):

@@ -79,6 +79,17 @@ def test_chat_cli_reads_stdin(model_dir):
     assert result.exit_code == 0 and result.output.count("bot> ") == 1
 
 
+def test_an_empty_chat_reply_says_why(model_dir, monkeypatch):
+    import lmforge.recipes.chat as chat_recipe
+
+    monkeypatch.setattr(chat_recipe, "stream_ids", lambda *a, **k: iter(["", " "]))  # EOS first
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["chat", str(model_dir)], input="hello\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert f"bot>  {chat_recipe.EMPTY_REPLY}\n" in result.output
+
+
 def test_chat_cli_reports_a_message_too_long_and_goes_on(model_dir):
     app = typer.Typer()
     register(app)
