@@ -55,7 +55,7 @@ from lmforge.recipes.task_model import (
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import TrainResult, fit
 from lmforge.utils.device import resolve_device
-from lmforge.utils.fs import atomic_write_text
+from lmforge.utils.fs import RUN_MARKER, atomic_write_text
 
 __all__ = ["METHODS", "FinetuneConfig", "FinetuneResult", "finetune"]
 
@@ -226,7 +226,9 @@ def finetune(
         write_task_info(d, info)
 
     export = None
-    fresh = not out_dir.exists()  # a run that fails before training leaves no partial dir
+    # a run that fails before training leaves no partial dir (the --out check's marker aside,
+    # the folder is this run's own when nothing else is in it)
+    fresh = not out_dir.exists() or {p.name for p in out_dir.iterdir()} <= {RUN_MARKER}
     if fc.method in PEFT_METHODS:  # the frozen base once; the adapter at every best evaluation
         out_dir.mkdir(parents=True, exist_ok=True)
         save_model(model, out_dir)
