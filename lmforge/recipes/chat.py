@@ -68,10 +68,16 @@ class ChatSession:
             if len(ids) <= budget:
                 return ids
             if len(turns) <= 1:
+                context, reply = self.model.cfg.max_seq_len, self.gen.max_new_tokens
+                if len(ids) < context:  # a shorter reply would make room for the message
+                    raise GenerationError(
+                        f"the message needs {len(ids)} tokens and a reply of {reply} more, but "
+                        f"the model's context holds {context}; lower --max-new-tokens to at "
+                        f"most {context - len(ids)} or send a shorter message."
+                    )
                 raise GenerationError(
-                    f"the message needs {len(ids)} tokens but only {budget} fit beside a reply "
-                    f"of {self.gen.max_new_tokens}; send a shorter message or lower "
-                    "--max-new-tokens."
+                    f"the message needs {len(ids)} tokens but the model's context holds "
+                    f"{context}; send a shorter message."
                 )
             turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest exchange
 

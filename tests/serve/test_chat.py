@@ -64,6 +64,11 @@ def test_chat_session_streams_generate_and_drops_old_turns(reference):
     with pytest.raises(GenerationError, match="shorter message"):
         "".join(small.reply("fox " * 100))
     assert small.turns[-1]["role"] == "assistant"  # the refused message was not kept
+    # a reply as long as the context leaves no room: the sentence says what would fit
+    whole = ChatSession(model, tok, GenerationConfig(max_new_tokens=model.cfg.max_seq_len))
+    with pytest.raises(GenerationError, match=r"lower --max-new-tokens to at most \d+") as e:
+        "".join(whole.reply("Hi!"))
+    assert "-" not in str(e.value).split("at most")[1]
 
 
 def test_chat_cli_reads_stdin(model_dir):
