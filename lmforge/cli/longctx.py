@@ -51,6 +51,19 @@ def extend_context(
     typer.echo(f"context extended to {r.max_seq_len} tokens with {method}; model in {r.out_dir}")
 
 
+def _warn_past_context(model, lengths: list[int]) -> None:
+    """One line on stderr when a probe length is past the context the model was built for."""
+    context = model.cfg.max_seq_len
+    past = [n for n in lengths if n > context]
+    if past:
+        typer.echo(
+            f"warning: length(s) {', '.join(map(str, past))} are past the {context} tokens this "
+            "model was trained or extended for (max_seq_len); expect them to measure the "
+            "breakdown, or extend the context first (`lmforge extend-context`).",
+            err=True,
+        )
+
+
 @probe_app.command("passkey")
 def passkey(
     model_dir: Annotated[Path, typer.Argument(help="A checkpoint directory.")],
@@ -68,6 +81,7 @@ def passkey(
     from lmforge.tokenizer import Tokenizer
 
     model, tok = load_model(model_dir), Tokenizer.load(model_dir)
+    _warn_past_context(model, _lengths(lengths))
     result = passkey_probe(model, tok, _lengths(lengths), trials=trials, seed=seed, progress=True)
     typer.echo(result.table())
     out = out or Path(model_dir)
@@ -94,6 +108,7 @@ def ppl_by_length_cmd(
 
     model, tok = load_model(model_dir), Tokenizer.load(model_dir)
     tokens = tokens_from_documents(tok, read_documents(data) if data else default_corpus())
+    _warn_past_context(model, _lengths(lengths))
     result = ppl_by_length(model, tokens, _lengths(lengths), progress=True)
     typer.echo(result.table())
     out = out or Path(model_dir)

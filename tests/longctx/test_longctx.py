@@ -121,3 +121,17 @@ def test_cli_extend_and_probe(tiny_llama, tmp_path, monkeypatch, capsys):
         "probe", "ppl-by-length", str(tmp_path / "ext"), "--data", text, "--lengths", "32,128"
     )
     assert (tmp_path / "ext" / "ppl_by_length.png").is_file()
+
+
+def test_probe_lengths_past_the_context_are_flagged(tiny_llama, monkeypatch, capsys):
+    from cli_helpers import run_cli
+
+    model_dir, _, _ = tiny_llama  # max_seq_len 64
+    text = str(model_dir / "text.txt")
+    code, out, err = run_cli(monkeypatch, capsys, "probe", "ppl-by-length", model_dir, "--data",
+                             text, "--lengths", "32,128", "--out", model_dir / "p")  # fmt: skip
+    assert code == 0, err
+    assert "warning: length(s) 128 are past the 64 tokens" in err
+    code, out, err = run_cli(monkeypatch, capsys, "probe", "ppl-by-length", model_dir, "--data",
+                             text, "--lengths", "32,64", "--out", model_dir / "p")  # fmt: skip
+    assert code == 0 and "warning" not in err
