@@ -19,7 +19,7 @@ $(TEST): $(BASE)
 	touch $(TEST)
 
 demo: $(BASE)
-	$(BIN)/lmforge quickstart
+	$(BIN)/lmforge quickstart --overwrite  # a second `make demo` starts its own run over
 
 test: $(TEST)
 	$(BIN)/python -m pytest -q
