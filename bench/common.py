@@ -29,6 +29,15 @@ from lmforge.models.io import state_dict_for_saving
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+#: A Llama of SmolLM2-135M's shape (random weights are fine for speed): the real-scale decode
+#: benchmarks' model.
+SMOLLM2_135M = dict(
+    arch="decoder", vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536,
+    max_seq_len=2048, pos="rope", rope_theta=1e5, norm="rmsnorm", norm_eps=1e-5, mlp="glu",
+    activation="silu", bias=False, tie_embeddings=True, heads=("lm",),
+)  # fmt: skip
+
+
 # ------------------------------------------------------------------ device and timing
 def setup(device: str, threads: int | None = None, seed: int = 0) -> torch.device:
     """Resolve the device, pin the CPU thread count (None = torch's default) and seed."""
@@ -42,6 +51,19 @@ def setup(device: str, threads: int | None = None, seed: int = 0) -> torch.devic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return dev
+
+
+def read_bandwidth(mib: int = 512, repeats: int = 5) -> float:
+    """Bytes per second a sum over a `mib` MiB float32 buffer reads (median of repeats): the
+    memory bandwidth that bounds a decode step, measured in the same run as the step."""
+    buf = torch.ones(mib * 2**20 // 4)
+    buf.sum()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        buf.sum()
+        times.append(time.perf_counter() - t0)
+    return buf.numel() * 4 / median(times)
 
 
 def sync(device: torch.device) -> None:

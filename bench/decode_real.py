@@ -34,22 +34,10 @@ from lmforge.interop import config_to_hf, state_to_hf
 from lmforge.models import Transformer
 from lmforge.models.io import state_dict_for_saving
 
-SMOLLM2_135M = dict(  # over the llama preset (RMSNorm, SwiGLU, RoPE, no biases)
-    vocab_size=49152,
-    n_layer=30,
-    d_model=576,
-    n_head=9,
-    n_kv_head=3,
-    d_ff=1536,
-    max_seq_len=2048,
-    rope_theta=100000.0,
-    tie_embeddings=True,
-)
-
 
 def llama_pair(seed: int = 0) -> tuple[Transformer, torch.nn.Module]:
     """The lmforge model and a `LlamaForCausalLM` with identical weights (through the exporter)."""
-    cfg = ModelConfig.from_preset("llama-tiny", **SMOLLM2_135M)
+    cfg = ModelConfig.from_dict(common.SMOLLM2_135M)
     torch.manual_seed(seed)
     ours = Transformer(cfg).eval()
     hf = LlamaForCausalLM(LlamaConfig.from_dict(config_to_hf(cfg))).eval()
@@ -57,18 +45,6 @@ def llama_pair(seed: int = 0) -> tuple[Transformer, torch.nn.Module]:
     if hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr():
         raise RuntimeError("the Hugging Face LM head is not tied to the token embedding")
     return ours, hf
-
-
-def read_bandwidth(threads: int, mib: int = 512, repeats: int = 7) -> float:
-    """Bytes per second a reduction over a large float32 tensor reads (median of repeats)."""
-    x = torch.ones(mib * 2**20 // 4)
-    x.sum()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x.sum()
-        times.append(time.perf_counter() - t0)
-    return x.numel() * 4 / common.median(times)
 
 
 def step_bytes(model: Transformer, batch: int, context: float) -> float:
@@ -96,7 +72,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     ours, hf = llama_pair()
     new, plen = args.new_tokens, args.prompt_len
-    bw = read_bandwidth(args.threads)
+    bw = common.read_bandwidth(repeats=7)
     print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s ({args.threads} threads)")
     gen = GenerationConfig(max_new_tokens=new, temperature=0.0)
     rows = []

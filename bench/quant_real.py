@@ -38,11 +38,6 @@ from lmforge.config import ModelConfig
 from lmforge.generate import GenerationConfig, generate
 from lmforge.models import Transformer, save_model
 
-SMOL = dict(
-    arch="decoder", vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, d_model=576, d_ff=1536,
-    max_seq_len=2048, pos="rope", rope_theta=1e5, norm="rmsnorm", norm_eps=1e-5, mlp="glu",
-    activation="silu", bias=False, tie_embeddings=True, heads=("lm",),
-)  # fmt: skip
 GGUF_BYTES_PER_32 = {"f32": 128, "q8_0": 34, "q4_0": 18}
 
 
@@ -71,18 +66,6 @@ def gguf_bytes_per_token(cfg: ModelConfig, kind: str) -> int:
     return weights // 32 * GGUF_BYTES_PER_32[kind] + norms
 
 
-def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second that a sum over a `gib` GiB float32 buffer reads (median)."""
-    buf = torch.ones(int(gib * (1 << 30)) // 4)
-    buf.sum()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        buf.sum()
-        times.append(time.perf_counter() - t0)
-    return buf.numel() * 4 / common.median(times)
-
-
 def smol_dir(root: Path) -> tuple[Path, Transformer]:
     """The SmolLM2-shaped model with a small byte-level BPE tokenizer (padded vocabulary)."""
     from lmforge.tokenizer import train_tokenizer
@@ -90,7 +73,7 @@ def smol_dir(root: Path) -> tuple[Path, Transformer]:
     lines = [f"Line {i}: the quick brown fox jumps over the lazy dog {i % 13}." for i in range(200)]
     tok = train_tokenizer(lines, vocab_size=512)
     torch.manual_seed(0)
-    model = Transformer(ModelConfig.from_dict({**SMOL, "bos_id": tok.bos_id})).eval()
+    model = Transformer(ModelConfig.from_dict({**common.SMOLLM2_135M, "bos_id": tok.bos_id})).eval()
     out = root / "smol"
     tok.save(out)
     save_model(model, out)
@@ -173,9 +156,9 @@ def speed(args: argparse.Namespace) -> None:
             sizes[name] = gguf_bytes_per_token(cfg, kind)
 
     print(f"load average before: {os.getloadavg()}", flush=True)
-    bandwidth = [read_bandwidth()]
+    bandwidth = [common.read_bandwidth(mib=1024)]
     times = common.alternate(calls, device, args.repeats, warmup=1)
-    bandwidth.append(read_bandwidth())
+    bandwidth.append(common.read_bandwidth(mib=1024))
     print(f"load average after: {os.getloadavg()}", flush=True)
     bw = common.median(bandwidth)
     rows = []
