@@ -31,22 +31,26 @@ table.grid th { background: #f5f5f7; font-weight: 600; }
 .sal span { padding: 2px 1px; border-radius: 3px; }
 """
 
-ATTENTION_JS = r"""
+# the page's data (inline JSON), the view element and an element builder, shared by every view
+PRELUDE_JS = r"""
 const D = JSON.parse(document.getElementById('data').textContent);
-const COLORS = ['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2',
-  '#7f7f7f','#bcbd22','#17becf','#393b79','#637939','#8c6d31','#843c39','#7b4173','#3182bd'];
 const view = document.getElementById('view');
-const layers = Object.keys(D.patterns).map(Number).sort((a, b) => a - b);
-let layer = layers[0];
-let shown = new Set(D.heads.map((h, i) => i));
-let focus = null;
-
 function el(tag, attrs, text) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
   if (text !== undefined) e.textContent = text;
   return e;
 }
+"""
+
+ATTENTION_JS = PRELUDE_JS + r"""
+const COLORS = ['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2',
+  '#7f7f7f','#bcbd22','#17becf','#393b79','#637939','#8c6d31','#843c39','#7b4173','#3182bd'];
+const layers = Object.keys(D.patterns).map(Number).sort((a, b) => a - b);
+let layer = layers[0];
+let shown = new Set(D.heads.map((h, i) => i));
+let focus = null;
+
 const NS = 'http://www.w3.org/2000/svg';
 function svgEl(tag, attrs) {
   const e = document.createElementNS(NS, tag);
@@ -168,15 +172,7 @@ drawHeads(); markModel();
 document.body.dataset.ready = '1';
 """
 
-GRID_JS = r"""
-const D = JSON.parse(document.getElementById('data').textContent);
-const view = document.getElementById('view');
-function el(tag, attrs, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
+GRID_JS = PRELUDE_JS + r"""
 D.grids.forEach((G, n) => {
   view.appendChild(el('h2', {}, G.title));
   if (G.note) view.appendChild(el('p', {class: 'note'}, G.note));
@@ -205,15 +201,7 @@ D.grids.forEach((G, n) => {
 document.body.dataset.ready = '1';
 """
 
-SALIENCY_JS = r"""
-const D = JSON.parse(document.getElementById('data').textContent);
-const view = document.getElementById('view');
-function el(tag, attrs, text) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
+SALIENCY_JS = PRELUDE_JS + r"""
 D.examples.forEach((ex, n) => {
   view.appendChild(el('h2', {}, ex.title));
   if (ex.note) view.appendChild(el('p', {class: 'note'}, ex.note));
