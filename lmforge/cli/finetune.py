@@ -110,6 +110,12 @@ def finetune(
     """Fine-tune a model on labelled data: classification, BIO tagging, SFT, seq2seq,
     extractive QA, multiple choice or sentence embeddings (query/positive pairs); with images:
     image classification, image-text retrieval and captioning."""
+    from lmforge.utils.fs import prepare_out_dir
+
+    def claim_out() -> None:  # the shared --out check, once the options are known to be valid
+        prepare_out_dir(out, "finetune", inputs=[model_dir, train, valid, test],
+                        overwrite=overwrite, resume=resume)  # fmt: skip
+
     if task == "embed":  # lmforge.recipes.finetune_embed
         from lmforge.cli.knowledge import finetune_embed
         from lmforge.errors import ConfigError
@@ -117,15 +123,12 @@ def finetune(
         if method != "full" or augment or teacher:
             raise ConfigError("--task embed trains the whole model; drop --method, --augment "
                               "and --teacher.")  # fmt: skip
-
+        claim_out()
         return finetune_embed(model_dir, train, out, valid, test, epochs, max_len, overrides)
     from lmforge.recipes.multimodal import TASKS as IMAGE_TASKS
 
     if task in IMAGE_TASKS:
-        from lmforge.utils.fs import prepare_out_dir
-
-        prepare_out_dir(out, "finetune", inputs=[model_dir, train, valid, test],
-                        overwrite=overwrite, resume=resume)  # fmt: skip
+        claim_out()
         _finetune_images(model_dir, task, train, out, overrides, valid, test, epochs, resume,
                          fusion, fusion_combine, patch_size, image_pos, image_layers, prompt)  # fmt: skip
         return
@@ -159,10 +162,7 @@ def finetune(
     values = parse_overrides(overrides or [])
     if strategy is not None:
         values["strategy"] = strategy
-    from lmforge.utils.fs import prepare_out_dir
-
-    prepare_out_dir(out, "finetune", inputs=[model_dir, train, valid, test], overwrite=overwrite,
-                    resume=resume)  # fmt: skip
+    claim_out()
     with truncation_lines():
         r = run(model_dir, train, out, fc, valid=valid, test=test,
                 overrides=values, resume=resume)  # fmt: skip
