@@ -43,7 +43,9 @@ function el(tag, attrs, text) {
 }
 """
 
-ATTENTION_JS = PRELUDE_JS + r"""
+ATTENTION_JS = (
+    PRELUDE_JS
+    + r"""
 const COLORS = ['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2',
   '#7f7f7f','#bcbd22','#17becf','#393b79','#637939','#8c6d31','#843c39','#7b4173','#3182bd'];
 const layers = Object.keys(D.patterns).map(Number).sort((a, b) => a - b);
@@ -171,8 +173,11 @@ function table(M, rows, cols, fmt, level) {
 drawHeads(); markModel();
 document.body.dataset.ready = '1';
 """
+)
 
-GRID_JS = PRELUDE_JS + r"""
+GRID_JS = (
+    PRELUDE_JS
+    + r"""
 D.grids.forEach((G, n) => {
   view.appendChild(el('h2', {}, G.title));
   if (G.note) view.appendChild(el('p', {class: 'note'}, G.note));
@@ -200,8 +205,11 @@ D.grids.forEach((G, n) => {
 });
 document.body.dataset.ready = '1';
 """
+)
 
-SALIENCY_JS = PRELUDE_JS + r"""
+SALIENCY_JS = (
+    PRELUDE_JS
+    + r"""
 D.examples.forEach((ex, n) => {
   view.appendChild(el('h2', {}, ex.title));
   if (ex.note) view.appendChild(el('p', {class: 'note'}, ex.note));
@@ -218,6 +226,7 @@ D.examples.forEach((ex, n) => {
 });
 document.body.dataset.ready = '1';
 """
+)
 
 SCRIPTS = {"attention": ATTENTION_JS, "grid": GRID_JS, "saliency": SALIENCY_JS}
 
