@@ -287,6 +287,13 @@ class _Run:
         self.step_fn: Callable[..., Any] = model  # `wrapped`, compiled with cfg.compile
         self.params: list[torch.Tensor] = []
 
+    def unwrap(self) -> None:
+        """Drop the DDP wrapper (and its compiled form) while the process group still lives.
+
+        An exception leaving `fit` keeps this run alive in its traceback; a DDP reducer freed
+        only after the group is destroyed can hang that rank on exit."""
+        self.wrapped = self.step_fn = self.model
+
     def checkpoint(self) -> None:
         """Save a full checkpoint (collective: every rank takes part, rank 0 writes)."""
         model_state = D.full_model_state(self.model)
@@ -520,9 +527,25 @@ def _fit(
     progress: bool,
     on_log: Callable[[dict], None] | None,
 ) -> TrainResult:
+    run = _start(model, cfg, out_dir, info, device, resume, save_extra, export)
+    try:
+        return _loop(run, objective, train_data, eval_data, on_log, progress)
+    finally:
+        run.unwrap()
+
+
+def _loop(
+    run: _Run,
+    objective: Objective,
+    train_data: BatchSource,
+    eval_data: Callable[[], Iterable[Batch]] | None,
+    on_log: Callable[[dict], None] | None,
+    progress: bool,
+) -> TrainResult:
+    """The training steps of a started run, with logging, evaluation and checkpoints."""
     from lmforge.utils.plots import plot_losses
 
-    run = _start(model, cfg, out_dir, info, device, resume, save_extra, export)
+    cfg, info, out_dir = run.cfg, run.info, run.out_dir
     main = info.is_main
     metrics_path = out_dir / "metrics.jsonl"
     clock = WallClock(run.step, cfg.max_steps)
@@ -542,7 +565,7 @@ def _fit(
         if on_log is not None and "skipped_batch" not in record:
             on_log(record)
 
-    model.train()
+    run.model.train()
     try:
         with _StopSignal() as stop:
             while run.step < cfg.max_steps:
