@@ -39,6 +39,16 @@ class AdapterError(LmforgeError):
     loaded as asked."""
 
 
+class RunInterrupted(LmforgeError):
+    """A training run stopped on SIGTERM or SIGINT after saving a checkpoint; `--resume` goes on.
+
+    The CLI exits with 128 + the signal's number (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class ServeError(LmforgeError):
     """A request to the HTTP server, or the server's own setup, is not valid."""
 

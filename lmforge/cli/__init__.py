@@ -27,7 +27,7 @@ from lmforge.cli.quantize import register as register_quantize
 from lmforge.cli.report import register as register_report
 from lmforge.cli.serve import register as register_serve
 from lmforge.config.train import train_keys_help
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, RunInterrupted
 
 app = typer.Typer(
     name="lmforge",
@@ -324,6 +324,9 @@ def main() -> None:
     """Console entry point: run the app, print user errors as one line, exit non-zero."""
     try:
         app()
+    except RunInterrupted as e:
+        typer.echo(str(e), err=True)
+        sys.exit(128 + int(e.signum))
     except LmforgeError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

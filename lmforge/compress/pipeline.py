@@ -185,7 +185,7 @@ def train_stage(model: Transformer, teacher: Transformer | None, data: cdata.Sta
     })  # fmt: skip
     export = (lambda d: save_adapter(model, d)) if cc.method == "lora" else None
     fit(model, objective, train, data.valid_batches, tcfg, out_dir,
-        save_extra=data.save_extra, export=export, progress=False)  # fmt: skip
+        save_extra=data.save_extra, export=export, progress=False).raise_if_interrupted()  # fmt: skip
     best = load_finetuned(out_dir)
     if cc.method == "lora":
         best = merge_lora(best)

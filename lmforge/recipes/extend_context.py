@@ -94,4 +94,5 @@ def extend_context(
         save_extra=tok.save,
         progress=progress,
     )
+    result.raise_if_interrupted()
     return ExtendResult(out_dir, cfg.max_seq_len, result)

@@ -267,6 +267,7 @@ def finetune(
     held_out = batches_for(fc.task, valid_features, tok, model, tcfg.batch_size, name="validation")
     result = fit(model, objective, data, held_out.sequential, tcfg, out_dir, resume=resume,
                  save_extra=save_extra, export=export, progress=progress)  # fmt: skip
+    result.raise_if_interrupted()
 
     if _rank() != 0:  # under torchrun, rank 0 scores and writes the reports
         return FinetuneResult(out_dir, result, {}, names, mcfg, tcfg, trainable)

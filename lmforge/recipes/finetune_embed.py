@@ -176,6 +176,7 @@ def finetune_embed(
 
     result = fit(model, objective, data, held_out.sequential, tcfg, out_dir,
                  save_extra=save_extra, progress=progress)  # fmt: skip
+    result.raise_if_interrupted()
     after = scores(out_dir)
     metrics = {"task": "embed", "loss": loss, "temperature": temperature, "steps": result.steps,
                "train_pairs": len(train_pairs), "corpus_extra": len(extra), "before": before,

@@ -261,6 +261,7 @@ def finetune_multimodal(
     began = time.perf_counter()
     result = fit(model, FusionObjective(task, mc.temperature), data, held.sequential, tcfg,
                  out_dir, resume=resume, save_extra=save_extra, progress=progress)  # fmt: skip
+    result.raise_if_interrupted()
     seconds = time.perf_counter() - began
 
     best = load_model(out_dir)

@@ -319,6 +319,7 @@ def pretrain(
             save_extra=tok.save,
             progress=progress,
         )
+    result.raise_if_interrupted()
     best = _best_eval(out_dir / "metrics.jsonl", result.best_eval_loss)
     ppl_loss = best.get("eval_mlm_loss") if objective == "mlm-nsp" else result.best_eval_loss
     best_ppl = None if ppl_loss is None else math.exp(min(ppl_loss, 50.0))

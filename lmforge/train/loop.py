@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmforge.config.train import TrainConfig
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, RunInterrupted
 from lmforge.models.io import save_weights
 from lmforge.objectives import LossOutput
 from lmforge.train import distributed as D
@@ -69,6 +69,17 @@ class TrainResult:
     stopped_early: bool = False
     interrupted: bool = False
     best_score: float | None = None  # cfg.select_metric at the best evaluation
+    signum: int | None = None  # the signal that interrupted the run (on the rank that got it)
+
+    def raise_if_interrupted(self) -> None:
+        """Stop a recipe after an interrupted run (its checkpoint is saved) instead of going on
+        to evaluate and report a half-trained model: raises `RunInterrupted`."""
+        if self.interrupted:
+            raise RunInterrupted(
+                f"training stopped by a signal at step {self.steps}; its checkpoint is in "
+                f"{self.out_dir / 'checkpoints'}; run the same command with --resume to continue.",
+                self.signum or signal.SIGTERM,
+            )
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -612,7 +623,7 @@ def _loop(
                         run.checkpoint()
                     return TrainResult(
                         out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
-                        interrupted=True, best_score=run.best,
+                        interrupted=True, best_score=run.best, signum=stop.received,
                     )  # fmt: skip
         if eval_data is None:
             run.export_best()

@@ -101,3 +101,31 @@ def test_sigterm_and_sigint_save_and_exit_zero(tmp_path, reference, sig):
     assert step == _losses(out)[-1][0]  # the checkpoint is the last finished step
     subprocess.run(_cmd(out, True), env=_env(), check=True, timeout=300)
     assert _losses(out) == _losses(reference)
+
+
+@pytest.mark.slow
+def test_cli_run_stops_on_sigterm_and_resumes(tmp_path):
+    """`lmforge pretrain` stops after the checkpoint (no report of a half-trained model), says how
+    to go on, exits 143; the same command with --resume finishes the run."""
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "lmforge", "pretrain", "--preset", "gpt-tiny", "--out", str(out),
+        "--max-steps", "120", "batch_size=2", "seq_len=16", "vocab_size=300", "eval_every=1000",
+        "save_every=1000", "log_every=1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_training(out, proc, timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    assert "trained " not in stdout  # no summary of a finished run
+    step = json.loads((latest_checkpoint(out / "checkpoints") / "trainer_state.json").read_text())
+    assert 0 < step["step"] < 120
+    done = subprocess.run(
+        [*cmd, "--resume"], env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _losses(out)[-1][0] == 120
