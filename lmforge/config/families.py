@@ -254,6 +254,7 @@ LLAMA = Family(
             ("head_dim", Key("rope.dimension_count")),
             ("rope_theta", Key("rope.freq_base", 10000.0, kind="float")),
             ("norm_eps", Key("attention.layer_norm_rms_epsilon", 1e-5, kind="float")),
+            ("vocab_size", Key("vocab_size")),
         ),
         fixed=dict(activation="silu"),
         implied=dict(dropout=0.0, attn_dropout=0.0, heads=("lm",)),
