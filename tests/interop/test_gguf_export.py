@@ -108,6 +108,29 @@ def test_gpt2_export_fuses_qkv(dirs, tmp_path):
     assert bytes(r.fields["tokenizer.ggml.pre"].parts[-1]).decode() == "gpt-2"
 
 
+def test_gpt2_round_trip_through_gguf_import(dirs, tmp_path):
+    """GPT-2 files come back through lmforge's own import: the same config, logits, tokenizer."""
+    src = dirs["gpt2"]
+    ids = torch.randint(0, 320, (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = load_model(src)(ids).logits
+    for kind, tol in (("f32", 0.0), ("q8_0", 2e-2)):
+        back = import_gguf(export_gguf(src, tmp_path / f"{kind}.gguf", kind), tmp_path / kind)
+        with torch.no_grad():
+            got = load_model(back)(ids).logits
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        assert err <= tol + 1e-7, (kind, err)
+    before, after = ModelConfig.from_dir(src).to_dict(), ModelConfig.from_dir(back).to_dict()
+    assert after.pop("norm_eps") == pytest.approx(before.pop("norm_eps"), rel=1e-6)  # stored f32
+    tok = Tokenizer.load(src)
+    # special ids come from the tokenizer the file carries
+    assert (after.pop("eos_id"), after.pop("pad_id")) == (tok.eos_id, tok.pad_id)
+    del before["eos_id"], before["pad_id"]
+    assert after == before
+    text = "the lazy dog jumps, 3 times!"
+    assert Tokenizer.load(back).encode(text) == tok.encode(text)
+
+
 def test_export_errors_and_cli(dirs, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.gguf"
