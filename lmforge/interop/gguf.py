@@ -316,7 +316,14 @@ def state_from_gguf(cfg: ModelConfig, f: GGUFFile) -> dict[str, torch.Tensor]:
     assert fmt is not None
     shapes = expected_shapes(cfg)
     names = tensor_names(cfg, fmt)
-    left = [k for k in f.tensors if k not in names and k != ROPE_FREQS]
+    # llama.cpp's GPT-2 converter stores the tied head as a copy of token_embd
+    copy = "output.weight" if cfg.tie_embeddings and "output.weight" in f.tensors else None
+    if copy is not None and not np.array_equal(f.tensor(copy), f.tensor("token_embd.weight")):
+        raise CheckpointError(
+            f"the GGUF file's output.weight differs from token_embd.weight, but a {fmt.arch} "
+            "model imported by lmforge ties them; this file's head cannot be represented."
+        )
+    left = [k for k in f.tensors if k not in names and k not in (ROPE_FREQS, copy)]
     if left:
         raise CheckpointError(
             f"the GGUF file has tensor(s) {left[:3]} that a {fmt.arch} model with this config "

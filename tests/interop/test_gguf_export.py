@@ -131,6 +131,32 @@ def test_gpt2_round_trip_through_gguf_import(dirs, tmp_path):
     assert Tokenizer.load(back).encode(text) == tok.encode(text)
 
 
+def test_gpt2_output_copy_of_the_embedding_imports_tied(dirs, tmp_path, monkeypatch):
+    """llama.cpp's GPT-2 converter writes `output.weight` = `token_embd.weight`."""
+    import lmforge.interop.gguf_export as ge
+
+    tensors = ge._tensors
+
+    def with_copy(cfg, state):
+        out = tensors(cfg, state)
+        return {**out, "output.weight": out["token_embd.weight"]}
+
+    monkeypatch.setattr(ge, "_tensors", with_copy)
+    f = export_gguf(dirs["gpt2"], tmp_path / "copy.gguf", "f32")
+    assert "output.weight" in {t.name for t in gguf.GGUFReader(f).tensors}
+    back = import_gguf(f, tmp_path / "back")
+    assert ModelConfig.from_dir(back).tie_embeddings
+
+    def with_other(cfg, state):
+        out = tensors(cfg, state)
+        return {**out, "output.weight": out["token_embd.weight"] + 1}
+
+    monkeypatch.setattr(ge, "_tensors", with_other)
+    f = export_gguf(dirs["gpt2"], tmp_path / "other.gguf", "f32")
+    with pytest.raises(CheckpointError, match="output.weight differs from token_embd"):
+        import_gguf(f, tmp_path / "back2")
+
+
 def test_export_errors_and_cli(dirs, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.gguf"
