@@ -62,7 +62,7 @@ class Family:
     """How one Hugging Face model family maps onto `ModelConfig` and lmforge tensor names.
 
     Attributes:
-        traits: the family's entry in the family table (traits and `config.json` keys).
+        entry: the family's entry in the family table (traits and `config.json` keys).
         architectures: Hugging Face class name -> the lmforge heads it corresponds to.
         base_prefix: prefix of the base model's tensors inside a model with a head
             ("transformer." for GPT-2); checkpoints of the bare model (e.g. `BertModel`) omit it.
@@ -78,7 +78,7 @@ class Family:
             copies, weights no lmforge head uses).
     """
 
-    traits: table.Family
+    entry: table.Family
     architectures: dict[str, Heads]
     base_prefix: str
     embedding: str
@@ -96,14 +96,15 @@ class Family:
 
     @property
     def hf(self) -> table.HfFormat:
-        assert self.traits.hf is not None
-        return self.traits.hf
+        """The family table's record of its `config.json`."""
+        assert self.entry.hf is not None
+        return self.entry.hf
 
     def read_config(self, hf: HfConfig, heads: Heads) -> dict[str, Any]:
         """`ModelConfig` fields of a `config.json`: the traits, the keys the table maps (the
         value, else transformers' default), the heads and special ids, then what
         `config_from_hf` reads."""
-        out: dict[str, Any] = {**self.traits.traits, **self.hf.implied, "heads": heads}
+        out: dict[str, Any] = {**self.entry.traits, **self.hf.implied, "heads": heads}
         for ours, key in self.hf.fields.items():
             value = hf.get(key.name)
             out[ours] = key.default if value is None else value
@@ -127,7 +128,7 @@ class Family:
     def why_not(self, cfg: ModelConfig) -> str | None:
         """Why this family cannot represent `cfg` (a trait differs, a field its `config.json`
         cannot store is not the derived value, or `mismatch` says why), None when it can."""
-        expected = {**self.traits.traits, **unstored(cfg, set(self.hf.fields))}
+        expected = {**self.entry.traits, **unstored(cfg, set(self.hf.fields))}
         return differences(cfg, expected) or self.mismatch(cfg)
 
     def architecture_for(self, heads: Heads) -> str | None:

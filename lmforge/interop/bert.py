@@ -95,7 +95,7 @@ def rules(cfg: ModelConfig) -> list[Rule]:
 
 
 BERT = Family(
-    traits=table.BERT,
+    entry=table.BERT,
     architectures={
         "BertForPreTraining": ("mlm", "nsp"),
         "BertForMaskedLM": ("mlm",),

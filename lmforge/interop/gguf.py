@@ -258,9 +258,9 @@ def config_from_gguf(meta: dict[str, Any], f: GGUFFile | None = None) -> ModelCo
 
 # ------------------------------------------------------------------ tensors
 def _with_bias(module: str, cfg: ModelConfig) -> bool:
-    """A norm has a bias when it is a LayerNorm, a projection when the config has biases,
-    an embedding never."""
-    if module.startswith("embed."):
+    """A norm has a bias when it is a LayerNorm, a projection in a block when the config has
+    biases, an embedding or the LM head never."""
+    if module.startswith(("embed.", "heads.")):
         return False
     return cfg.norm == "layernorm" if "norm" in module else cfg.bias
 

@@ -79,7 +79,7 @@ def rules(cfg: ModelConfig) -> list[Rule]:
 
 
 GPT2 = Family(
-    traits=table.GPT2,
+    entry=table.GPT2,
     architectures={"GPT2LMHeadModel": ("lm",), "GPT2Model": ()},
     base_prefix=PREFIX,
     embedding=f"{PREFIX}wte.weight",

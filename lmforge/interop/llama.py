@@ -171,7 +171,7 @@ def rules(cfg: ModelConfig) -> list[Rule]:
 
 
 LLAMA = Family(
-    traits=table.LLAMA,
+    entry=table.LLAMA,
     architectures={"LlamaForCausalLM": ("lm",), "LlamaModel": ()},
     base_prefix=PREFIX,
     embedding=f"{PREFIX}embed_tokens.weight",

@@ -112,7 +112,7 @@ def rules(cfg: ModelConfig) -> list[Rule]:
 
 
 T5 = Family(
-    traits=table.T5,
+    entry=table.T5,
     architectures={"T5ForConditionalGeneration": ("lm",), "T5Model": ()},
     base_prefix="",
     embedding="shared.weight",

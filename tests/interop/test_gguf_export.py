@@ -41,7 +41,9 @@ def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf_export")
     return {
         "llama": _model_dir(root, "llama-tiny", tie_embeddings=True),
-        "llama-untied": _model_dir(root, "llama-tiny", tie_embeddings=False, rope_theta=1e5),
+        "llama-untied": _model_dir(
+            root, "llama-tiny", tie_embeddings=False, rope_theta=1e5, bias=True
+        ),
         "gpt2": _model_dir(root, "gpt-tiny"),
     }
 
