@@ -21,7 +21,8 @@ def convert(
         Path | None, typer.Option("--to-hf", help="An lmforge model dir to export.")
     ] = None,
     from_gguf: Annotated[
-        Path | None, typer.Option("--from-gguf", help="A .gguf file (llama or gpt2 architecture) to import.")
+        Path | None,
+        typer.Option("--from-gguf", help="A .gguf file (llama or gpt2 architecture) to import."),
     ] = None,
     to_gguf: Annotated[
         Path | None,

@@ -18,7 +18,7 @@ A field a format does not store must keep the value `ModelConfig` derives for it
 must have `n_kv_head == n_head`.
 
     family    traits                                               Hugging Face  GGUF
-    gpt2      decoder, learned pos, LayerNorm pre, GELU MLP, bias  gpt2          gpt2 (export)
+    gpt2      decoder, learned pos, LayerNorm pre, GELU MLP, bias  gpt2          gpt2
     llama     decoder, RoPE, RMSNorm pre, GLU (SwiGLU), GQA        llama         llama
     bert      encoder, learned pos, LayerNorm post, token types    bert          -
     t5        encoder-decoder, relative buckets, RMSNorm pre       t5            -

@@ -244,7 +244,7 @@ def config_from_gguf(meta: dict[str, Any], f: GGUFFile | None = None) -> ModelCo
         head_dim = values.get("head_dim") or values["d_model"] // values["n_head"]
         values.update(_rope(meta, f, head_dim, values["rope_theta"]))
     if "bias" not in family.traits:  # biases on the projections when the file has them
-        first = next(k for k, m in fmt.block_tensors.items() if "norm" not in k)
+        first = next(k for k in fmt.block_tensors if "norm" not in k)
         values["bias"] = f"blk.0.{first}.bias" in tensors
     if "tie_embeddings" not in values:
         values["tie_embeddings"] = bool(tensors) and "output.weight" not in tensors
