@@ -43,15 +43,14 @@ def config_from_hf(hf: HfConfig, fields: dict[str, Any]) -> dict[str, Any]:
             "this t5 config scales decoder outputs for an untied LM head, which lmforge cannot "
             "represent; set scale_decoder_outputs=false or tie_word_embeddings=true."
         )
+    start = fields["decoder_start_id"]
     return dict(
         mlp="glu" if gated else "mlp",
         activation=ACT_FROM_HF[name],
         tie_embeddings=tied,
         tied_logit_scale=scaled,
         # T5 starts decoding from the pad token
-        decoder_start_id=fields["decoder_start_id"]
-        if fields["decoder_start_id"] is not None
-        else fields["pad_id"],
+        decoder_start_id=fields["pad_id"] if start is None else start,
     )
 
 
