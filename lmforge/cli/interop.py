@@ -21,7 +21,8 @@ def convert(
         Path | None, typer.Option("--to-hf", help="An lmforge model dir to export.")
     ] = None,
     from_gguf: Annotated[
-        Path | None, typer.Option("--from-gguf", help="A Llama-architecture .gguf file to import.")
+        Path | None,
+        typer.Option("--from-gguf", help="A .gguf file (llama or gpt2 architecture) to import."),
     ] = None,
     to_gguf: Annotated[
         Path | None,
@@ -34,8 +35,8 @@ def convert(
         bool, typer.Option(help="Write into a non-empty --out that is not this verb's output.")
     ] = False,
 ) -> None:
-    """Convert a checkpoint: Hugging Face (gpt2, llama, bert, t5) both ways, GGUF (llama) in,
-    GGUF (llama, gpt2) out (--out is then the .gguf file)."""
+    """Convert a checkpoint: Hugging Face (gpt2, llama, bert, t5) both ways, GGUF (llama, gpt2)
+    both ways (with --to-gguf, --out is the .gguf file)."""
     sources = {
         "--from-hf": from_hf,
         "--to-hf": to_hf,

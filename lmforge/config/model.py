@@ -1,13 +1,9 @@
 """`ModelConfig`: one dataclass describes every model lmforge builds.
 
-A model family is a preset of this config, never a class of its own:
-
-- GPT-2 = decoder + learned positions + LayerNorm (pre-norm) + GELU MLP + tied LM head + biases;
-- Llama = decoder + RoPE + RMSNorm + SwiGLU (`mlp="glu"`, `activation="silu"`) + grouped-query
-  attention + no biases;
-- BERT = encoder + learned positions + token types + post-norm + embedding LayerNorm + MLM/NSP heads;
-- the original Transformer = encoder-decoder + sinusoidal positions + post-norm;
-- T5 = encoder-decoder + relative position bias + RMSNorm (pre-norm) + unscaled attention.
+A model family is a set of choices of this config, never a class of its own (GPT-2 = decoder +
+learned positions + pre-norm LayerNorm + GELU MLP + biases; Llama = RoPE + RMSNorm + SwiGLU + GQA;
+...). Each family's traits live in one table, `lmforge.config.families`, which the presets and
+the Hugging Face and GGUF converters read.
 
 `__post_init__` derives what can be derived (head size, kv heads, feed-forward width) and checks
 every field with one clear sentence per mistake.

@@ -9,83 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-_GPT: dict[str, Any] = dict(
-    arch="decoder",
-    pos="learned",
-    norm="layernorm",
-    norm_eps=1e-5,
-    norm_placement="pre",
-    mlp="mlp",
-    activation="gelu_tanh",
-    bias=True,
-    tie_embeddings=True,
-    heads=("lm",),
-)
+from lmforge.config.families import BERT, GPT2, LLAMA, T5, TRANSFORMER
 
-_LLAMA: dict[str, Any] = dict(
-    arch="decoder",
-    pos="rope",
-    rope_theta=10000.0,
-    norm="rmsnorm",
-    norm_eps=1e-5,
-    norm_placement="pre",
-    mlp="glu",
-    activation="silu",
-    bias=False,
-    tie_embeddings=False,
-    heads=("lm",),
-)
-
-_BERT: dict[str, Any] = dict(
-    arch="encoder",
-    pos="learned",
-    norm="layernorm",
-    norm_eps=1e-12,
-    norm_placement="post",
-    embed_norm=True,
-    final_norm=False,
-    mlp="mlp",
-    activation="gelu",
-    bias=True,
-    type_vocab_size=2,
-    tie_embeddings=True,
-    dropout=0.1,
-    attn_dropout=0.1,
-    heads=("mlm", "nsp"),
-)
-
-_TRANSFORMER: dict[str, Any] = dict(
-    arch="encoder-decoder",
-    pos="sinusoidal",
-    norm="layernorm",
-    norm_eps=1e-5,
-    norm_placement="post",
-    final_norm=False,
-    mlp="mlp",
-    activation="relu",
-    bias=True,
-    embed_scale=True,
-    tie_embeddings=True,
-    dropout=0.1,
-    heads=("lm",),
-)
-
-_T5: dict[str, Any] = dict(
-    arch="encoder-decoder",
-    pos="relative",
-    norm="rmsnorm",
-    norm_eps=1e-6,
-    norm_placement="pre",
-    final_norm=True,
-    mlp="mlp",
-    activation="relu",
-    bias=False,
-    attn_scale=1.0,
-    tie_embeddings=True,
-    tied_logit_scale=True,
-    dropout=0.1,
-    heads=("lm",),
-)
+# each family's traits and the presets' further choices live in one table (`families.py`),
+# which Hugging Face and GGUF import/export read too
+_GPT = GPT2.preset_fields()
+_LLAMA = LLAMA.preset_fields()
+_BERT = BERT.preset_fields()
+_TRANSFORMER = TRANSFORMER.preset_fields()
+_T5 = T5.preset_fields()
 
 PRESETS: dict[str, dict[str, Any]] = {
     # decoder-only, GPT-2 style

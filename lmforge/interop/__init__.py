@@ -1,5 +1,6 @@
 """Interop with other libraries' checkpoints: Hugging Face gpt2, llama, bert and t5, both ways;
-Llama-architecture GGUF files (llama.cpp, Ollama) in."""
+GGUF files (llama.cpp, Ollama) of the llama and gpt2 architectures, both ways. Each family's
+traits, config keys and GGUF names come from the family table (`lmforge.config.families`)."""
 
 from lmforge.interop.gguf import SUPPORTED_GGUF_ARCHITECTURES, config_from_gguf, import_gguf
 from lmforge.interop.gguf_file import GGUFFile, read_gguf

@@ -1,9 +1,11 @@
 """What every Hugging Face family shares: a tensor-name rule and the `Family` record.
 
-A family (gpt2, llama, bert, t5) is plain data plus four small functions: how its `config.json`
-maps onto `ModelConfig` and back, and which Hugging Face tensor holds which lmforge tensor. The
-generic code in `hf.py` walks these rules; no family is recognised by anything but its
-`model_type` / `architectures` entries on import, and by its config choices on export.
+A family (gpt2, llama, bert, t5) is its entry in the family table (`lmforge.config.families`:
+traits, `config.json` keys and the defaults transformers assumes) plus four small functions: what
+of its `config.json` needs more than a key lookup, in and out, what else its config must satisfy,
+and which Hugging Face tensor holds which lmforge tensor. The generic code in `hf.py` walks these
+rules; no family is recognised by anything but its `model_type` / `architectures` entries on
+import, and by its config choices on export.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.config import ModelConfig
+from lmforge.config import families as table
+from lmforge.config.families import differences, unstored
+from lmforge.errors import CheckpointError
 
 HfConfig = dict[str, Any]
 Heads = tuple[str, ...]
@@ -57,30 +62,74 @@ class Family:
     """How one Hugging Face model family maps onto `ModelConfig` and lmforge tensor names.
 
     Attributes:
-        model_type: the `model_type` of its `config.json`.
+        entry: the family's entry in the family table (traits and `config.json` keys).
         architectures: Hugging Face class name -> the lmforge heads it corresponds to.
         base_prefix: prefix of the base model's tensors inside a model with a head
             ("transformer." for GPT-2); checkpoints of the bare model (e.g. `BertModel`) omit it.
         embedding: Hugging Face name of the token embedding.
         lm_weight: Hugging Face name of the output projection that may be tied to the embedding.
-        config_from_hf: (hf config, heads) -> `ModelConfig` fields.
-        config_to_hf: `ModelConfig` -> hf config (without `architectures`).
-        mismatch: `ModelConfig` -> why this family cannot represent it, or None when it can.
+        config_from_hf: (hf config, the fields read so far) -> the `ModelConfig` fields the
+            table does not map.
+        config_to_hf: `ModelConfig` -> the hf config keys the table does not map.
+        mismatch: `ModelConfig` -> why this family cannot represent it beyond its traits, or
+            None when it can.
         rules: `ModelConfig` -> the tensor rules for that config.
         ignore: regexes of Hugging Face tensors that carry nothing lmforge needs (buffers, tied
             copies, weights no lmforge head uses).
     """
 
-    model_type: str
+    entry: table.Family
     architectures: dict[str, Heads]
     base_prefix: str
     embedding: str
     lm_weight: str
-    config_from_hf: Callable[[HfConfig, Heads], dict[str, Any]]
+    config_from_hf: Callable[[HfConfig, dict[str, Any]], dict[str, Any]]
     config_to_hf: Callable[[ModelConfig], HfConfig]
-    mismatch: Callable[[ModelConfig], str | None]
     rules: Callable[[ModelConfig], list[Rule]]
+    mismatch: Callable[[ModelConfig], str | None] = lambda cfg: None
     ignore: tuple[str, ...] = field(default=())
+
+    @property
+    def model_type(self) -> str:
+        """The `model_type` of its `config.json`."""
+        return self.hf.model_type
+
+    @property
+    def hf(self) -> table.HfFormat:
+        """The family table's record of its `config.json`."""
+        assert self.entry.hf is not None
+        return self.entry.hf
+
+    def read_config(self, hf: HfConfig, heads: Heads) -> dict[str, Any]:
+        """`ModelConfig` fields of a `config.json`: the traits, the keys the table maps (the
+        value, else transformers' default), the heads and special ids, then what
+        `config_from_hf` reads."""
+        out: dict[str, Any] = {**self.entry.traits, **self.hf.implied, "heads": heads}
+        for ours, key in self.hf.fields.items():
+            value = hf.get(key.name)
+            out[ours] = key.default if value is None else value
+        if self.hf.activation is not None:
+            out["activation"] = activation_from_hf(hf, self.hf.activation, self.model_type)
+        out.update(special_ids(hf, out["vocab_size"]))
+        out.update(self.config_from_hf(hf, out))
+        return out
+
+    def write_config(self, cfg: ModelConfig) -> HfConfig:
+        """The `config.json` of `cfg` (without `architectures`); a key that several fields map to
+        (T5's `dropout_rate`) is written from the first."""
+        out: HfConfig = {"model_type": self.model_type}
+        for ours, key in self.hf.fields.items():
+            out.setdefault(key.name, getattr(cfg, ours))
+        if self.hf.activation is not None:
+            out[self.hf.activation.name] = ACT_TO_HF[cfg.activation]
+        out.update(self.config_to_hf(cfg))
+        return out
+
+    def why_not(self, cfg: ModelConfig) -> str | None:
+        """Why this family cannot represent `cfg` (a trait differs, a field its `config.json`
+        cannot store is not the derived value, or `mismatch` says why), None when it can."""
+        expected = {**self.entry.traits, **unstored(cfg, set(self.hf.fields))}
+        return differences(cfg, expected) or self.mismatch(cfg)
 
     def architecture_for(self, heads: Heads) -> str | None:
         """The Hugging Face class whose heads are exactly `heads` (order-insensitive)."""
@@ -101,6 +150,17 @@ ACT_FROM_HF = {
     "swish": "silu",
 }
 ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+def activation_from_hf(hf: HfConfig, key: table.Key, model_type: str) -> str:
+    """lmforge's activation for the `config.json` key that names it (e.g. "gelu_new")."""
+    act = hf.get(key.name) or key.default
+    if act not in ACT_FROM_HF:
+        raise CheckpointError(
+            f"{model_type} {key.name} '{act}' is not supported; "
+            f"supported: {', '.join(sorted(ACT_FROM_HF))}."
+        )
+    return ACT_FROM_HF[act]
 
 
 def first_id(value: Any) -> int | None:
@@ -125,18 +185,3 @@ def special_ids(hf: HfConfig, vocab_size: int) -> dict[str, int | None]:
 
 def special_ids_to_hf(cfg: ModelConfig) -> HfConfig:
     return {"bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id, "pad_token_id": cfg.pad_id}
-
-
-def differences(cfg: ModelConfig, **expected: Any) -> str | None:
-    """'field=value (needs X)' for the first field of `cfg` that differs from `expected`."""
-    for name, want in expected.items():
-        have = getattr(cfg, name)
-        ok = have in want if isinstance(want, (set, frozenset)) else have == want
-        if not ok:
-            want_text = (
-                " or ".join(repr(w) for w in sorted(want, key=repr))
-                if isinstance(want, (set, frozenset))
-                else repr(want)
-            )
-            return f"{name}={have!r} (needs {want_text})"
-    return None

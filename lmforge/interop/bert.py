@@ -1,5 +1,7 @@
 """BERT (`model_type="bert"`): post-norm encoder, learned positions, token types, MLM/NSP heads.
 
+Its traits and `config.json` keys are in the family table (`lmforge.config.families.BERT`).
+
 Architectures and lmforge heads:
 
     BertForPreTraining             -> ("mlm", "nsp")   MLM transform + tied decoder, pooler + NSP
@@ -15,26 +17,23 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.config import ModelConfig
+from lmforge.config import families as table
 from lmforge.errors import CheckpointError
 from lmforge.interop.base import (
-    ACT_FROM_HF,
-    ACT_TO_HF,
     Family,
-    Heads,
     HfConfig,
     Rule,
-    differences,
     linear,
     norm,
     rule,
-    special_ids,
     special_ids_to_hf,
 )
 
 PREFIX = "bert."
 
 
-def config_from_hf(hf: HfConfig, heads: Heads) -> dict[str, Any]:
+def config_from_hf(hf: HfConfig, fields: dict[str, Any]) -> dict[str, Any]:
+    """What the family table does not map: refused variants and the number of labels."""
     position_type = hf.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise CheckpointError(
@@ -46,58 +45,12 @@ def config_from_hf(hf: HfConfig, heads: Heads) -> dict[str, Any]:
             "this bert config is a decoder (is_decoder/add_cross_attention), which lmforge's "
             "bert import does not cover; convert an encoder checkpoint instead."
         )
-    act = hf.get("hidden_act", "gelu")
-    if act not in ACT_FROM_HF:
-        raise CheckpointError(
-            f"bert hidden_act '{act}' is not supported; supported: {', '.join(sorted(ACT_FROM_HF))}."
-        )
-    vocab = hf.get("vocab_size", 30522)
     labels = hf.get("id2label")
-    return dict(
-        arch="encoder",
-        vocab_size=vocab,
-        n_layer=hf.get("num_hidden_layers", 12),
-        n_head=hf.get("num_attention_heads", 12),
-        d_model=hf.get("hidden_size", 768),
-        d_ff=hf.get("intermediate_size", 3072),
-        max_seq_len=hf.get("max_position_embeddings", 512),
-        pos="learned",
-        norm="layernorm",
-        norm_eps=hf.get("layer_norm_eps", 1e-12),
-        norm_placement="post",
-        embed_norm=True,
-        final_norm=False,
-        mlp="mlp",
-        activation=ACT_FROM_HF[act],
-        bias=True,
-        type_vocab_size=hf.get("type_vocab_size", 2),
-        tie_embeddings=hf.get("tie_word_embeddings", True),
-        dropout=hf.get("hidden_dropout_prob", 0.1),
-        attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-        heads=heads,
-        num_labels=len(labels) if labels else hf.get("num_labels", 2),
-        **special_ids(hf, vocab),
-    )
+    return {"num_labels": len(labels) if labels else hf.get("num_labels", 2)}
 
 
 def config_to_hf(cfg: ModelConfig) -> HfConfig:
-    out: HfConfig = {
-        "model_type": "bert",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "intermediate_size": cfg.d_ff,
-        "hidden_act": ACT_TO_HF[cfg.activation],
-        "max_position_embeddings": cfg.max_seq_len,
-        "type_vocab_size": cfg.type_vocab_size,
-        "layer_norm_eps": cfg.norm_eps,
-        "hidden_dropout_prob": cfg.dropout,
-        "attention_probs_dropout_prob": cfg.attn_dropout,
-        "position_embedding_type": "absolute",
-        "tie_word_embeddings": cfg.tie_embeddings,
-        **special_ids_to_hf(cfg),
-    }
+    out: HfConfig = {"position_embedding_type": "absolute", **special_ids_to_hf(cfg)}
     if "classify" in cfg.heads or "tokens" in cfg.heads:
         out["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
         out["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
@@ -105,22 +58,7 @@ def config_to_hf(cfg: ModelConfig) -> HfConfig:
 
 
 def mismatch(cfg: ModelConfig) -> str | None:
-    return differences(
-        cfg,
-        arch="encoder",
-        pos="learned",
-        norm="layernorm",
-        norm_placement="post",
-        embed_norm=True,
-        final_norm=False,
-        mlp="mlp",
-        bias=True,
-        embed_scale=False,
-        sliding_window=None,
-        attn_scale=None,
-        n_kv_head=cfg.n_head,
-        head_dim=cfg.d_model // cfg.n_head,
-    ) or (None if cfg.type_vocab_size >= 1 else "type_vocab_size=0 (needs at least 1)")
+    return None if cfg.type_vocab_size >= 1 else "type_vocab_size=0 (needs at least 1)"
 
 
 def rules(cfg: ModelConfig) -> list[Rule]:
@@ -157,7 +95,7 @@ def rules(cfg: ModelConfig) -> list[Rule]:
 
 
 BERT = Family(
-    model_type="bert",
+    entry=table.BERT,
     architectures={
         "BertForPreTraining": ("mlm", "nsp"),
         "BertForMaskedLM": ("mlm",),

@@ -6,7 +6,9 @@
                                         package; tokenizer -> `tokenizer.ggml.*` + chat template
 
 The family is read from the config's fields, never from a name: RoPE + RMSNorm + SwiGLU is
-`llama`; learned positions + LayerNorm + GELU MLP with biases and a tied head is `gpt2`.
+`llama`; learned positions + LayerNorm + GELU MLP with biases and a tied head is `gpt2` (the
+family table, `lmforge.config.families`, holds those traits, the metadata keys and the tensor
+names, which `lmforge.interop.gguf` reads back).
 `--type` picks how the matrices are stored: f32, f16, q8_0 (blocks of 32 int8 values with one
 f16 scale: w = d q) or q4_0 (blocks of 32 4-bit values: w = d (q - 8)); norms and biases stay
 f32, and a matrix whose rows are not a multiple of 32 falls back to f16, as llama.cpp's own tools
@@ -27,7 +29,7 @@ from safetensors.torch import load_file
 
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.interop.gguf import ROPE_FREQS, permute_rope, tensor_names
+from lmforge.interop.gguf import gguf_format, permute_rope, tensor_names
 from lmforge.interop.gguf_vocab import CONTROL, LLAMA3_SPLIT, NORMAL, UNUSED, USER_DEFINED
 from lmforge.models.io import WEIGHTS, is_model_dir
 from lmforge.tokenizer import Tokenizer
@@ -37,19 +39,9 @@ EXPORT_TYPES: tuple[str, ...] = ("f32", "f16", "q8_0", "q4_0")
 
 
 def gguf_family(cfg: ModelConfig) -> str:
-    """ "llama" or "gpt2" from the config's fields; `CheckpointError` for anything else."""
-    if cfg.arch == "decoder" and "lm" in cfg.heads and cfg.sliding_window is None:
-        if cfg.pos == "rope" and cfg.norm == "rmsnorm" and cfg.mlp == "glu":
-            if cfg.activation == "silu" and cfg.norm_placement == "pre":
-                return "llama"
-        if cfg.pos == "learned" and cfg.norm == "layernorm" and cfg.mlp == "mlp" and cfg.bias:
-            if cfg.activation in ("gelu", "gelu_tanh") and cfg.norm_placement == "pre":
-                if cfg.tie_embeddings and cfg.n_kv_head == cfg.n_head:
-                    return "gpt2"
-    raise CheckpointError(
-        "GGUF export covers Llama-family (RoPE, RMSNorm, SwiGLU) and GPT-2-family (learned "
-        "positions, LayerNorm, GELU, tied head) decoders; this model is neither."
-    )
+    """ "llama" or "gpt2": the GGUF architecture whose family traits the config has (the family
+    table's); `CheckpointError` for anything else."""
+    return gguf_format(cfg).arch
 
 
 def _gguf():
@@ -74,57 +66,26 @@ def _store(gguf: Any, t: torch.Tensor, kind: str) -> tuple[np.ndarray, Any]:
     return gguf.quants.quantize(a, qtype), qtype
 
 
-def _llama_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GGUF name -> tensor: names from the family table, fused tensors stacked by rows (GPT-2's
+    `attn_qkv` = rows of q, then k, then v), llama's q/k rows in llama.cpp's RoPE order."""
     out = {}
     for theirs, ours in tensor_names(cfg).items():
-        t = state[ours]
-        if ".attn_q." in theirs:
+        t = torch.cat([state[n] for n in ours]) if len(ours) > 1 else state[ours[0]]
+        if cfg.pos == "rope" and ".attn_q." in theirs:
             t = permute_rope(t, cfg.n_head)
-        elif ".attn_k." in theirs:
+        elif cfg.pos == "rope" and ".attn_k." in theirs:
             t = permute_rope(t, cfg.n_kv_head)
         out[theirs] = t
     return out
 
 
-def _gpt2_tensors(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {
-        "token_embd.weight": state["embed.tok.weight"],
-        "position_embd.weight": state["embed.pos.weight"],
-        "output_norm.weight": state["decoder.norm.weight"],
-        "output_norm.bias": state["decoder.norm.bias"],
-    }
-    for i in range(cfg.n_layer):
-        p = f"decoder.layers.{i}."
-        for kind in ("weight", "bias"):
-            qkv = [state[f"{p}attn.{x}_proj.{kind}"] for x in "qkv"]
-            out[f"blk.{i}.attn_qkv.{kind}"] = torch.cat(qkv)  # (3 d, d): rows q, then k, then v
-            for theirs, ours in (
-                ("attn_norm", "attn_norm"),
-                ("attn_output", "attn.o_proj"),
-                ("ffn_norm", "mlp_norm"),
-                ("ffn_up", "mlp.up_proj"),
-                ("ffn_down", "mlp.down_proj"),
-            ):
-                out[f"blk.{i}.{theirs}.{kind}"] = state[f"{p}{ours}.{kind}"]
-    return out
-
-
-def _hparams(w: Any, family: str, cfg: ModelConfig) -> None:
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.d_model)
-    w.add_block_count(cfg.n_layer)
-    w.add_feed_forward_length(cfg.d_ff)
-    w.add_head_count(cfg.n_head)
-    if family == "gpt2":
-        w.add_layer_norm_eps(cfg.norm_eps)
-        return
-    w.add_head_count_kv(cfg.n_kv_head)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
+def _hparams(w: Any, cfg: ModelConfig) -> None:
+    """`{arch}.*` metadata: every key the family table maps, then RoPE scaling."""
+    fmt = gguf_format(cfg)
+    for ours, key in fmt.fields:
+        add = w.add_float32 if key.kind == "float" else w.add_uint32
+        add(f"{fmt.arch}.{key.name}", getattr(cfg, ours))
     if cfg.rope_scaling == "linear":
         w.add_rope_scaling_type(_gguf().RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(cfg.rope_factor)
@@ -219,15 +180,14 @@ def export_gguf(model_dir: str | Path, out: str | Path, type: str = "f16") -> Pa
     state = load_file(str(model_dir / WEIGHTS))
     if cfg.tie_embeddings:
         state.pop("heads.lm_head.weight", None)
-    tensors = (_llama_tensors if family == "llama" else _gpt2_tensors)(cfg, state)
-    tensors.pop(ROPE_FREQS, None)
+    tensors = _tensors(cfg, state)
 
     gguf = _gguf()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), family)
         w.add_name(model_dir.resolve().name)
-        _hparams(w, family, cfg)
+        _hparams(w, cfg)
         file_type = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}[type]  # llama.cpp's LLAMA_FTYPE_*
         w.add_file_type(file_type)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)

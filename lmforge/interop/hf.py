@@ -85,7 +85,7 @@ def family_of(cfg: ModelConfig) -> Family:
         )
     reasons = []
     for family in FAMILIES.values():
-        reason = family.mismatch(cfg)
+        reason = family.why_not(cfg)
         if reason is None and family.architecture_for(cfg.heads) is None:
             heads = [list(h) for h in family.architectures.values()]
             reason = f"heads={list(cfg.heads)} (needs one of {heads})"
@@ -101,13 +101,13 @@ def family_of(cfg: ModelConfig) -> Family:
 def config_from_hf(hf_config: HfConfig) -> ModelConfig:
     """The `ModelConfig` of a Hugging Face `config.json` (a dict)."""
     family, heads, _ = family_from_hf(hf_config)
-    return ModelConfig.from_dict(family.config_from_hf(hf_config, heads))
+    return ModelConfig.from_dict(family.read_config(hf_config, heads))
 
 
 def config_to_hf(cfg: ModelConfig) -> HfConfig:
     """A Hugging Face `config.json` (a dict, with `architectures` and `model_type`) for `cfg`."""
     family = family_of(cfg)
-    out = family.config_to_hf(cfg)
+    out = family.write_config(cfg)
     out["architectures"] = [family.architecture_for(cfg.heads)]
     out["model_type"] = family.model_type
     return dict(sorted(out.items()))
@@ -214,7 +214,7 @@ def state_to_hf(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, t
             )
         t = torch.cat([state[n] for n in r.ours], dim=0) if len(r.ours) > 1 else state[r.ours[0]]
         out[r.theirs] = (t.t() if r.transpose else t).contiguous()
-    hf_config = family.config_to_hf(cfg)
+    hf_config = family.write_config(cfg)
     if _uses_tied_head(cfg) and hf_config.get("tie_word_embeddings") is False:
         # tied in lmforge but written untied (T5 without output scaling): store a copy
         out[family.lm_weight] = out[family.embedding].clone()

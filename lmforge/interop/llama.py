@@ -1,5 +1,7 @@
 """Llama (`model_type="llama"`): RoPE (and its scalings), RMSNorm, SwiGLU, grouped-query attention.
 
+Its traits and `config.json` keys are in the family table (`lmforge.config.families.LLAMA`).
+
 Hugging Face stores Llama's q/k projections in the "rotate half" layout lmforge uses (pairs
 (x_i, x_{i+d/2})), so the weights map by name alone. The RoPE settings live in
 `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling` (transformers 4.x); both
@@ -12,18 +14,14 @@ import math
 from typing import Any
 
 from lmforge.config import ModelConfig
+from lmforge.config import families as table
 from lmforge.errors import CheckpointError
 from lmforge.interop.base import (
-    ACT_FROM_HF,
-    ACT_TO_HF,
     Family,
-    Heads,
     HfConfig,
     Rule,
-    differences,
     linear,
     rule,
-    special_ids,
     special_ids_to_hf,
 )
 
@@ -129,44 +127,14 @@ def rope_to_hf(cfg: ModelConfig) -> tuple[HfConfig, int]:
     return params, max_pos
 
 
-def config_from_hf(hf: HfConfig, heads: Heads) -> dict[str, Any]:
+def config_from_hf(hf: HfConfig, fields: dict[str, Any]) -> dict[str, Any]:
+    """What the family table does not map: biases and RoPE."""
     if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
         raise CheckpointError(
             "this llama config has attention_bias != mlp_bias, which lmforge cannot represent; "
             "only checkpoints with biases on both or on neither can be converted."
         )
-    act = hf.get("hidden_act", "silu")
-    if act not in ACT_FROM_HF:
-        raise CheckpointError(
-            f"llama hidden_act '{act}' is not supported; supported: {', '.join(sorted(ACT_FROM_HF))}."
-        )
-    vocab = hf.get("vocab_size", 32000)
-    d_model = hf.get("hidden_size", 4096)
-    n_head = hf.get("num_attention_heads", 32)
-    return dict(
-        arch="decoder",
-        vocab_size=vocab,
-        n_layer=hf.get("num_hidden_layers", 32),
-        n_head=n_head,
-        n_kv_head=hf.get("num_key_value_heads") or n_head,
-        d_model=d_model,
-        head_dim=hf.get("head_dim") or d_model // n_head,
-        d_ff=hf.get("intermediate_size", 11008),
-        max_seq_len=hf.get("max_position_embeddings", 2048),
-        pos="rope",
-        **rope_from_hf(hf),
-        norm="rmsnorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        norm_placement="pre",
-        mlp="glu",
-        activation=ACT_FROM_HF[act],
-        bias=bool(hf.get("attention_bias", False)),
-        tie_embeddings=hf.get("tie_word_embeddings", False),
-        dropout=0.0,
-        attn_dropout=float(hf.get("attention_dropout", 0.0)),
-        heads=heads,
-        **special_ids(hf, vocab),
-    )
+    return dict(bias=bool(hf.get("attention_bias", False)), **rope_from_hf(hf))
 
 
 def config_to_hf(cfg: ModelConfig) -> HfConfig:
@@ -175,45 +143,15 @@ def config_to_hf(cfg: ModelConfig) -> HfConfig:
         None if cfg.rope_scaling is None else {k: v for k, v in rope.items() if k != "rope_theta"}
     )
     return {
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim,
-        "hidden_act": ACT_TO_HF[cfg.activation],
         "max_position_embeddings": max_pos,
-        "rms_norm_eps": cfg.norm_eps,
         "attention_bias": cfg.bias,
         "mlp_bias": cfg.bias,
-        "attention_dropout": cfg.attn_dropout,
-        "tie_word_embeddings": cfg.tie_embeddings,
         # transformers >= 5 reads rope_parameters; 4.x reads rope_theta and rope_scaling
         "rope_parameters": rope,
         "rope_theta": cfg.rope_theta,
         "rope_scaling": legacy,
         **special_ids_to_hf(cfg),
     }
-
-
-def mismatch(cfg: ModelConfig) -> str | None:
-    return differences(
-        cfg,
-        arch="decoder",
-        pos="rope",
-        norm="rmsnorm",
-        norm_placement="pre",
-        mlp="glu",
-        embed_norm=False,
-        final_norm=True,
-        embed_scale=False,
-        type_vocab_size=0,
-        sliding_window=None,
-        tied_logit_scale=False,
-        attn_scale=None,
-    )
 
 
 def rules(cfg: ModelConfig) -> list[Rule]:
@@ -233,14 +171,13 @@ def rules(cfg: ModelConfig) -> list[Rule]:
 
 
 LLAMA = Family(
-    model_type="llama",
+    entry=table.LLAMA,
     architectures={"LlamaForCausalLM": ("lm",), "LlamaModel": ()},
     base_prefix=PREFIX,
     embedding=f"{PREFIX}embed_tokens.weight",
     lm_weight="lm_head.weight",
     config_from_hf=config_from_hf,
     config_to_hf=config_to_hf,
-    mismatch=mismatch,
     rules=rules,
     ignore=(r"rotary_emb\.inv_freq$",),
 )

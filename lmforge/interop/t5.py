@@ -1,5 +1,7 @@
 """T5 (`model_type="t5"`): encoder-decoder, relative position buckets, RMSNorm, unscaled attention.
 
+Its traits and `config.json` keys are in the family table (`lmforge.config.families.T5`).
+
 - T5 v1.0: `feed_forward_proj="relu"`, LM head tied to the embedding, decoder output scaled by
   d_model^-0.5 before it (lmforge: `tie_embeddings` + `tied_logit_scale`).
 - T5 v1.1: `feed_forward_proj="gated-gelu"` = W_o (gelu_tanh(W_i0 x) * W_i1 x) (lmforge:
@@ -15,23 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.config import ModelConfig
+from lmforge.config import families as table
 from lmforge.errors import CheckpointError
-from lmforge.interop.base import (
-    ACT_FROM_HF,
-    Family,
-    Heads,
-    HfConfig,
-    Rule,
-    differences,
-    rule,
-    special_ids,
-)
+from lmforge.interop.base import ACT_FROM_HF, Family, HfConfig, Rule, rule
 
 # lmforge activation -> T5's name inside feed_forward_proj ("gated-gelu" means gelu_tanh)
 _T5_ACT = {"relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_new", "silu": "silu"}
 
 
-def config_from_hf(hf: HfConfig, heads: Heads) -> dict[str, Any]:
+def config_from_hf(hf: HfConfig, fields: dict[str, Any]) -> dict[str, Any]:
+    """What the family table does not map: the MLP, tying, scaling, the decoder's start id."""
     proj = hf.get("feed_forward_proj", "relu")
     parts = proj.split("-")
     gated = len(parts) == 2 and parts[0] == "gated"
@@ -48,38 +43,14 @@ def config_from_hf(hf: HfConfig, heads: Heads) -> dict[str, Any]:
             "this t5 config scales decoder outputs for an untied LM head, which lmforge cannot "
             "represent; set scale_decoder_outputs=false or tie_word_embeddings=true."
         )
-    vocab = hf.get("vocab_size", 32128)
-    n_layer = hf.get("num_layers", 6)
-    ids = special_ids(hf, vocab)
-    if ids["decoder_start_id"] is None:
-        ids["decoder_start_id"] = ids["pad_id"]  # T5 starts decoding from the pad token
+    start = fields["decoder_start_id"]
     return dict(
-        arch="encoder-decoder",
-        vocab_size=vocab,
-        n_layer=n_layer,
-        n_decoder_layer=hf.get("num_decoder_layers") or n_layer,
-        n_head=hf.get("num_heads", 8),
-        d_model=hf.get("d_model", 512),
-        head_dim=hf.get("d_kv", 64),
-        d_ff=hf.get("d_ff", 2048),
-        max_seq_len=hf.get("n_positions", 512),
-        pos="relative",
-        rel_buckets=hf.get("relative_attention_num_buckets", 32),
-        rel_max_distance=hf.get("relative_attention_max_distance", 128),
-        norm="rmsnorm",
-        norm_eps=hf.get("layer_norm_epsilon", 1e-6),
-        norm_placement="pre",
-        final_norm=True,
         mlp="glu" if gated else "mlp",
         activation=ACT_FROM_HF[name],
-        bias=False,
-        attn_scale=1.0,
         tie_embeddings=tied,
         tied_logit_scale=scaled,
-        dropout=hf.get("dropout_rate", 0.1),
-        attn_dropout=hf.get("dropout_rate", 0.1),
-        heads=heads,
-        **ids,
+        # T5 starts decoding from the pad token
+        decoder_start_id=fields["pad_id"] if start is None else start,
     )
 
 
@@ -91,24 +62,10 @@ def _feed_forward_proj(cfg: ModelConfig) -> str:
 
 def config_to_hf(cfg: ModelConfig) -> HfConfig:
     # tied and scaled is T5 v1.0; anything else is written untied with an explicit lm_head
-    tied = cfg.tie_embeddings and cfg.tied_logit_scale
     return {
-        "model_type": "t5",
         "is_encoder_decoder": True,
-        "vocab_size": cfg.vocab_size,
-        "d_model": cfg.d_model,
-        "d_kv": cfg.head_dim,
-        "d_ff": cfg.d_ff,
-        "num_layers": cfg.n_layer,
-        "num_decoder_layers": cfg.n_decoder_layer,
-        "num_heads": cfg.n_head,
-        "relative_attention_num_buckets": cfg.rel_buckets,
-        "relative_attention_max_distance": cfg.rel_max_distance,
-        "dropout_rate": cfg.dropout,
-        "layer_norm_epsilon": cfg.norm_eps,
         "feed_forward_proj": _feed_forward_proj(cfg),
-        "tie_word_embeddings": tied,
-        "n_positions": cfg.max_seq_len,
+        "tie_word_embeddings": cfg.tie_embeddings and cfg.tied_logit_scale,
         "pad_token_id": cfg.pad_id,
         "eos_token_id": cfg.eos_id,
         "decoder_start_token_id": cfg.decoder_start_id,
@@ -118,21 +75,7 @@ def config_to_hf(cfg: ModelConfig) -> HfConfig:
 def mismatch(cfg: ModelConfig) -> str | None:
     if cfg.mlp == "glu" and cfg.activation == "gelu":
         return "mlp='glu' with activation='gelu' (T5's gated-gelu is gelu_tanh)"
-    return differences(
-        cfg,
-        arch="encoder-decoder",
-        pos="relative",
-        norm="rmsnorm",
-        norm_placement="pre",
-        final_norm=True,
-        embed_norm=False,
-        embed_scale=False,
-        bias=False,
-        attn_scale=1.0,
-        type_vocab_size=0,
-        sliding_window=None,
-        n_kv_head=cfg.n_head,
-    )
+    return None
 
 
 def _attention(theirs: str, ours: str) -> list[Rule]:
@@ -168,7 +111,7 @@ def rules(cfg: ModelConfig) -> list[Rule]:
 
 
 T5 = Family(
-    model_type="t5",
+    entry=table.T5,
     architectures={"T5ForConditionalGeneration": ("lm",), "T5Model": ()},
     base_prefix="",
     embedding="shared.weight",

@@ -354,7 +354,7 @@ def test_unsupported_architecture_is_named_with_the_supported_list(tmp_path):
     w.add_block_count(2)
     _finish(w)
     with pytest.raises(CheckpointError, match="GGUF architecture 'mamba' is not supported; "
-                       "supported architectures: llama"):  # fmt: skip
+                       "supported architectures: gpt2, llama"):  # fmt: skip
         import_gguf(path, tmp_path / "out")
 
 

@@ -41,7 +41,9 @@ def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf_export")
     return {
         "llama": _model_dir(root, "llama-tiny", tie_embeddings=True),
-        "llama-untied": _model_dir(root, "llama-tiny", tie_embeddings=False, rope_theta=1e5),
+        "llama-untied": _model_dir(
+            root, "llama-tiny", tie_embeddings=False, rope_theta=1e5, bias=True
+        ),
         "gpt2": _model_dir(root, "gpt-tiny"),
     }
 
@@ -106,6 +108,55 @@ def test_gpt2_export_fuses_qkv(dirs, tmp_path):
               r.fields["tokenizer.ggml.tokens"].data]  # fmt: skip
     assert len(tokens) == 320 and tokens[-1] == "[PAD319]"  # padded to the embedding
     assert bytes(r.fields["tokenizer.ggml.pre"].parts[-1]).decode() == "gpt-2"
+
+
+def test_gpt2_round_trip_through_gguf_import(dirs, tmp_path):
+    """GPT-2 files come back through lmforge's own import: the same config, logits, tokenizer."""
+    src = dirs["gpt2"]
+    ids = torch.randint(0, 320, (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = load_model(src)(ids).logits
+    for kind, tol in (("f32", 0.0), ("q8_0", 2e-2)):
+        back = import_gguf(export_gguf(src, tmp_path / f"{kind}.gguf", kind), tmp_path / kind)
+        with torch.no_grad():
+            got = load_model(back)(ids).logits
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        assert err <= tol + 1e-7, (kind, err)
+    before, after = ModelConfig.from_dir(src).to_dict(), ModelConfig.from_dir(back).to_dict()
+    assert after.pop("norm_eps") == pytest.approx(before.pop("norm_eps"), rel=1e-6)  # stored f32
+    tok = Tokenizer.load(src)
+    # special ids come from the tokenizer the file carries
+    assert (after.pop("eos_id"), after.pop("pad_id")) == (tok.eos_id, tok.pad_id)
+    del before["eos_id"], before["pad_id"]
+    assert after == before
+    text = "the lazy dog jumps, 3 times!"
+    assert Tokenizer.load(back).encode(text) == tok.encode(text)
+
+
+def test_gpt2_output_copy_of_the_embedding_imports_tied(dirs, tmp_path, monkeypatch):
+    """llama.cpp's GPT-2 converter writes `output.weight` = `token_embd.weight`."""
+    import lmforge.interop.gguf_export as ge
+
+    tensors = ge._tensors
+
+    def with_copy(cfg, state):
+        out = tensors(cfg, state)
+        return {**out, "output.weight": out["token_embd.weight"]}
+
+    monkeypatch.setattr(ge, "_tensors", with_copy)
+    f = export_gguf(dirs["gpt2"], tmp_path / "copy.gguf", "f32")
+    assert "output.weight" in {t.name for t in gguf.GGUFReader(f).tensors}
+    back = import_gguf(f, tmp_path / "back")
+    assert ModelConfig.from_dir(back).tie_embeddings
+
+    def with_other(cfg, state):
+        out = tensors(cfg, state)
+        return {**out, "output.weight": out["token_embd.weight"] + 1}
+
+    monkeypatch.setattr(ge, "_tensors", with_other)
+    f = export_gguf(dirs["gpt2"], tmp_path / "other.gguf", "f32")
+    with pytest.raises(CheckpointError, match="output.weight differs from token_embd"):
+        import_gguf(f, tmp_path / "back2")
 
 
 def test_export_errors_and_cli(dirs, tmp_path):
