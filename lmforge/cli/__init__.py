@@ -232,7 +232,7 @@ def evaluate(
         typer.Option(
             "--out",
             "--report-dir",
-            help="Where a fine-tuned model's report goes (default: the model's run dir).",
+            help="Where the report (JSON + Markdown) goes (default: the model's run dir).",
         ),
     ] = None,
     explain: Annotated[
@@ -261,11 +261,14 @@ def evaluate(
         typer.echo(f"report: {', '.join(str(p) for p in paths)}")
         return
     from lmforge.evaluate import perplexity
+    from lmforge.evaluate.perplexity import write_perplexity_report
 
     r = perplexity(model_dir, data, batch_size=batch_size)
+    paths = write_perplexity_report(r, model_dir, data, report_dir)
     typer.echo(
         f"perplexity {r.perplexity:.3f} (loss {r.loss:.4f} nats/token over {r.tokens} tokens)"
     )
+    typer.echo(f"report: {', '.join(str(p) for p in paths)}")
 
 
 @app.command()
