@@ -17,6 +17,7 @@ from lmforge.cli.compress import register as register_compress
 from lmforge.cli.data import data_app
 from lmforge.cli.eval import register as register_eval
 from lmforge.cli.finetune import register as register_finetune
+from lmforge.cli.genopts import GenOptions, generation_options
 from lmforge.cli.inspect import register as register_inspect
 from lmforge.cli.interop import register as register_interop
 from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
@@ -172,39 +173,14 @@ def tokenizer_train(
 
 
 @app.command()
+@generation_options()
 def generate(
     model_dir: Annotated[Path, typer.Argument(help="A checkpoint directory.")],
+    gen: GenOptions,
     prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
-    top_k: Annotated[int | None, typer.Option(help="Keep the k most likely tokens.")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
-    min_p: Annotated[
-        float, typer.Option(help="Keep tokens with p >= min_p * the top p (0 = off).")
-    ] = 0.0,
     num_return_sequences: Annotated[int, typer.Option(help="Samples per prompt.")] = 1,
-    num_beams: Annotated[int, typer.Option(help="Beam search width (1 = no beams).")] = 1,
-    length_penalty: Annotated[
-        float, typer.Option(help="Beam score = sum(logprob) / length^this.")
-    ] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same text).")] = None,
-    stop: Annotated[
-        list[str] | None, typer.Option(help="Stop before this text (repeatable).")
-    ] = None,
     chat: Annotated[
         bool, typer.Option(help="Send the prompt as a user message under the chat template.")
-    ] = False,
-    draft: Annotated[
-        Path | None,
-        typer.Option(help="A small model dir (same tokenizer) that drafts tokens to verify."),
-    ] = None,
-    draft_k: Annotated[int, typer.Option(help="Draft tokens per round with --draft.")] = 4,
-    compile: Annotated[
-        bool,
-        typer.Option(
-            help="torch.compile the decode step: 3-4x faster per token on CPU, after tens of "
-            "seconds of compiling; worth it for long outputs."
-        ),
     ] = False,
     stats: Annotated[
         bool, typer.Option(help="Print tokens/s and the time to first token (to stderr).")
@@ -225,19 +201,11 @@ def generate(
         result = generate_from_dir(
             model_dir,
             augmented.prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
+            **gen.settings,
             num_return_sequences=num_return_sequences,
-            num_beams=num_beams,
-            length_penalty=length_penalty,
-            seed=seed,
-            stop=stop,
-            compile=compile,
-            draft=draft,
-            draft_k=draft_k,
+            compile=gen.compile,
+            draft=gen.draft,
+            draft_k=gen.draft_k,
             chat=chat,
             return_stats=True,
         )
@@ -264,7 +232,7 @@ def evaluate(
         typer.Option(
             "--out",
             "--report-dir",
-            help="Where a fine-tuned model's report goes (default: the model's run dir).",
+            help="Where the report (JSON + Markdown) goes (default: the model's run dir).",
         ),
     ] = None,
     explain: Annotated[
@@ -293,11 +261,14 @@ def evaluate(
         typer.echo(f"report: {', '.join(str(p) for p in paths)}")
         return
     from lmforge.evaluate import perplexity
+    from lmforge.evaluate.perplexity import write_perplexity_report
 
     r = perplexity(model_dir, data, batch_size=batch_size)
+    paths = write_perplexity_report(r, model_dir, data, report_dir)
     typer.echo(
         f"perplexity {r.perplexity:.3f} (loss {r.loss:.4f} nats/token over {r.tokens} tokens)"
     )
+    typer.echo(f"report: {', '.join(str(p) for p in paths)}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from lmforge.cli.genopts import GenOptions, generation_options
 from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
 
 
@@ -86,13 +87,11 @@ def serve(
     )
 
 
+@generation_options(max_new_tokens=256, temperature=0.7, top_p=0.95)
 def chat(
     model_dir: Annotated[Path, typer.Argument(help="A model dir with its tokenizer.")],
+    gen: GenOptions,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 256,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     stats: Annotated[
         bool, typer.Option(help="After each reply, print tokens/s and time to first token.")
     ] = False,
@@ -101,16 +100,16 @@ def chat(
     kg: KgOpt = None,
     kg_templates: KgTemplatesOpt = None,
 ) -> None:
-    """Chat with a model in the terminal (/reset clears, /exit quits)."""
+    """Chat with a model in the terminal (/reset clears, /exit quits); reads stdin when piped."""
     from lmforge.recipes.chat import chat as run
 
     run(
         model_dir,
         system=system,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
+        gen=gen.config,
+        draft=gen.draft,
+        draft_k=gen.draft_k,
+        compile=gen.compile,
         stats=stats,
         transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
     )

@@ -28,6 +28,7 @@ class PerplexityResult:
     loss: float  # mean negative log-likelihood, nats per token
     perplexity: float
     tokens: int  # target tokens scored
+    seq_len: int = 0  # the window each token is scored in (its context is at most this long)
 
 
 def perplexity(
@@ -59,4 +60,40 @@ def perplexity(
     with torch.no_grad():
         result = evaluate_loss(model, causal_lm_loss, batches, device_)
     n = ((len(tokens) - 1) // seq_len) * seq_len
-    return PerplexityResult(result["eval_loss"], math.exp(result["eval_loss"]), n)
+    return PerplexityResult(result["eval_loss"], math.exp(result["eval_loss"]), n, seq_len)
+
+
+def write_perplexity_report(
+    result: PerplexityResult,
+    model_dir: str | Path,
+    data: list[str | Path],
+    out_dir: str | Path | None = None,
+) -> list[Path]:
+    """Write the scores as `<data stem>-report.json` and `.md` (stem `perplexity` for several
+    data paths) into `out_dir`, by default the model dir, as `evaluate_finetuned` does.
+
+    Returns:
+        the paths written (Markdown, then JSON).
+    """
+    import json
+
+    from lmforge.evaluate.report import write_report
+    from lmforge.utils.fs import atomic_write_text
+
+    paths = [Path(p) for p in data]
+    out = Path(out_dir) if out_dir is not None else Path(model_dir)
+    stem = paths[0].stem if len(paths) == 1 else "perplexity"
+    scores = {
+        "perplexity": result.perplexity,
+        "loss": result.loss,
+        "tokens": result.tokens,
+        "seq_len": result.seq_len,
+        "data": [str(p) for p in paths],
+    }
+    names = ", ".join(p.name for p in paths)
+    listed = "\n".join(f"- `{p}`" for p in paths)
+    extra = f"\nLoss in nats per token; scored on:\n\n{listed}\n"
+    written = write_report(scores, "perplexity", out, stem, f"{Path(model_dir).name} on {names}",
+                           extra)  # fmt: skip
+    atomic_write_text(out / f"{stem}-report.json", json.dumps(scores, indent=2) + "\n")
+    return [*written, out / f"{stem}-report.json"]

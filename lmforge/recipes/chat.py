@@ -5,6 +5,9 @@ default of `lmforge.tokenizer.chat` when it has none, and streams the reply as i
 The oldest turns are dropped when the conversation no longer fits the model's context.
 
 Commands: `/reset` forgets the conversation, `/exit` (or `/quit`, or end of input) leaves.
+
+Beam search (`num_beams` > 1) and speculative decoding (a draft model) give the reply whole
+once it is decoded, instead of token by token.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from lmforge.errors import GenerationError, LmforgeError
 from lmforge.generate import GenerationConfig, stream_ids
 from lmforge.generate.core import GenerationStats
 from lmforge.knowledge.prompts import cite
-from lmforge.recipes.finetuned import load_finetuned
+from lmforge.recipes.finetuned import load_model_and_tokenizer
+from lmforge.recipes.generate import decode, load_draft
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import chat_stops, encode_chat
 
@@ -37,6 +41,9 @@ class ChatSession:
         system: an optional system message kept at the start of every prompt.
         transform: an optional prompt transform (`lmforge.knowledge`) applied to each user
             message (retrieved passages, KG facts); `sources` holds the last one's citations.
+        draft: a draft model with the same tokenizer: speculative decoding, `draft_k` tokens
+            proposed per round; `last_acceptance` holds the latest reply's acceptance rate.
+        compile: torch.compile the decode step.
     """
 
     def __init__(
@@ -46,8 +53,13 @@ class ChatSession:
         gen: GenerationConfig,
         system: str | None = None,
         transform: Callable[[str], Any] | None = None,
+        draft: nn.Module | None = None,
+        draft_k: int = 4,
+        compile: bool = False,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.draft, self.draft_k, self.compile = draft, draft_k, compile
+        self.last_acceptance: float | None = None
         self.transform, self.sources = transform, []
         self.gen = replace(gen, stop=gen.stop + chat_stops(tokenizer))
         self.system = system
@@ -93,12 +105,19 @@ class ChatSession:
             self.turns.pop()
             raise
         pieces = []
-        with torch.no_grad():
-            for delta in stream_ids(
-                self.model, self.tokenizer, ids, self.gen, on_stats=self._keep_stats
-            ):
-                pieces.append(delta)
-                yield delta
+        if self.draft is not None or self.gen.num_beams > 1:  # the reply comes whole
+            outputs, self.last_stats, self.last_acceptance = decode(
+                self.model, ids, self.gen, self.tokenizer, self.draft, self.draft_k, self.compile
+            )
+            pieces.append(outputs[0].text or "")
+            yield pieces[0]
+        else:
+            with torch.no_grad():
+                for delta in stream_ids(
+                    self.model, self.tokenizer, ids, self.gen, self.compile, self._keep_stats
+                ):
+                    pieces.append(delta)
+                    yield delta
         self.turns.append({"role": "assistant", "content": "".join(pieces).strip()})
 
     def _keep_stats(self, stats: GenerationStats) -> None:
@@ -111,28 +130,42 @@ EMPTY_REPLY = (
 )
 
 
+#: `chat`'s decoding settings unless its caller sets them.
+CHAT_DEFAULTS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.7, "top_p": 0.95}
+
+
 def chat(
     model_dir: str | Path,
     *,
     system: str | None = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    seed: int | None = None,
+    gen: GenerationConfig | None = None,
+    draft: str | Path | None = None,
+    draft_k: int = 4,
+    compile: bool = False,
     read: Callable[[str], str] = input,
     write: Callable[[str], object] | None = None,
     stats: bool = False,
     transform: Callable[[str], Any] | None = None,
+    **settings: Any,
 ) -> None:
     """Chat in the terminal until `/exit` or end of input; `read`/`write` replace the terminal.
-    `stats`: after each reply, print its tokens/s and time to first token."""
+
+    Args:
+        gen: the decoding settings (`max_new_tokens` is the longest reply); without it, a
+            `GenerationConfig` of `CHAT_DEFAULTS` updated by `settings` (its field names:
+            `temperature=0`, `num_beams=3`, `repetition_penalty=1.2`, `stop=[...]`, ...).
+        draft: a model dir with the same tokenizer for speculative decoding (`draft_k` tokens
+            per round); the acceptance rate is printed after each reply.
+        stats: after each reply, print its tokens/s and time to first token.
+    """
     out = write or _write_stdout
-    model = load_finetuned(model_dir)
-    tokenizer = Tokenizer.load(model_dir)
-    gen = GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
-    )
-    session = ChatSession(model, tokenizer, gen, system, transform)
+    model, tokenizer = load_model_and_tokenizer(model_dir)  # a PEFT run's dir: its adapter too
+    if gen is None:
+        gen = GenerationConfig(**{**CHAT_DEFAULTS, **settings})
+    elif settings:
+        raise GenerationError("pass the decoding settings in gen or as keywords, not both.")
+    helper = load_draft(draft, tokenizer) if draft is not None else None
+    session = ChatSession(model, tokenizer, gen, system, transform, helper, draft_k, compile)
     how = "its chat template" if tokenizer.chat_template else "the default chat format"
     out(f"chatting with {Path(model_dir).name} ({how}); /reset clears, /exit quits\n")
     while True:
@@ -162,6 +195,8 @@ def chat(
         except LmforgeError as exc:
             out(f"\nerror: {exc}")
         out("\n")
+        if session.last_acceptance is not None:
+            out(f"(draft acceptance rate: {session.last_acceptance:.1%})\n")
         if stats and session.last_stats is not None:
             out(f"({session.last_stats.summary()})\n")
 

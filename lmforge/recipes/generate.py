@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from lmforge.errors import GenerationError
+from lmforge.errors import CheckpointError, GenerationError
 from lmforge.generate import GenerationConfig, SamplingRun, generate_outputs, speculative_outputs
-from lmforge.generate.core import GenerationStats
+from lmforge.generate.core import GenerationOutput, GenerationStats
 from lmforge.generate.engine import encode_prompt, finish_texts
+from lmforge.generate.stops import StopStrings
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import chat_stops, encode_chat
@@ -65,6 +67,76 @@ def explain_empty(
     return f"the model wrote only whitespace for all {len(tokens)} new tokens." + hint
 
 
+def load_draft(draft_dir: str | Path, tokenizer: Tokenizer) -> nn.Module:
+    """The draft model of speculative decoding from `draft_dir`, checked first: it must be a
+    decoder model dir whose tokenizer maps every token to the same id as the target's
+    `tokenizer` (draft ids are fed to the target as they are)."""
+    draft_dir = Path(draft_dir)
+    if not (draft_dir / "config.json").is_file():
+        raise CheckpointError(
+            f"the draft {draft_dir} is not a model dir (no config.json); pass --draft the dir "
+            "of a small model trained with the same tokenizer."
+        )
+    model, draft_tok = load_model_and_tokenizer(draft_dir)
+    mine, theirs = tokenizer.backend.get_vocab(), draft_tok.backend.get_vocab()
+    if mine != theirs:
+        differ = len(set(mine.items()) ^ set(theirs.items()))
+        raise GenerationError(
+            f"the draft {draft_dir} has a different tokenizer ({differ} token-id pairs differ "
+            "from the target's); speculative decoding needs a draft with the same tokenizer."
+        )
+    return model
+
+
+def decode(
+    model: nn.Module,
+    ids: list[int],
+    gen: GenerationConfig,
+    tokenizer: Tokenizer,
+    draft: nn.Module | None = None,
+    draft_k: int = 4,
+    compile: bool = False,
+) -> tuple[list[GenerationOutput], GenerationStats, float | None]:
+    """Decode one prompt the way `gen` asks: speculative with a `draft` model (k = `draft_k`),
+    beam search when `gen.num_beams` > 1, else greedy or sampled.
+
+    Beam search has no stop strings of its own: the best beams are searched as if there were
+    none, then each is cut before its first stop string.
+
+    Returns:
+        (outputs with their text, speed, draft acceptance = accepted / proposed or None).
+    """
+    acceptance = None
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if draft is not None:
+            if gen.num_beams > 1:
+                raise GenerationError(
+                    "--draft (speculative decoding) samples or decodes greedily; drop "
+                    "--num-beams or --draft."
+                )
+            outputs, spec = speculative_outputs(model, draft, [ids], gen, draft_k, tokenizer)
+            acceptance = spec.accepted / spec.proposed if spec.proposed else 0.0
+        elif gen.num_beams > 1:
+            outputs = generate_outputs(model, [ids], replace(gen, stop=[]), tokenizer, compile)
+            if gen.stop:
+                stops = StopStrings(tokenizer, gen.stop)
+                for out in outputs:
+                    tokens, out.text = stops.cut(out.tokens)
+                    if len(tokens) < len(out.tokens):
+                        out.tokens, out.finish_reason = tokens, "stop"
+        else:
+            run = SamplingRun(model, [ids], gen, tokenizer, compile)
+            for _ in run.steps():
+                pass
+            outputs = run.outputs
+            finish_texts(outputs, gen, tokenizer)
+            return outputs, run.stats, None  # its own timing: first token separately
+    total = time.perf_counter() - t0  # the whole text arrives at the end
+    new = sum(len(o.tokens) for o in outputs)
+    return outputs, GenerationStats(len(ids), new, ttft_s=total, total_s=total), acceptance
+
+
 def generate_from_dir(
     model_dir: str | Path,
     prompt: str,
@@ -77,6 +149,9 @@ def generate_from_dir(
     num_return_sequences: int = 1,
     num_beams: int = 1,
     length_penalty: float = 1.0,
+    repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
     seed: int | None = None,
     stop: list[str] | None = None,
     compile: bool = False,
@@ -89,8 +164,9 @@ def generate_from_dir(
     (with `return_stats`, a `GenerateResult`: texts, speed, draft acceptance).
 
     num_beams > 1: beam search; draft: a smaller model dir with the same tokenizer that proposes
-    `draft_k` tokens per round (speculative decoding); chat: the prompt is one user message
-    under the tokenizer's chat template.
+    `draft_k` tokens per round (speculative decoding, see `load_draft`); the penalties are
+    `GenerationConfig`'s; chat: the prompt is one user message under the tokenizer's chat
+    template.
     """
     model, tok = load_model_and_tokenizer(model_dir)  # a PEFT run's dir: with its adapter
     gen = GenerationConfig(
@@ -102,38 +178,17 @@ def generate_from_dir(
         num_return_sequences=num_return_sequences,
         num_beams=num_beams,
         length_penalty=length_penalty,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
         seed=seed,
         stop=(stop or []) + (chat_stops(tok) if chat else []),
     )
     ids = (
         encode_chat(tok, [{"role": "user", "content": prompt}]) if chat else prompt_ids(tok, prompt)
     )
-    acceptance = None
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        if draft is not None:
-            if num_beams > 1:
-                raise GenerationError(
-                    "--draft (speculative decoding) samples or decodes greedily; drop "
-                    "--num-beams or --draft."
-                )
-            draft_model, _ = load_model_and_tokenizer(draft)
-            outputs, spec = speculative_outputs(model, draft_model, [ids], gen, draft_k, tok)
-            acceptance = spec.accepted / spec.proposed if spec.proposed else 0.0
-        elif num_beams > 1:
-            outputs = generate_outputs(model, [ids], gen, tok, compile)
-        else:
-            run = SamplingRun(model, [ids], gen, tok, compile)
-            for _ in run.steps():
-                pass
-            outputs = run.outputs
-            finish_texts(outputs, gen, tok)
-    if draft is None and num_beams == 1:
-        stats = run.stats
-    else:  # the whole text arrives at the end
-        total = time.perf_counter() - t0
-        new = sum(len(o.tokens) for o in outputs)
-        stats = GenerationStats(len(ids), new, ttft_s=total, total_s=total)
+    draft_model = load_draft(draft, tok) if draft is not None else None
+    outputs, stats, acceptance = decode(model, ids, gen, tok, draft_model, draft_k, compile)
     for out in outputs:
         notice = explain_empty(tok, list(out.tokens), max_new_tokens, chat)
         if notice is not None:

@@ -3,7 +3,9 @@
 `plan_completion` and `plan_chat` turn a parsed JSON body into a `Job`: the prompts as token
 ids and one `GenerationConfig`. Every limit is checked here and reported as an `ApiError` in
 OpenAI's terms (status, param, code): n, max_tokens, the context, stop strings, logprobs, the
-model name, sampling ranges and parameters this server does not implement.
+model name, sampling ranges and parameters this server does not implement (beam search among
+them). Besides OpenAI's sampling fields, requests may set `top_k`, `min_p` and
+`repetition_penalty`, as vLLM's and llama.cpp's servers accept them.
 """
 
 from __future__ import annotations
@@ -104,6 +106,13 @@ class _Sampling(_Body):
     seed: int | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # beyond OpenAI's fields, as vLLM and llama.cpp's server take them
+    top_k: int | None = None  # -1 or 0: off
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    num_beams: int | None = None  # refused above 1: the continuous batch samples or is greedy
+    use_beam_search: bool | None = None
+    length_penalty: float | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -199,6 +208,30 @@ def _sampling(req: _Sampling, served: Served) -> tuple[int, list[str]]:
     check_range("presence_penalty", req.presence_penalty, -2.0, 2.0)
     check_range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)
     check_range("seed", req.seed, -(2**63), 2**64 - 1)
+    if req.top_k not in (None, -1, 0):
+        check_range("top_k", req.top_k, 1, None)
+    check_range("min_p", req.min_p, 0.0, 1.0)
+    check_range("repetition_penalty", req.repetition_penalty)
+    if req.repetition_penalty is not None and req.repetition_penalty <= 0:
+        raise ApiError(
+            f"'repetition_penalty' must be greater than 0 (1 is off), got "
+            f"{req.repetition_penalty}.",
+            param="repetition_penalty",
+            code="number_below_min_value",
+        )
+    beams = {
+        "use_beam_search": bool(req.use_beam_search),
+        "num_beams": (req.num_beams or 1) > 1,
+        "length_penalty": req.length_penalty not in (None, 1.0),
+    }
+    for param in (name for name, asked in beams.items() if asked):
+        raise ApiError(
+            f"'{param}' is not supported by this server, which decodes every request in one "
+            "continuous batch by sampling or greedily; leave it out, or use `lmforge generate "
+            "--num-beams` for beam search.",
+            param=param,
+            code="unsupported_parameter",
+        )
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > limits.max_stop:
         raise ApiError(
@@ -237,6 +270,9 @@ def _config(req: _Sampling, n: int, max_tokens: int, stop: list[str]) -> Generat
         max_new_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=top_p,
+        top_k=req.top_k if req.top_k not in (None, -1, 0) else None,
+        min_p=req.min_p or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         num_return_sequences=n,
