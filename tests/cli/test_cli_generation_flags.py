@@ -123,6 +123,8 @@ def test_generate_draft_acceptance_and_the_python_beams(monkeypatch, capsys, dir
     out, err = generate_cli(monkeypatch, capsys, lm, "--temperature", "0", "--draft", lm,
                             "--draft-k", "2")  # fmt: skip
     assert out == PROMPT + greedy and "draft acceptance rate: 100.0%" in err
+    out, err = generate_cli(monkeypatch, capsys, lm, "--temperature", "0", "--stop", greedy[:2])
+    assert out == PROMPT and "a --stop string came before any other text" in err  # not "EOS"
     _, beams = api(lm, ids, num_beams=2)
     out, _ = generate_cli(monkeypatch, capsys, lm, "--num-beams", "2")
     assert out == PROMPT + beams
