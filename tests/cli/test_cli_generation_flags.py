@@ -15,6 +15,7 @@ from lmforge.generate import GenerationConfig, generate_outputs
 from lmforge.generate.engine import encode_prompt
 from lmforge.generate.stops import find_stop
 from lmforge.interop.hf import import_hf
+from lmforge.recipes.chat import EMPTY_STOPPED
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer.chat import chat_stops, encode_chat
 
@@ -104,6 +105,9 @@ def test_chat_reads_stdin_and_takes_every_flag(monkeypatch, capsys, dirs):
     cut = greedy[len(greedy) // 2 : len(greedy) // 2 + 2]
     reply, _ = chat_cli(monkeypatch, capsys, lm, "--temperature", "0", "--stop", cut)
     assert reply == greedy[: greedy.index(cut)]
+
+    reply, _ = chat_cli(monkeypatch, capsys, lm, "--temperature", "0", "--stop", greedy[:2])
+    assert EMPTY_STOPPED in reply  # the empty reply says the stop string may be why
 
     reply, _ = chat_cli(
         monkeypatch, capsys, lm, "--temperature", "1", "--min-p", "1", "--seed", "5"
