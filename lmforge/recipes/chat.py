@@ -128,6 +128,10 @@ EMPTY_REPLY = (
     "(no reply: the model ended its turn at once; a base model never tuned on chats often does "
     "this, try `lmforge generate` with a plain prompt or a higher --temperature)"
 )
+EMPTY_STOPPED = (
+    "(no reply: a --stop string came before any other text, or the model ended its turn at "
+    "once; try without --stop)"
+)
 
 
 #: `chat`'s decoding settings unless its caller sets them.
@@ -191,7 +195,7 @@ def chat(
             if transform is not None:
                 out("\n" + cite(session.sources))
             if not said.strip():  # silence would look like a hang or a bug
-                out(EMPTY_REPLY)
+                out(EMPTY_REPLY if not gen.stop else EMPTY_STOPPED)
         except LmforgeError as exc:
             out(f"\nerror: {exc}")
         out("\n")

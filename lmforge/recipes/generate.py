@@ -45,12 +45,22 @@ class EmptyOutputWarning(UserWarning):
 
 
 def explain_empty(
-    tokenizer: Tokenizer, tokens: list[int], max_new_tokens: int, chat: bool = False
+    tokenizer: Tokenizer,
+    tokens: list[int],
+    max_new_tokens: int,
+    chat: bool = False,
+    stop: list[str] | None = None,
 ) -> str | None:
-    """One sentence on why `tokens` (new tokens, EOS removed) show no text; None if they do.
-    `chat`: the prompt already went through the chat template."""
+    """One sentence on why `tokens` (new tokens, EOS removed, cut before a stop string) show
+    no text; None if they do. `chat`: the prompt already went through the chat template;
+    `stop`: the caller's stop strings, which may have cut the text."""
     if tokenizer.decode(tokens).strip():
         return None
+    if stop and len(tokens) < max_new_tokens:
+        return (
+            "the output is empty: a --stop string came before any other text, or the model "
+            "ended at once; run without --stop to see the whole output."
+        )
     template = getattr(tokenizer, "chat_template", None)
     hint = (
         " This tokenizer has a chat template, so it is likely an instruct model: try --chat "
@@ -190,7 +200,7 @@ def generate_from_dir(
     draft_model = load_draft(draft, tok) if draft is not None else None
     outputs, stats, acceptance = decode(model, ids, gen, tok, draft_model, draft_k, compile)
     for out in outputs:
-        notice = explain_empty(tok, list(out.tokens), max_new_tokens, chat)
+        notice = explain_empty(tok, list(out.tokens), max_new_tokens, chat, stop)
         if notice is not None:
             warnings.warn(notice, EmptyOutputWarning, stacklevel=2)
     texts = [out.text or "" for out in outputs]

@@ -15,6 +15,7 @@ from lmforge.generate import GenerationConfig, generate_outputs
 from lmforge.generate.engine import encode_prompt
 from lmforge.generate.stops import find_stop
 from lmforge.interop.hf import import_hf
+from lmforge.recipes.chat import EMPTY_STOPPED
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer.chat import chat_stops, encode_chat
 
@@ -105,6 +106,9 @@ def test_chat_reads_stdin_and_takes_every_flag(monkeypatch, capsys, dirs):
     reply, _ = chat_cli(monkeypatch, capsys, lm, "--temperature", "0", "--stop", cut)
     assert reply == greedy[: greedy.index(cut)]
 
+    reply, _ = chat_cli(monkeypatch, capsys, lm, "--temperature", "0", "--stop", greedy[:2])
+    assert EMPTY_STOPPED in reply  # the empty reply says the stop string may be why
+
     reply, _ = chat_cli(
         monkeypatch, capsys, lm, "--temperature", "1", "--min-p", "1", "--seed", "5"
     )
@@ -123,6 +127,8 @@ def test_generate_draft_acceptance_and_the_python_beams(monkeypatch, capsys, dir
     out, err = generate_cli(monkeypatch, capsys, lm, "--temperature", "0", "--draft", lm,
                             "--draft-k", "2")  # fmt: skip
     assert out == PROMPT + greedy and "draft acceptance rate: 100.0%" in err
+    out, err = generate_cli(monkeypatch, capsys, lm, "--temperature", "0", "--stop", greedy[:2])
+    assert out == PROMPT and "a --stop string came before any other text" in err  # not "EOS"
     _, beams = api(lm, ids, num_beams=2)
     out, _ = generate_cli(monkeypatch, capsys, lm, "--num-beams", "2")
     assert out == PROMPT + beams
