@@ -56,7 +56,7 @@ from lmforge.generate.inputs import (
 )
 from lmforge.generate.processors import apply_penalties
 from lmforge.generate.rows import Row
-from lmforge.generate.sampling import make_generator, next_token_probs
+from lmforge.generate.sampling import exp_noise, make_generator, next_token_probs
 from lmforge.models.cache import KVCache
 
 
@@ -399,7 +399,9 @@ class ContinuousBatcher:
             groups.setdefault(_sampling_key(rows[i].request.gen), []).append(i)
         for indices in groups.values():
             gen = rows[indices[0]].request.gen
-            index = torch.tensor(indices, dtype=torch.long, device=self.device)
+            index: Tensor | slice = slice(None)  # the whole batch: no gathers, no copies
+            if len(indices) < len(rows):
+                index = torch.tensor(indices, dtype=torch.long, device=self.device)
             seen = self._seen[index] if gen.uses_penalties else None
             counts = self._counts[index] if gen.uses_penalties else None
             if gen.greedy:
@@ -418,11 +420,9 @@ class ContinuousBatcher:
             while end < len(rows) and rows[end].request is request:
                 end += 1
             if request.generator is None:
-                parts.append(torch.empty(end - start, probs.size(1), device=self.device))
-                parts[-1].exponential_(1.0)
+                parts.append(exp_noise(end - start, probs.size(1), None, self.device))
             else:
-                drawn = torch.empty(len(request.rows), probs.size(1), device=self.device)
-                drawn.exponential_(1.0, generator=request.generator)
+                drawn = exp_noise(len(request.rows), probs.size(1), request.generator, self.device)
                 samples = [r.sample for r in rows[start:end]]
                 parts.append(drawn if len(samples) == len(request.rows) else drawn[samples])
             start = end
