@@ -244,7 +244,7 @@ class Engine:
             if ticket is None:
                 continue
             if event.error is not None:  # the batcher's failure events come first
-                self._fail(ticket, event.error)
+                self._fail(ticket, event)
                 continue
             self.stats["generated_tokens"] += event.token is not None
             if event.finish_reason is not None:
@@ -276,14 +276,19 @@ class Engine:
     def _snapshot(self) -> None:
         self._load = {"active_rows": self.batcher.active, "waiting_rows": self.batcher.waiting}
 
-    def _fail(self, ticket: Ticket, exc: Exception) -> None:
-        """One request failed in the batcher (its rows have left the batch): answer it alone."""
+    def _fail(self, ticket: Ticket, event: RowEvent) -> None:
+        """One of the ticket's prompts failed in the batcher (its rows have left the batch):
+        answer this ticket alone, and free the rows of its other prompts."""
+        exc = event.error
         log.error("request failed: %s: %s", type(exc).__name__, exc)
         self.stats["failures"] += 1
         ticket._push(failure_for(exc))
         ticket.done = True
-        for row in ticket.rows:
-            self._owner.pop(row, None)
+        failed = ticket.rows[event.row] // ticket.job.n  # the prompt whose request failed
+        for row, choice in ticket.rows.items():
+            if self._owner.pop(row, None) is not None and choice // ticket.job.n != failed:
+                self.batcher.cancel(row)
+                self.stats["cancelled_rows"] += 1
 
     def _fail_all(self, message: str) -> None:
         """Answer every open ticket with a failure and start from an empty batch."""

@@ -14,7 +14,7 @@ import urllib.request
 
 import openai
 import pytest
-from serve_helpers import API_KEY, MODEL, http, prompt_ids, reference_texts
+from serve_helpers import API_KEY, MODEL, health, http, prompt_ids, reference_texts
 
 from lmforge.generate import GenerationConfig, generate
 from lmforge.models import KVCache
@@ -168,3 +168,23 @@ def test_a_failed_allocation_while_others_decode_leaves_them_running(server, mon
     assert rest.count("data: ") > 100  # the stream ran to its end
     monkeypatch.undo()
     assert http(url, json.dumps({**second, "stream": False}).encode())[0] == 200
+
+
+def test_a_failing_prompt_fails_its_whole_request_and_frees_its_other_prompts(
+    client, server, reference, monkeypatch
+):
+    tok = reference[1]
+    good, bad = prompt_ids(tok, "The quick"), prompt_ids(tok, "brown fox")
+    poison = next(t for t in bad if t not in good)
+    guard(monkeypatch, server.engine.batcher.model, lambda x: bool((x == poison).any()))
+    before = health(server.url)["cancelled_rows"]
+    with pytest.raises(openai.InternalServerError, match="poisoned input"):
+        client.completions.create(model=MODEL, prompt=[good, bad], max_tokens=200, n=2)
+    deadline = time.monotonic() + 10
+    while health(server.url)["active_rows"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = health(server.url)
+    assert status["active_rows"] == 0 and status["cancelled_rows"] == before + 2
+    monkeypatch.undo()
+    ok = client.completions.create(model=MODEL, prompt=[good, bad], max_tokens=3)
+    assert [c.finish_reason for c in ok.choices] == ["length", "length"]
