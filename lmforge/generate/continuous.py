@@ -313,9 +313,9 @@ class ContinuousBatcher:
         width = max(self._cache.length, cache.length)
         capacity = width + max(r.left for r in everyone)
         merged = KVCache.concat([self._cache, cache], capacity)
+        counts = torch.cat([self._counts, torch.zeros_like(seen, dtype=torch.float32)])
         logits = torch.cat([self._logits, logits])
         seen = torch.cat([self._seen, seen])
-        counts = torch.cat([self._counts, torch.zeros_like(seen[: len(rows)], dtype=torch.float32)])
         self._rows, self._cache, self._logits = everyone, merged, logits
         self._seen, self._counts = seen, counts
 
