@@ -12,6 +12,21 @@ from the mask, so padding changes nothing the model sees). Merging new rows left
 side is shorter; dropping rows trims the columns that became padding in every row, so the cache
 is never wider than the longest row.
 
+One request's failure stays its own. When a batched step raises, the batcher finds the culprit
+instead of failing the batch:
+
+    admission (cache allocation, prefill, merge) fails  -> admit the newcomers one by one;
+                                                           those that fail alone fail
+    decode step fails                                   -> bisect the batch (row ranges are
+                                                           views of the cache, nothing copied);
+                                                           a row that fails alone fails its request
+    token choice fails                                  -> choose per request
+
+A failed request leaves the batch and `step` reports it as events with `error` set (one per
+row); every other row goes on with the tokens it would have had without it. A failure that is
+not bound to one row (say memory at the full batch size) is survived by decoding the batch in
+smaller pieces for that step.
+
 Each request draws its sampling noise from its own generator (seeded by `gen.seed`), one
 (n, V) draw per step for its n rows, exactly as `generate` does for one prompt: a seeded request
 gives the same tokens here, whatever else shares the batch, as it does alone with `generate`.
@@ -41,7 +56,7 @@ from lmforge.generate.inputs import (
 )
 from lmforge.generate.processors import apply_penalties
 from lmforge.generate.rows import Row
-from lmforge.generate.sampling import make_generator, next_token_probs
+from lmforge.generate.sampling import exp_noise, make_generator, next_token_probs
 from lmforge.models.cache import KVCache
 
 
@@ -55,6 +70,8 @@ class RowEvent:
         finish_reason: set on a row's last event: "stop" (EOS or a stop string) or "length".
         logprob: log p(token) under the model's raw distribution (rows asking for logprobs).
         top_logprobs: the most likely (token, logprob) pairs, best first.
+        error: set when the row's request failed (its only event from then on; the request's
+            other rows get one too); token and finish_reason are then None.
     """
 
     row: int
@@ -62,6 +79,7 @@ class RowEvent:
     finish_reason: FinishReason | None = None
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
+    error: Exception | None = None
 
 
 @dataclass
@@ -128,6 +146,7 @@ class ContinuousBatcher:
         self._logits: Tensor | None = None  # (B, V) next-token logits of every row
         self._seen: Tensor | None = None  # (B, V) bool: prompt + output tokens
         self._counts: Tensor | None = None  # (B, V) float: generated-token counts
+        self._failed: list[tuple[_Request, Exception]] = []  # this step's failed requests
 
     # ------------------------------------------------------------------ queue
     @property
@@ -171,23 +190,53 @@ class ContinuousBatcher:
 
     # ------------------------------------------------------------------ step
     def step(self) -> list[RowEvent]:
-        """Admit what fits, pick one token for every row, drop finished rows, decode the rest."""
+        """Admit what fits, pick one token for every row, drop finished rows, decode the rest.
+
+        Returns this step's events: first one with `error` set for each row of a request that
+        failed (those rows have left the batch), then one per row that got a token or ended."""
         with torch.inference_mode():
             self._drop_cancelled()
             self._admit()
-            if not self._rows:
-                return []
-            tokens = self._select()  # (B,)
-            events = self._record(tokens)
-            self._seen.scatter_(1, tokens[:, None], True)
-            self._counts.scatter_add_(1, tokens[:, None], torch.ones_like(self._counts[:, :1]))
-            keep = [i for i, e in enumerate(events) if e.finish_reason is None]
-            if len(keep) < len(self._rows):
-                self._keep(keep)
-                tokens = tokens[torch.tensor(keep, dtype=torch.long, device=self.device)]
+            events: list[RowEvent] = []
             if self._rows:
-                self._decode(tokens)
+                tokens = self._select()  # (B,)
+                events = self._record(tokens)
+                self._seen.scatter_(1, tokens[:, None], True)
+                self._counts.scatter_add_(1, tokens[:, None], torch.ones_like(self._counts[:, :1]))
+                keep = [
+                    i
+                    for i, r in enumerate(self._rows)
+                    if r.finish_reason is None and not self._failing(r.request)
+                ]
+                if len(keep) < len(self._rows):
+                    self._keep(keep)
+                    tokens = tokens[torch.tensor(keep, dtype=torch.long, device=self.device)]
+                if self._rows:
+                    self._decode(tokens)
+            return self._failure_events(events)
+
+    # ------------------------------------------------------------------ failures
+    def _fail(self, request: _Request, exc: Exception) -> None:
+        """Mark `request` failed (its first error wins); its rows leave the batch."""
+        if not self._failing(request):
+            self._failed.append((request, exc))
+
+    def _failing(self, request: _Request | None) -> bool:
+        return any(request is r for r, _ in self._failed)
+
+    def _drop_failed(self) -> None:
+        keep = [i for i, r in enumerate(self._rows) if not self._failing(r.request)]
+        if len(keep) < len(self._rows):
+            self._keep(keep)
+
+    def _failure_events(self, events: list[RowEvent]) -> list[RowEvent]:
+        """One error event per row of each failed request, then the other rows' events."""
+        if not self._failed:
             return events
+        failed = [RowEvent(i, None, error=exc) for r, exc in self._failed for i in r.rows]
+        gone = {e.row for e in failed}
+        self._failed = []
+        return failed + [e for e in events if e.row not in gone]
 
     def _drop_cancelled(self) -> None:
         if not self._cancelled:
@@ -201,7 +250,8 @@ class ContinuousBatcher:
         self._cancelled.clear()
 
     def _admit(self) -> None:
-        """Prefill the queued requests that fit (FIFO) and merge them into the batch."""
+        """Prefill the queued requests that fit (FIFO) and merge them into the batch; when
+        that fails, admit them one by one so that only a request that fails alone fails."""
         batch: list[_Request] = []
         room = self.max_rows - len(self._rows)
         while self._queue:
@@ -212,6 +262,20 @@ class ContinuousBatcher:
             room -= n
         if not batch:
             return
+        try:
+            self._admit_together(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return
+            for request in batch:
+                try:
+                    self._admit_together([request])
+                except Exception as alone:
+                    self._fail(request, alone)
+
+    def _admit_together(self, batch: list[_Request]) -> None:
+        """Prefill `batch` in one forward and merge it; the batch is unchanged if this raises."""
         cfg = self.model.cfg
         prompts = [r.prompt for r in batch]
         pad_id = cfg.pad_id if cfg.pad_id is not None else 0
@@ -238,19 +302,22 @@ class ContinuousBatcher:
         self._merge(new_rows, cache, logits[index], seen[index])
 
     def _merge(self, rows: list[_Row], cache: KVCache, logits: Tensor, seen: Tensor) -> None:
-        """Append prefilled rows; both sides are left-padded to the wider one."""
+        """Append prefilled rows; both sides are left-padded to the wider one. Everything is
+        built before anything is replaced, so a failure (memory) leaves the batch as it was."""
         if not self._rows:
+            counts = torch.zeros_like(seen, dtype=torch.float32)
             self._rows, self._cache, self._logits = rows, cache, logits
-            self._seen, self._counts = seen, torch.zeros_like(seen, dtype=torch.float32)
+            self._seen, self._counts = seen, counts
             return
         everyone = self._rows + rows
         width = max(self._cache.length, cache.length)
         capacity = width + max(r.left for r in everyone)
-        self._rows = everyone
-        self._cache = KVCache.concat([self._cache, cache], capacity)
-        self._logits = torch.cat([self._logits, logits])
-        self._seen = torch.cat([self._seen, seen])
-        self._counts = torch.cat([self._counts, torch.zeros_like(seen, dtype=torch.float32)])
+        merged = KVCache.concat([self._cache, cache], capacity)
+        counts = torch.cat([self._counts, torch.zeros_like(seen, dtype=torch.float32)])
+        logits = torch.cat([self._logits, logits])
+        seen = torch.cat([self._seen, seen])
+        self._rows, self._cache, self._logits = everyone, merged, logits
+        self._seen, self._counts = seen, counts
 
     def _keep(self, keep: list[int]) -> None:
         """Keep batch rows `keep`, then trim the columns that are padding in every row."""
@@ -266,23 +333,75 @@ class ContinuousBatcher:
         )
 
     def _decode(self, tokens: Tensor) -> None:
-        """Feed every row its newest token; the logits of the next step replace the old."""
+        """Feed every row its newest token; the logits of the next step replace the old.
+
+        If the batched step raises, the batch is bisected: each half runs on its rows' slice
+        of the cache (a view: the new keys/values land in place), a half that raises is split
+        again, and a row that raises alone fails its request. The step writes only the next
+        free slot, which a retry overwrites, so a failed try leaves nothing behind."""
         # room is enough: capacity was width + the largest budget left when rows were merged,
         # and a row is fed only while it has a token left to generate
-        self._logits = self.model.decode_step(tokens[:, None], self._cache)
+        try:
+            self._logits = self.model.decode_step(tokens[:, None], self._cache)
+            return
+        except Exception as exc:
+            if len(self._rows) == 1:
+                self._fail(self._rows[0].request, exc)
+                self._drop_failed()
+                return
+        logits = torch.zeros_like(self._logits)
+        pieces = [(0, len(self._rows) // 2), (len(self._rows) // 2, len(self._rows))]
+        while pieces:
+            lo, hi = pieces.pop()
+            rows = slice(lo, hi)
+            try:
+                logits[rows] = self.model.step(tokens[rows, None], self._cache.step_view(rows))
+            except Exception as exc:
+                if hi - lo == 1:
+                    self._fail(self._rows[lo].request, exc)
+                else:
+                    mid = (lo + hi) // 2
+                    pieces += [(lo, mid), (mid, hi)]
+        self._cache.stepped()
+        self._logits = logits
+        self._drop_failed()
 
     # ------------------------------------------------------------------ tokens
     def _select(self) -> Tensor:
         """One token per row: rows with equal settings are processed together; each request
-        draws its noise from its own generator."""
+        draws its noise from its own generator. Should that raise, each request is tried on
+        its own, and one that fails alone fails (its slot holds token 0, never used)."""
+        tokens = torch.zeros(len(self._rows), dtype=torch.long, device=self.device)
+        try:
+            self._select_rows(tokens, list(range(len(self._rows))))
+        except Exception:
+            for start, end in self._request_slices():
+                try:
+                    self._select_rows(tokens, list(range(start, end)))
+                except Exception as exc:
+                    self._fail(self._rows[start].request, exc)
+        return tokens
+
+    def _request_slices(self) -> list[tuple[int, int]]:
+        """[start, end) of each request's rows in the batch (a request's rows are adjacent)."""
+        slices, start = [], 0
+        for i in range(1, len(self._rows) + 1):
+            if i == len(self._rows) or self._rows[i].request is not self._rows[start].request:
+                slices.append((start, i))
+                start = i
+        return slices
+
+    def _select_rows(self, tokens: Tensor, chosen: list[int]) -> None:
+        """Write the tokens of batch rows `chosen` into `tokens`."""
         logits, rows = self._logits, self._rows
-        tokens = torch.empty(len(rows), dtype=torch.long, device=self.device)
         groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(_sampling_key(r.request.gen), []).append(i)
+        for i in chosen:
+            groups.setdefault(_sampling_key(rows[i].request.gen), []).append(i)
         for indices in groups.values():
             gen = rows[indices[0]].request.gen
-            index = torch.tensor(indices, dtype=torch.long, device=self.device)
+            index: Tensor | slice = slice(None)  # the whole batch: no gathers, no copies
+            if len(indices) < len(rows):
+                index = torch.tensor(indices, dtype=torch.long, device=self.device)
             seen = self._seen[index] if gen.uses_penalties else None
             counts = self._counts[index] if gen.uses_penalties else None
             if gen.greedy:
@@ -290,7 +409,6 @@ class ContinuousBatcher:
                 continue
             probs = next_token_probs(logits[index], gen, seen, counts)  # (b, V)
             tokens[index] = (probs / self._noise([rows[i] for i in indices], probs)).argmax(-1)
-        return tokens
 
     def _noise(self, rows: list[_Row], probs: Tensor) -> Tensor:
         """E ~ Exp(1) per row (see `sampling.sample`); a seeded request draws (n, V) per step
@@ -302,33 +420,56 @@ class ContinuousBatcher:
             while end < len(rows) and rows[end].request is request:
                 end += 1
             if request.generator is None:
-                parts.append(torch.empty(end - start, probs.size(1), device=self.device))
-                parts[-1].exponential_(1.0)
+                parts.append(exp_noise(end - start, probs.size(1), None, self.device))
             else:
-                drawn = torch.empty(len(request.rows), probs.size(1), device=self.device)
-                drawn.exponential_(1.0, generator=request.generator)
+                drawn = exp_noise(len(request.rows), probs.size(1), request.generator, self.device)
                 samples = [r.sample for r in rows[start:end]]
                 parts.append(drawn if len(samples) == len(request.rows) else drawn[samples])
             start = end
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _record(self, tokens: Tensor) -> list[RowEvent]:
-        """Append each row's token; finish rows at EOS, a stop string or their length."""
-        logprob, top = self._logprobs(tokens)
+        """Append each row's token; finish rows at EOS, a stop string or their length. A row
+        whose bookkeeping raises (its stop strings, its logprobs) fails its request."""
+        wanted = [
+            i
+            for i, r in enumerate(self._rows)
+            if r.request.logprobs is not None and not self._failing(r.request)
+        ]
+        try:
+            logprob, top = self._logprobs(tokens, wanted)
+        except Exception:
+            logprob, top = {}, {}
+            for start, end in self._request_slices():
+                mine = [i for i in wanted if start <= i < end]
+                try:
+                    got = self._logprobs(tokens, mine) if mine else ({}, {})
+                except Exception as exc:
+                    self._fail(self._rows[start].request, exc)
+                    continue
+                logprob.update(got[0])
+                top.update(got[1])
         events = []
         for i, (row, tok) in enumerate(zip(self._rows, tokens.tolist(), strict=True)):
+            if self._failing(row.request):
+                continue
             event = RowEvent(row.id, tok, None, logprob.get(i), top.get(i))
-            row.push(tok)
+            try:
+                row.push(tok)
+            except Exception as exc:
+                self._fail(row.request, exc)
+                continue
             event.finish_reason = row.finish_reason
             if tok == row.eos:
                 event.token = None
             events.append(event)
         return events
 
-    def _logprobs(self, tokens: Tensor) -> tuple[dict[int, float], dict[int, list]]:
-        """log p of each chosen token and the top-k alternatives, for rows that ask for them;
+    def _logprobs(
+        self, tokens: Tensor, wanted: list[int]
+    ) -> tuple[dict[int, float], dict[int, list]]:
+        """log p of each chosen token and the top-k alternatives, for batch rows `wanted`;
         p is the model's raw softmax (before temperature, penalties and filters)."""
-        wanted = [i for i, r in enumerate(self._rows) if r.request.logprobs is not None]
         if not wanted:
             return {}, {}
         index = torch.tensor(wanted, dtype=torch.long, device=self.device)

@@ -16,6 +16,16 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator | 
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def exp_noise(
+    rows: int, size: int, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """E = -log U with U ~ Uniform[0, 1): (rows, size) float32 draws of Exp(1).
+
+    The same distribution as `Tensor.exponential_`, about four times cheaper on a CPU (one
+    vectorised log over uniform draws); U = 0 gives E = inf, so p / E = 0 is never drawn."""
+    return torch.rand(rows, size, generator=generator, device=device).log_().neg_()
+
+
 def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """i ~ Categorical(p) as argmax_i p_i / E_i with E_i ~ Exp(1) (sync-free, compilable).
 
@@ -26,7 +36,7 @@ def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     Returns:
         (B,) int64 token ids.
     """
-    noise = torch.empty_like(probs, dtype=torch.float32).exponential_(1.0, generator=generator)
+    noise = exp_noise(probs.size(0), probs.size(1), generator, probs.device)
     return (probs.float() / noise).argmax(-1)
 
 

@@ -277,9 +277,10 @@ class KVCache:
         return merged
 
     # ------------------------------------------------------------------ the decode step
-    def step_view(self) -> CacheView:
+    def step_view(self, rows: slice = slice(None)) -> CacheView:
         """The tensors one decode step reads and writes (see `CacheView`); the step attends over
-        the slots written so far plus the new one."""
+        the slots written so far plus the new one. `rows`: a range of batch rows only (views,
+        so the step still writes into this cache; `stepped()` once every row has stepped)."""
         if self.rolling:
             raise GenerationError(
                 "the decode step needs a non-rolling cache; decode a rolling cache with the "
@@ -291,13 +292,16 @@ class KVCache:
                 f"the sequence would reach {end} tokens but the cache holds {self.max_len}; "
                 "ask for fewer new tokens or a shorter prompt."
             )
+        cross = list(self._cross)
+        if rows != slice(None):
+            cross = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in cross]
         return CacheView(
             slot=self.slot,
-            pos=self.next_pos,
-            keep=self.keep[:, :end],
-            ks=[k[:, :, :end] for k in self.ks],
-            vs=[v[:, :, :end] for v in self.vs],
-            cross=list(self._cross),
+            pos=self.next_pos if rows == slice(None) else self.next_pos[rows],
+            keep=self.keep[rows, :end],
+            ks=[k[rows, :, :end] for k in self.ks],
+            vs=[v[rows, :, :end] for v in self.vs],
+            cross=cross,
         )
 
     def stepped(self) -> None:

@@ -316,7 +316,7 @@ async def _collect(ticket: Ticket, answer: Answer, request: Request) -> bool:
                 return False
             item = get.result()
             if isinstance(item, EngineFailure):
-                raise ApiError(item.message, status=500, type="server_error")
+                raise ApiError(item.message, status=item.status, code=item.code, type=item.type)
             answer.feed(item)
         return True
     finally:
@@ -341,7 +341,7 @@ async def _events(ticket: Ticket, answer: Answer, held: _Held) -> AsyncIterator[
         while not answer.finished:
             item = await ticket.queue.get()
             if isinstance(item, EngineFailure):
-                yield sse(error_body(item.message, "server_error"))
+                yield sse(error_body(item.message, item.type, code=item.code))
                 return
             for chunk in answer.feed(item):
                 yield sse(chunk)

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
+from lmforge.errors import LmforgeError
 from lmforge.generate import ContinuousBatcher, RowEvent
 from lmforge.serve.protocol import Job
 
@@ -29,9 +31,38 @@ log = logging.getLogger("lmforge.serve")
 
 @dataclass
 class EngineFailure:
-    """Put on a ticket's queue when decoding failed; the handler answers with a 500."""
+    """Put on a ticket's queue when its request failed; the handler answers with `status`:
+    503 when memory ran out (retry later), 400 when the request itself is at fault, else 500."""
 
     message: str
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure: torch's OutOfMemoryError (GPU) or the CPU allocator's
+    RuntimeError ("can't allocate memory")."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def failure_for(exc: BaseException) -> EngineFailure:
+    """How one request's failure is reported to its client (the others are not touched)."""
+    if out_of_memory(exc):
+        return EngineFailure(
+            "the server ran out of memory for this request; retry shortly, or lower "
+            "max_tokens or n.",
+            status=503,
+            code="out_of_memory",
+        )
+    if isinstance(exc, LmforgeError):
+        return EngineFailure(str(exc), 400, "invalid_request_error", "invalid_value")
+    return EngineFailure(f"decoding failed for this request ({type(exc).__name__}: {exc}).")
 
 
 class Ticket:
@@ -113,7 +144,6 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._owner: dict[int, Ticket] = {}  # row id -> ticket (engine thread only)
-        self._fresh: set[Ticket] = set()  # tickets without a token yet (engine thread only)
         self._load = {"active_rows": 0, "waiting_rows": 0}  # replaced whole, never mutated
         self.stats = {
             "completed_rows": 0,
@@ -172,7 +202,7 @@ class Engine:
                     self._add(ticket)
                 except Exception as exc:  # checked before submission; stay safe all the same
                     self._drop(ticket)
-                    ticket._push(EngineFailure(f"the request could not be queued ({exc})."))
+                    ticket._push(failure_for(exc))
             for ticket in cancel:
                 self._drop(ticket)
             self._snapshot()
@@ -190,10 +220,8 @@ class Engine:
                 ticket.rows[row] = p * job.n + j
                 self._owner[row] = ticket
             ticket.open += len(rows)
-        self._fresh.add(ticket)
 
     def _drop(self, ticket: Ticket) -> None:
-        self._fresh.discard(ticket)
         for row in ticket.rows:
             if self._owner.pop(row, None) is not None:
                 self.batcher.cancel(row)
@@ -202,14 +230,10 @@ class Engine:
     def _step(self) -> None:
         try:
             events = self.batcher.step()
-        except Exception as exc:  # a failing model must not take the server down
+        except Exception as exc:  # the batcher isolates requests; this is its own failure
             log.exception("decoding failed")
             self.stats["failures"] += 1
-            message = f"decoding failed ({type(exc).__name__}: {exc})."
-            if self._fresh:
-                self._fail_fresh(message)
-            else:
-                self._fail_all(message)
+            self._fail_all(f"decoding failed ({type(exc).__name__}: {exc}).")
             return
         self._snapshot()  # before any client sees this step's tokens
         self.stats["peak_active_rows"] = max(self.stats["peak_active_rows"], len(events))
@@ -219,8 +243,10 @@ class Engine:
             ticket = self._owner.get(event.row)
             if ticket is None:
                 continue
+            if event.error is not None:  # the batcher's failure events come first
+                self._fail(ticket, event)
+                continue
             self.stats["generated_tokens"] += event.token is not None
-            self._fresh.discard(ticket)
             if event.finish_reason is not None:
                 del self._owner[event.row]
                 self.stats["completed_rows"] += 1
@@ -250,15 +276,19 @@ class Engine:
     def _snapshot(self) -> None:
         self._load = {"active_rows": self.batcher.active, "waiting_rows": self.batcher.waiting}
 
-    def _fail_fresh(self, message: str) -> None:
-        """Fail only the requests that had no token yet: a step fails when admitting them
-        (their prefill, their cache) far more often than while decoding rows that already
-        stepped, which keep their place in the batch. Should the batch itself be broken, the
-        next step fails with no fresh request and `_fail_all` starts over."""
-        for ticket in list(self._fresh):
-            ticket._push(EngineFailure(message))
-            ticket.done = True
-            self._drop(ticket)
+    def _fail(self, ticket: Ticket, event: RowEvent) -> None:
+        """One of the ticket's prompts failed in the batcher (its rows have left the batch):
+        answer this ticket alone, and free the rows of its other prompts."""
+        exc = event.error
+        log.error("request failed: %s: %s", type(exc).__name__, exc)
+        self.stats["failures"] += 1
+        ticket._push(failure_for(exc))
+        ticket.done = True
+        failed = ticket.rows[event.row] // ticket.job.n  # the prompt whose request failed
+        for row, choice in ticket.rows.items():
+            if self._owner.pop(row, None) is not None and choice // ticket.job.n != failed:
+                self.batcher.cancel(row)
+                self.stats["cancelled_rows"] += 1
 
     def _fail_all(self, message: str) -> None:
         """Answer every open ticket with a failure and start from an empty batch."""
@@ -267,7 +297,6 @@ class Engine:
         for row in list(self._owner):
             self.batcher.cancel(row)
         self._owner.clear()
-        self._fresh.clear()
         with self._cond:
             pending, self._new = self._new, []
         for ticket in pending:

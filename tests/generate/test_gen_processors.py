@@ -19,7 +19,7 @@ from lmforge.generate import (
     top_k_filter,
     top_p_filter,
 )
-from lmforge.generate.sampling import TokenHistory
+from lmforge.generate.sampling import TokenHistory, exp_noise
 
 NEG = -math.inf
 
@@ -143,6 +143,18 @@ def test_process_logits_applies_all_in_order():
     y = min_p_filter(top_p_filter(top_k_filter(temperature_scale(y, 0.5), 6), 0.8), 0.05)
     assert torch.equal(process_logits(x, gen, history.seen, history.counts), y)
     assert history.counts[0, 2] == 2 and history.seen[0, 1] and not history.seen[0, 0]
+
+
+def test_exp_noise_is_exp_1_like_torchs_exponential():
+    """-log U, U ~ U[0, 1), against the Exp(1) quantiles -log(1 - q) and torch's own sampler."""
+    drawn = exp_noise(400, 500, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert drawn.shape == (400, 500) and drawn.dtype == torch.float32 and (drawn > 0).all()
+    reference = torch.empty(200_000).exponential_(1.0, generator=torch.Generator().manual_seed(1))
+    q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+    exact = -torch.log1p(-q)
+    torch.testing.assert_close(drawn.flatten().quantile(q), exact, rtol=0.03, atol=0.005)
+    torch.testing.assert_close(reference.quantile(q), exact, rtol=0.03, atol=0.005)
+    torch.testing.assert_close(drawn.mean(), torch.tensor(1.0), atol=0.01, rtol=0)
 
 
 def test_sample_matches_the_distribution_and_never_draws_zeros():

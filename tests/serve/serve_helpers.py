@@ -6,6 +6,8 @@ import json
 import urllib.error
 import urllib.request
 
+from lmforge.generate import GenerationConfig, TextStream, generate
+
 API_KEY = "test-key"
 CONTEXT = 512
 MAX_BATCH = 8
@@ -29,3 +31,18 @@ def http(
 
 def health(base_url: str) -> dict:
     return http(base_url + "/health", key=None)[1]
+
+
+def prompt_ids(tok, text: str) -> list[int]:
+    return [tok.bos_id, *tok.encode(text)]
+
+
+def reference_texts(reference, ids: list[int], gen: GenerationConfig) -> list[str]:
+    """What the server must answer: `generate` alone, its tokens turned into text by the
+    same streaming rule the server uses (whole characters, cut before a stop string)."""
+    model, tok = reference
+    texts = []
+    for tokens in generate(model, [ids], gen, tokenizer=tok if gen.stop else None):
+        stream = TextStream(tok, gen.stop, prompt_ids=ids)
+        texts.append("".join(stream.push(t) for t in tokens) + stream.finish())
+    return texts

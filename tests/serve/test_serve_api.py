@@ -10,26 +10,11 @@ import time
 
 import pytest
 import torch
-from serve_helpers import API_KEY, CONTEXT, MAX_BATCH, MODEL
+from serve_helpers import API_KEY, CONTEXT, MAX_BATCH, MODEL, prompt_ids, reference_texts
 from serve_helpers import health as _health
 
-from lmforge.generate import GenerationConfig, TextStream, generate
+from lmforge.generate import GenerationConfig
 from lmforge.tokenizer import chat_stops, encode_chat
-
-
-def prompt_ids(tok, text: str) -> list[int]:
-    return [tok.bos_id, *tok.encode(text)]
-
-
-def reference_texts(reference, ids: list[int], gen: GenerationConfig) -> list[str]:
-    """What the server must answer: `generate` alone, its tokens turned into text by the
-    same streaming rule the server uses (whole characters, cut before a stop string)."""
-    model, tok = reference
-    texts = []
-    for tokens in generate(model, [ids], gen, tokenizer=tok if gen.stop else None):
-        stream = TextStream(tok, gen.stop, prompt_ids=ids)
-        texts.append("".join(stream.push(t) for t in tokens) + stream.finish())
-    return texts
 
 
 def health(server) -> dict:
