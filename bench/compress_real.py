@@ -11,12 +11,18 @@ classifier  the real all-MiniLM-L6-v2 fine-tuned on the VADER reviews (a run dir
             3. accuracy vs sparsity without retraining: magnitude pruning (global) vs structured
                pruning (FFN neurons + heads at the same fraction), sparsity = share of the block
                weights removed.
-lm          a small causal LM (`lmforge pretrain` dir): held-out perplexity vs magnitude sparsity
-            0-70%, without retraining and after a short distillation from the unpruned model.
+lm          a small causal LM (`lmforge pretrain` dir): held-out perplexity vs sparsity 0-70%,
+            magnitude (block weights zeroed) and structured (FFN neurons + heads removed), each
+            without retraining and after a short distillation from the unpruned model.
+profile     where the inference time of two classifier dirs goes (batch 32, --threads threads):
+            embeddings, attention (its q/k/v/o linears separately), FFN, norms, heads, measured
+            by module hooks; the share of padding in the batches; which linears are quantized.
 
 Usage:
     python bench/compress_real.py classifier --run runs/ft/run --data runs/ft/data --out runs/c
     python bench/compress_real.py lm --model runs/lm --out runs/c-lm
+    python bench/compress_real.py profile --run runs/ft/run --final runs/c/pipeline/quantized \
+        --data runs/ft/data --out runs/c-prof
 """
 
 from __future__ import annotations
@@ -171,6 +177,84 @@ def lm(args) -> None:
     _plot(args.out / "lm_curve.png", curves, "sparsity (block weights)", "held-out perplexity")
 
 
+class _Timer:
+    """Forward pre/post hooks that add each module's wall time to its category."""
+
+    def __init__(self, model) -> None:
+        self.totals: dict[str, float] = {}
+        self.handles = []
+        stack = model.encoder if model.cfg.arch == "encoder" else model.decoder
+        parts = {"embeddings": [model.embed], "heads": [model.heads]}
+        for block in stack.layers:
+            attn = block.attn
+            parts.setdefault("attention linears (q, k, v, o)", []).extend(
+                [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj])  # fmt: skip
+            parts.setdefault("attention (all)", []).append(attn)
+            parts.setdefault("FFN", []).append(block.mlp)
+            parts.setdefault("norms", []).extend([block.attn_norm, block.mlp_norm])
+        for name, modules in parts.items():
+            for m in modules:
+                self.handles.append(m.register_forward_pre_hook(self._start))
+                self.handles.append(m.register_forward_hook(self._stop(name)))
+
+    @staticmethod
+    def _start(module, _args):
+        module._lmforge_t0 = time.perf_counter()
+
+    def _stop(self, name: str):
+        def hook(module, _args, _out):
+            dt = time.perf_counter() - module._lmforge_t0
+            self.totals[name] = self.totals.get(name, 0.0) + dt
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def profile(args) -> None:
+    from lmforge.compress.data import StageData
+    from lmforge.compress.pipeline import CompressConfig
+    from lmforge.compress.quantize import quantized_modules
+    from lmforge.recipes.finetuned import load_finetuned, read_task_info
+
+    torch.set_num_threads(args.threads)
+    test = Path(args.data) / "test.jsonl"
+    models = {"original": load_finetuned(args.run), "final": load_finetuned(args.final)}
+    report: dict = {"threads": args.threads, "load_average_start": _load()}
+    for order in ("file", "length"):
+        cc = CompressConfig(speed_batches=args.speed_batches, speed_sort=order == "length")
+        sd = StageData.build(Path(args.run), models["original"], read_task_info(args.run), None,
+                             None, test, cc)  # fmt: skip
+        batches = sd.speed_batches()
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        padded = sum(b["input_ids"].numel() for b in batches)
+        entry: dict = {"tokens": real, "padded_tokens": padded, "padding_share": 1 - real / padded}
+        for key, model in models.items():
+            model.eval()
+            with torch.inference_mode():
+                model(**batches[0])
+                timer = _Timer(model)
+                t0 = time.perf_counter()
+                for _ in range(args.rounds):
+                    for b in batches:
+                        model(**b)
+                total = time.perf_counter() - t0
+                timer.remove()
+            shares = {k: round(v / total, 3) for k, v in timer.totals.items()}
+            entry[key] = {"seconds_per_batch": total / (args.rounds * len(batches)),
+                          "shares": shares}  # fmt: skip
+        report[f"order={order}"] = entry
+    linears = [n for n, m in models["final"].named_modules() if type(m) is torch.nn.Linear]
+    report["final"] = {"dir": str(args.final),
+                       "quantized_linears": len(quantized_modules(models["final"])),
+                       "float_linears": linears,
+                       "quantization": getattr(models["final"], "quantization", None)}  # fmt: skip
+    report["load_average_end"] = _load()
+    _write(args.out, "profile", report)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -199,8 +283,16 @@ def main() -> None:
     m.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
     m.add_argument("--distill-steps", type=int, default=40)
     m.add_argument("--lr", type=float, default=None)
+    f = sub.add_parser("profile")
+    f.add_argument("--run", type=Path, required=True, help="the original fine-tuned dir")
+    f.add_argument("--final", type=Path, required=True, help="the compressed dir")
+    f.add_argument("--data", type=Path, required=True)
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--speed-batches", type=int, default=4)
+    f.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    classifier(args) if args.what == "classifier" else lm(args)
+    {"classifier": classifier, "lm": lm, "profile": profile}[args.what](args)
 
 
 if __name__ == "__main__":
