@@ -116,8 +116,11 @@ def classifier(args) -> None:
         sd = StageData.build(Path(args.run), original, read_task_info(args.run), None, None,
                              files["test"], cc)  # fmt: skip
         sd.speed_batch, sd.speed_count = 32, args.speed_batches
-        speed = paired_speed(original, final_model, sd.speed_batches(), args.threads, args.rounds)
-        speed["final_dir"] = str(final)
+        speed = {"final_dir": str(final)}
+        for order in ("file", "length"):  # the same examples, batched as they come / by length
+            sd.speed_sort = order == "length"
+            speed[f"order={order}"] = paired_speed(original, final_model, sd.speed_batches(),
+                                                   args.threads, args.rounds)  # fmt: skip
         _write(args.out, "speed", speed)
     if not args.fractions:
         return
@@ -142,39 +145,72 @@ def classifier(args) -> None:
     _plot(args.out / "curve.png", curves, "block weights removed", "test accuracy")
 
 
+def _split_like_pretrain(model_dir: Path) -> tuple[list[str], list[str]]:
+    """The embedded corpus split as `lmforge pretrain` split it for this model (its
+    train_config.json: valid_fraction, seed): the held-out documents were never trained on."""
+    from lmforge.data import default_corpus
+    from lmforge.data.sources import split_documents
+
+    tc_path = model_dir / "train_config.json"
+    tc = json.loads(tc_path.read_text(encoding="utf-8")) if tc_path.is_file() else {}
+    return split_documents(default_corpus(), tc.get("valid_fraction", 0.05), seed=tc.get("seed", 0))
+
+
 def lm(args) -> None:
     from lmforge.compress.data import StageData
     from lmforge.compress.pipeline import CompressConfig, train_stage
-    from lmforge.compress.prune import magnitude_prune, remove_masks
-    from lmforge.data import default_corpus
+    from lmforge.compress.prune import magnitude_prune, prunable_linears, remove_masks
+    from lmforge.compress.structured import structured_prune
     from lmforge.models import load_model
 
-    torch.set_num_threads(1)
-    docs = default_corpus()
-    cut = int(0.9 * len(docs))
+    torch.set_num_threads(args.threads)
+    train_docs, held_docs = _split_like_pretrain(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    train, test = args.out / "train.txt", args.out / "heldout.txt"
-    train.write_text("\n\n".join(docs[:cut]), encoding="utf-8")
-    test.write_text("\n\n".join(docs[cut:]), encoding="utf-8")
+    train, test = args.out / "train.jsonl", args.out / "heldout.jsonl"
+    for path, docs in ((train, train_docs), (test, held_docs)):
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
     cc = CompressConfig(prune="magnitude", scope="layer", max_steps=args.distill_steps,
-                        batch_size=8, seq_len=64, lr=args.lr or 1e-3, eval_limit=None)  # fmt: skip
+                        batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                        distill_alpha=args.alpha, distill_temperature=args.temperature,
+                        importance="gradient", eval_limit=args.eval_limit)  # fmt: skip
     teacher = load_model(args.model)
     sd = StageData.build(Path(args.model), teacher, None, train, None, test, cc)
-    curves: dict[str, list] = {"pruned": [], "pruned + distilled": []}
-    for s in args.sparsities:
-        model = load_model(args.model)
-        if s > 0:
-            magnitude_prune(model, s)
-        curves["pruned"].append((s, sd.quality(model)["perplexity"]))
-        if s > 0:
-            model = train_stage(model, teacher, sd, cc, args.out / f"distill-{s}", 1.0)
-            remove_masks(model)
-        curves["pruned + distilled"].append((s, sd.quality(model)["perplexity"]))
-        print(f"sparsity {s}: {curves['pruned'][-1]} {curves['pruned + distilled'][-1]} "
-              f"load {_load()}")  # fmt: skip
-    _write(args.out, "lm_curve", {"curves": curves, "distill_steps": args.distill_steps,
-                                  "model": str(args.model), "load": _load()})  # fmt: skip
-    _plot(args.out / "lm_curve.png", curves, "sparsity (block weights)", "held-out perplexity")
+    dense = sum(m.weight.numel() for m in prunable_linears(teacher).values())
+    base_ppl = sd.quality(teacher)["perplexity"]
+    print(f"unpruned: held-out perplexity {base_ppl:.2f} load {_load()}")
+    rows = []
+    for method in args.methods:
+        for s in args.sparsities:
+            model = load_model(args.model)
+            if s > 0 and method == "magnitude":
+                magnitude_prune(model, s)
+            elif s > 0:
+                grads = dict(batches=sd.importance_batches(8), loss_fn=sd.plain_objective())
+                model = structured_prune(model, s, s, importance="gradient", **grads)
+            kept = sum(int((m.weight != 0).sum()) for m in prunable_linears(model).values())
+            row = {"method": method, "fraction": s, "removed": 1 - kept / dense,
+                   "pruned": sd.quality(model)["perplexity"]}  # fmt: skip
+            if s > 0 or args.control:
+                t0 = time.perf_counter()
+                student = train_stage(model, teacher, sd, cc, args.out / f"{method}-{s}", 1.0)
+                remove_masks(student)
+                row["distilled"] = sd.quality(student)["perplexity"]
+                row["distill_s"] = round(time.perf_counter() - t0, 1)
+            row["load"] = _load()
+            rows.append(row)
+            print(json.dumps(row))
+    settings = {k: getattr(args, k) for k in ("distill_steps", "lr", "alpha", "temperature",
+                                              "batch_size", "seq_len", "eval_limit")}  # fmt: skip
+    _write(args.out, "lm_curve", {"model": str(args.model), "unpruned_perplexity": base_ppl,
+                                  "held_out_documents": len(held_docs), "settings": settings,
+                                  "rows": rows, "load": _load()})  # fmt: skip
+    curves = {}
+    for r in rows:
+        curves.setdefault(f"{r['method']}, pruned", []).append((r["removed"], r["pruned"]))
+        if "distilled" in r:
+            curves.setdefault(f"{r['method']}, + distilled", []).append(
+                (r["removed"], r["distilled"]))  # fmt: skip
+    _plot(args.out / "lm_curve.png", curves, "block weights removed", "held-out perplexity")
 
 
 class _Timer:
@@ -281,8 +317,16 @@ def main() -> None:
     m.add_argument("--model", type=Path, required=True)
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7])
-    m.add_argument("--distill-steps", type=int, default=40)
-    m.add_argument("--lr", type=float, default=None)
+    m.add_argument("--methods", nargs="+", default=["magnitude", "structured"])
+    m.add_argument("--distill-steps", type=int, default=60)
+    m.add_argument("--lr", type=float, default=1e-4)
+    m.add_argument("--alpha", type=float, default=0.5, help="weight of the KL term")
+    m.add_argument("--temperature", type=float, default=2.0)
+    m.add_argument("--batch-size", type=int, default=16)
+    m.add_argument("--seq-len", type=int, default=64)
+    m.add_argument("--eval-limit", type=int, default=None, help="held-out windows scored")
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--control", action="store_true", help="also distil the unpruned model")
     f = sub.add_parser("profile")
     f.add_argument("--run", type=Path, required=True, help="the original fine-tuned dir")
     f.add_argument("--final", type=Path, required=True, help="the compressed dir")
