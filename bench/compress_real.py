@@ -14,6 +14,8 @@ classifier  the real all-MiniLM-L6-v2 fine-tuned on the VADER reviews (a run dir
 lm          a small causal LM (`lmforge pretrain` dir): held-out perplexity vs sparsity 0-70%,
             magnitude (block weights zeroed) and structured (FFN neurons + heads removed), each
             without retraining and after a short distillation from the unpruned model.
+speed       the paired speed check of step 2 alone, for two saved dirs (--run: the original,
+            --final: the compressed one), in file order and in length order.
 profile     where the inference time of two classifier dirs goes (batch 32, --threads threads):
             embeddings, attention (its q/k/v/o linears separately), FFN, norms, heads, measured
             by module hooks; the share of padding in the batches; which linears are quantized.
@@ -249,6 +251,23 @@ class _Timer:
             h.remove()
 
 
+def speed(args) -> None:
+    from lmforge.compress.data import StageData
+    from lmforge.compress.pipeline import CompressConfig
+    from lmforge.recipes.finetuned import load_finetuned, read_task_info
+
+    original, final = load_finetuned(args.run), load_finetuned(args.final)
+    out: dict = {"original_dir": str(args.run), "final_dir": str(args.final)}
+    for order in ("file", "length"):
+        cc = CompressConfig(speed_batches=args.speed_batches, speed_sort=order == "length")
+        sd = StageData.build(Path(args.run), original, read_task_info(args.run), None, None,
+                             Path(args.data) / "test.jsonl", cc)  # fmt: skip
+        out[f"order={order}"] = paired_speed(original, final, sd.speed_batches(), args.threads,
+                                             args.rounds)  # fmt: skip
+        print(order, json.dumps(out[f"order={order}"]), flush=True)
+    _write(args.out, "speed", out)
+
+
 def profile(args) -> None:
     from lmforge.compress.data import StageData
     from lmforge.compress.pipeline import CompressConfig
@@ -327,16 +346,17 @@ def main() -> None:
     m.add_argument("--eval-limit", type=int, default=None, help="held-out windows scored")
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--control", action="store_true", help="also distil the unpruned model")
-    f = sub.add_parser("profile")
-    f.add_argument("--run", type=Path, required=True, help="the original fine-tuned dir")
-    f.add_argument("--final", type=Path, required=True, help="the compressed dir")
-    f.add_argument("--data", type=Path, required=True)
-    f.add_argument("--out", type=Path, required=True)
-    f.add_argument("--threads", type=int, default=2)
-    f.add_argument("--speed-batches", type=int, default=4)
-    f.add_argument("--rounds", type=int, default=3)
+    for name in ("speed", "profile"):
+        f = sub.add_parser(name)
+        f.add_argument("--run", type=Path, required=True, help="the original fine-tuned dir")
+        f.add_argument("--final", type=Path, required=True, help="the compressed dir")
+        f.add_argument("--data", type=Path, required=True)
+        f.add_argument("--out", type=Path, required=True)
+        f.add_argument("--threads", type=int, default=2)
+        f.add_argument("--speed-batches", type=int, default=4)
+        f.add_argument("--rounds", type=int, default=5 if name == "speed" else 3)
     args = p.parse_args()
-    {"classifier": classifier, "lm": lm, "profile": profile}[args.what](args)
+    {"classifier": classifier, "lm": lm, "speed": speed, "profile": profile}[args.what](args)
 
 
 if __name__ == "__main__":
