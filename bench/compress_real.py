@@ -67,23 +67,29 @@ def _plot(path: Path, curves: dict[str, list[tuple[float, float]]], xlabel: str,
 
 
 def paired_speed(a, b, batches, threads: int, rounds: int) -> dict:
-    """Time models a and b alternately over the same batches; medians and their ratio."""
+    """Time models a and b alternately over the same batches (a then b in even rounds, b then a
+    in odd ones); per round the ratio t_a / t_b of two passes run back to back, so a change of
+    the machine's load between rounds cancels. Reports the median ratio and its spread."""
     torch.set_num_threads(threads)
-    times = {"a": [], "b": []}
+    times: dict[str, list[float]] = {"a": [], "b": []}
     with torch.inference_mode():
         for model in (a, b):
             model(**batches[0])  # warm-up
-        for _ in range(rounds):
-            for key, model in (("a", a), ("b", b)):
+        for r in range(rounds):
+            pair = (("a", a), ("b", b)) if r % 2 == 0 else (("b", b), ("a", a))
+            for key, model in pair:
                 t0 = time.perf_counter()
                 for batch in batches:
                     model(**batch)
                 times[key].append(time.perf_counter() - t0)
     n = sum(x["input_ids"].size(0) for x in batches)
+    ratios = sorted(ta / tb for ta, tb in zip(times["a"], times["b"], strict=True))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"examples": n, "threads": threads, "rounds": rounds,
             "original_examples_per_s": n / med["a"], "final_examples_per_s": n / med["b"],
-            "speedup": med["a"] / med["b"], "load_average": _load()}  # fmt: skip
+            "speedup": statistics.median(ratios), "speedup_min": ratios[0],
+            "speedup_max": ratios[-1], "ratio_of_medians": med["a"] / med["b"],
+            "load_average": _load()}  # fmt: skip
 
 
 def block_sparsity(model, dense_total: int) -> float:
