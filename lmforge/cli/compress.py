@@ -55,6 +55,9 @@ def compress(
         bool, typer.Option(help="With --quantize, store the token embedding as int8 rows too.")
     ] = True,
     threads: Annotated[int, typer.Option(help="CPU threads of the speed measurement.")] = 2,
+    speed_sort: Annotated[
+        bool, typer.Option(help="Time the test examples batched by length (less padding).")
+    ] = False,
     eval_limit: Annotated[
         int | None, typer.Option(help="Score only the first N test examples.")
     ] = None,
@@ -69,7 +72,8 @@ def compress(
         scope=scope, importance=importance, prune_steps=prune_steps, distill=distill,
         method=method, epochs=epochs, lr=lr, max_steps=max_steps, batch_size=batch_size,
         distill_alpha=distill_alpha, distill_temperature=distill_temperature, quantize=quantize,
-        group_size=group_size, quantize_embeddings=quantize_embeddings, threads=threads, eval_limit=eval_limit, seed=seed,
+        group_size=group_size, quantize_embeddings=quantize_embeddings, threads=threads,
+        speed_sort=speed_sort, eval_limit=eval_limit, seed=seed,
     )  # fmt: skip
     result = run(model_dir, out, cc, train=train, valid=valid, test=test, log=typer.echo)
     typer.echo(f"final model in {result.final_dir}; report in {result.out_dir / 'report.md'}")

@@ -41,6 +41,7 @@ class StageData:
     speed_batch: int
     speed_count: int
     seq_len: int = 128
+    speed_sort: bool = False
     train: Any = None
     valid: Any = None
     test: Any = None
@@ -68,7 +69,8 @@ class StageData:
         if test is None and valid is None:
             raise ConfigError("pass --test (or --valid) data to score each stage.")
         self = cls(task, tok, model.cfg, info, model, cc.batch_size, cc.eval_limit,
-                   cc.speed_batch, cc.speed_batches, min(cc.seq_len, model.cfg.max_seq_len))  # fmt: skip
+                   cc.speed_batch, cc.speed_batches, min(cc.seq_len, model.cfg.max_seq_len),
+                   cc.speed_sort)  # fmt: skip
         if info is not None:
             self.labels = list(info["labels"])
         self.train = self._read(train, "training") if train is not None else None
@@ -126,6 +128,9 @@ class StageData:
             batches = list(windows.sequential(self.speed_count))
             return [{"input_ids": b["input_ids"]} for b in batches]
         features = self._features(self.test, "test")
+        if self.speed_sort:  # the same examples as in file order, by length: less padding
+            features = sorted(features[: self.speed_batch * self.speed_count],
+                              key=lambda f: len(f["input_ids"]))  # fmt: skip
         source = batches_for(self.task, features, self.tokenizer, self.model, self.speed_batch,
                              name="test")  # fmt: skip
         out = []

@@ -72,6 +72,9 @@ class CompressConfig:
         quantize_embeddings: also store the token embedding as int8 rows (`compress.embedding`;
             not a table tied to the LM head).
         threads, speed_batch, speed_batches: the CPU speed measurement.
+        speed_sort: time the test examples in order of length (as sentence-transformers'
+            `encode` batches them: less padding per batch) instead of file order; every stage
+            gets the same batches either way.
         eval_limit: score only the first N test records / held-out windows (None = all).
         seq_len: window length of a causal LM's data.
         seed: seeds training and the data order.
@@ -99,6 +102,7 @@ class CompressConfig:
     threads: int = 2
     speed_batch: int = 32
     speed_batches: int = 4
+    speed_sort: bool = False
     eval_limit: int | None = None
     seq_len: int = 128
     seed: int = 0

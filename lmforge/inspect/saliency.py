@@ -101,9 +101,10 @@ def saliency(
     model.eval()
     try:
         with torch.no_grad():
-            emb = model.embed.tok(input_ids)[0].float()  # (T, d)
+            looked_up = model.embed.tok(input_ids)[0]  # (T, d)
+            emb = looked_up.float()
             base = torch.zeros_like(emb) if baseline is None else baseline.float()
-            dtype = model.embed.tok.weight.dtype
+            dtype = looked_up.dtype  # the lookup's, not the table's (int8 tables give floats)
             f_in = float(
                 _forward_score(model, input_ids, emb[None].to(dtype), score, forward_kwargs)[0]
             )

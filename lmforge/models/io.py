@@ -125,10 +125,12 @@ def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 def least_values(cfg: ModelConfig) -> int:
     """A lower bound on the weights a config implies: token embeddings + per block the query
-    and output projections and two feed-forward matrices (2 d h + 2 d f)."""
-    inner = cfg.n_head * cfg.head_dim
-    blocks = cfg.n_layer + (cfg.n_decoder_layer or 0)
-    return cfg.vocab_size * cfg.d_model + blocks * 2 * cfg.d_model * (inner + cfg.d_ff)
+    and output projections and two feed-forward matrices (2 d h + 2 d f), with each block's
+    own sizes (`layer_n_head`, `layer_d_ff` of a pruned model)."""
+    d, hd = cfg.d_model, cfg.head_dim
+    blocks = sum(2 * d * (h * hd + f) for h, f in zip(cfg.layer_heads, cfg.layer_ffn, strict=True))
+    blocks += (cfg.n_decoder_layer or 0) * 2 * d * (cfg.n_head * hd + cfg.d_ff)
+    return cfg.vocab_size * d + blocks
 
 
 def check_header(cfg: ModelConfig, path: str | Path) -> None:

@@ -12,7 +12,7 @@ the chunked backend never holds more than (chunk x T_k) of it; the dense backend
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -40,6 +40,8 @@ class AttentionMask:
     key_keep: Tensor | None = None
     bias_fn: BiasFn | None = None
     n_prefix: int = 0
+    # dense masks already built, by dtype: every block of a forward reads the same one
+    _dense: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def is_plain(self) -> bool:
@@ -83,5 +85,10 @@ class AttentionMask:
         return mask
 
     def dense(self, dtype: torch.dtype) -> Tensor:
-        """The whole additive mask, (B|1, H|1, Tq, n_prefix + Tk)."""
-        return self.block(dtype)
+        """The whole additive mask, (B|1, H|1, Tq, n_prefix + Tk); built once per dtype and
+        reused by every block (not with a bias_fn, whose bias may be a block's own)."""
+        if self.bias_fn is not None:
+            return self.block(dtype)
+        if dtype not in self._dense:
+            self._dense[dtype] = self.block(dtype)
+        return self._dense[dtype]

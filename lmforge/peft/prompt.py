@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmforge.errors import AdapterError
@@ -193,18 +194,26 @@ class Prefix(nn.Module):
 
     plain:           P is the parameter `kv`;
     reparameterised: P = MLP(E), E in R^{n x d} (`embedding`), MLP = Linear -> tanh -> Linear.
+
+    A stack whose blocks have different key/value head counts h_i (a structurally pruned model)
+    stores P with H_kv = max_i h_i; block i reads its first h_i heads, P[i, :, :h_i].
     """
 
     def __init__(
         self,
         n_layer: int,
-        n_kv_head: int,
+        n_kv_head: int | list[int],
         head_dim: int,
         n_tokens: int,
         d_model: int,
         reparam_hidden: int | None = None,
     ) -> None:
         super().__init__()
+        heads = [n_kv_head] * n_layer if isinstance(n_kv_head, int) else list(n_kv_head)
+        if len(heads) != n_layer:
+            raise AdapterError(f"need one key/value head count per layer ({n_layer}), got {heads}.")
+        self.layer_kv_heads = heads
+        n_kv_head = max(heads)
         self.shape = (n_layer, 2, n_kv_head, n_tokens, head_dim)
         self.n_tokens = n_tokens
         if reparam_hidden is None:
@@ -231,10 +240,13 @@ class Prefix(nn.Module):
         return out.view(n, n_layer, 2, heads, hd).permute(1, 2, 3, 0, 4)
 
     def forward(self, batch: int) -> list[tuple[Tensor, Tensor]]:
-        """One (keys, values) pair per layer, each (B, H_kv, n, hd)."""
+        """One (keys, values) pair per layer i, each (B, h_i, n, hd)."""
         p = self.prefixes()
-        size = (batch, *self.shape[2:])
-        return [(p[i, 0].expand(size), p[i, 1].expand(size)) for i in range(self.shape[0])]
+        out = []
+        for i, h in enumerate(self.layer_kv_heads):
+            size = (batch, h, *self.shape[3:])
+            out.append((p[i, 0, :h].expand(size), p[i, 1, :h].expand(size)))
+        return out
 
     @torch.no_grad()
     def fold(self) -> None:
@@ -259,7 +271,9 @@ def _stacks(model: Transformer, cfg: PrefixConfig) -> list[str]:
 @torch.no_grad()
 def real_kv(model: Transformer, stacks: list[str], ids: Tensor) -> dict[str, Tensor]:
     """Keys and values the model computes for the n tokens `ids` (at positions 0..n-1), as
-    (L, 2, H_kv, n, hd) per stack: with these as its prefix a decoder sees `ids` as context."""
+    (L, 2, H_kv, n, hd) per stack: with these as its prefix a decoder sees `ids` as context.
+    Blocks with fewer key/value heads than H_kv = the stack's most (a pruned model) are
+    zero-padded."""
     cfg = model.cfg
     n = ids.numel()
     if cfg.pos in ("learned", "sinusoidal") and n > cfg.max_seq_len:
@@ -290,10 +304,13 @@ def real_kv(model: Transformer, stacks: list[str], ids: Tensor) -> dict[str, Ten
         model.train(was_training)
     out = {}
     for s in stacks:
-        layers = range(len(getattr(model, s).layers))
+        heads = [block.attn.n_kv_head for block in getattr(model, s).layers]
         per = [
-            torch.stack([grabbed[(s, i, j)].view(n, cfg.n_kv_head, cfg.head_dim) for j in (0, 1)])
-            for i in layers
+            F.pad(
+                torch.stack([grabbed[(s, i, j)].view(n, h, cfg.head_dim) for j in (0, 1)]),
+                (0, 0, 0, max(heads) - h),
+            )
+            for i, h in enumerate(heads)
         ]  # each (2, n, H_kv, hd)
         out[s] = torch.stack(per).transpose(2, 3).contiguous()  # (L, 2, H_kv, n, hd)
     return out
@@ -316,7 +333,7 @@ def attach_prefix(model: nn.Module, cfg: PrefixConfig, initialise: bool = True) 
         stack = getattr(model, s)
         prefix = Prefix(
             len(stack.layers),
-            mc.n_kv_head,
+            [block.attn.n_kv_head for block in stack.layers],
             mc.head_dim,
             cfg.n_tokens,
             mc.d_model,

@@ -104,3 +104,25 @@ def test_cli_prune_then_every_verb_loads_the_result(toy_classifier, toy_lm, tmp_
     code, _, err = run_cli(monkeypatch, capsys, "prune", toy_lm["model"], "--out", lm,
                            "--sparsity", "1.5", "--method", "magnitude")  # fmt: skip
     assert code == 2 and "sparsity must be in [0, 1)" in err and "Traceback" not in err
+
+
+def test_speed_batches_sorted_by_length_hold_the_same_examples(toy_classifier):
+    from lmforge.compress.data import StageData
+    from lmforge.recipes.finetuned import load_finetuned
+
+    model = load_finetuned(toy_classifier["model"])
+    info = read_task_info(toy_classifier["model"])
+    built = {}
+    for sort in (False, True):
+        cc = CompressConfig(speed_batch=4, speed_batches=3, speed_sort=sort)
+        sd = StageData.build(toy_classifier["model"], model, info, None, None,
+                             toy_classifier["test"], cc)  # fmt: skip
+        built[sort] = sd.speed_batches()
+    rows = {k: sorted(tuple(r[m.bool()].tolist()) for b in v
+                      for r, m in zip(b["input_ids"], b["attention_mask"], strict=True))
+            for k, v in built.items()}  # fmt: skip
+    assert rows[True] == rows[False] and len(rows[True]) == 12  # the same 12 examples
+    lengths = [int(m.sum()) for b in built[True] for m in b["attention_mask"]]
+    assert lengths == sorted(lengths)
+    padded = {k: sum(b["input_ids"].numel() for b in v) for k, v in built.items()}
+    assert padded[True] <= padded[False]
