@@ -6,9 +6,11 @@
 (sampling, beam, speculative, the server) runs the quantized weights. The formulas, with w one
 row of the weight W (d_out x d_in):
 
-- int8 (weight-only, per output channel, symmetric):
+- int8 (per output channel, symmetric):
       s = max|w| / 127,   q = clamp(round(w / s), -127, 127),   w_hat = q s
-      y = x W_hat^T + b   (activations stay in floating point)
+      y = x W_hat^T + b   (weight-only: the activations stay in floating point)
+  except while decoding on the CPU (at most `DECODE_ROWS` rows, eager), where the activations
+  are quantized as in dynamic-int8 below (as llama.cpp's Q8_0 matmul quantizes them);
 - int4 (weight-only, per group of `group_size` inputs, asymmetric, as gpt-fast and torchao):
       s = (max(w_g) - min(w_g)) / 15,   q = clamp(round((w - min(w_g)) / s), 0, 15),
       z = min(w_g) + 8 s,   w_hat = (q - 8) s + z
@@ -16,12 +18,14 @@ row of the weight W (d_out x d_in):
   affine, with PyTorch's `_choose_qparams_per_tensor` rule, then multiplies in integers):
       x_hat = (clamp(round(x / s_x) + z_x, 0, 127) - z_x) s_x,   y = x_hat W_hat^T + b
 
-The fast paths are PyTorch's own kernels: `torch._weight_int8pack_mm` (int8),
-`aten._weight_int4pack_mm_for_cpu` (int4, after `_convert_weight_to_int4pack_for_cpu`) and the
-fbgemm/x86 `quantized.linear_dynamic` of `torch.ao` (dynamic int8). Each module also has the plain
-rule (`dequantized_weight()` then `F.linear`), used while autograd records (QLoRA training: the
-base is frozen, gradients flow to the input) and on devices the kernels do not cover; the tests
-check the kernels against it.
+The fast path is PyTorch's own fbgemm/x86 kernel `quantized.linear_dynamic` (`torch.ao`),
+which measured faster at batch 1 than fp32 MKL and than the native weight-only kernels
+(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`: several times slower than fp32 here);
+int4 decodes through an int8 copy of its weight derived at load (see `Int4Linear`), and under
+torch.compile int8 decodes weight-only in a kernel inductor generates (`Int8Linear._gemv`).
+Each module also has the plain rule (`dequantized_weight()` then `F.linear`), used for many rows,
+while autograd records (QLoRA training: the base is frozen, gradients flow to the input) and on
+devices the kernels do not cover; the tests check every kernel against its plain rule.
 
 Storage: the state dict holds only plain tensors (int8 / packed uint8 weights, float scales and
 zero points, float biases), so a quantized model is saved as safetensors; `quantization_record`
@@ -44,6 +48,8 @@ Method = Literal["int8", "int4", "dynamic-int8"]
 METHODS: tuple[str, ...] = get_args(Method)
 GROUP_SIZES = (32, 64, 128, 256)
 ATTR = "quantization"
+#: rows (batch x new tokens) up to which a call counts as decoding: the GEMV kernels
+DECODE_ROWS = 8
 EMBED = "embed.tok"
 
 
@@ -145,17 +151,33 @@ class QuantizedLinear(nn.Module):
 
 
 class Int8Linear(QuantizedLinear):
-    """Weight-only int8, per output channel: y = x (q s)^T + b (see the module docstring).
+    """Int8 weights, per output channel: y = x (q s)^T + b (see the module docstring).
 
-    Buffers: `weight` (d_out, d_in) int8, `scales` (d_out,) float32.
+    Buffers: `weight` (d_out, d_in) int8, `scales` (d_out,) float32. The fbgemm/x86 packed
+    weight is derived by `repack()` and is not stored.
+
+    Which arithmetic runs (the fastest measured on CPU, BENCHMARKS.md "Decode speed, round 2"):
+
+    - decoding (at most `DECODE_ROWS` rows, eager): fbgemm's `quantized.linear_dynamic`, the
+      activations quantized too (per tensor, 7 bits, `reduce_range`), as llama.cpp's Q8_0 matmul
+      does; `dynamic_reference` is its plain rule;
+    - decoding under torch.compile: weight-only, written as an elementwise product and a sum
+      over the inputs, which inductor fuses into one kernel reading the int8 weight once
+      (`_gemv`, equal to `reference`);
+    - more rows (prefill, training, evaluation) and devices other than the CPU: weight-only,
+      the dequantized weight through `F.linear` (`reference`).
     """
 
     method = "int8"
+    reduce_range = True  # 7-bit activations, the x86 rule that keeps u8 x s8 sums from saturating
+    #: rows up to which activations are quantized (None: every call, the dynamic-int8 method)
+    dynamic_rows: int | None = DECODE_ROWS
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.ones(out_features))
+        self._packed: Any = None
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> Int8Linear:
@@ -163,29 +185,68 @@ class Int8Linear(QuantizedLinear):
         m.weight, m.scales = quantize_int8(lin.weight)
         if lin.bias is not None:
             m.bias.data = lin.bias.detach().float().clone()
+        m.repack()
         return m.to(lin.weight.device)
+
+    def repack(self) -> None:
+        if self.weight.device.type != "cpu" or self.weight.is_meta:
+            self._packed = None
+            return
+        with warnings.catch_warnings():  # quantized tensor creation warns of its deprecation
+            warnings.simplefilter("ignore")
+            zero = torch.zeros(self.out_features, dtype=torch.long)
+            qw = torch._make_per_channel_quantized_tensor(
+                self.weight, self.scales.double(), zero, 0
+            )
+            bias = None if self.bias is None else self.bias.detach().float()
+            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+
+    def _apply(self, fn, recurse=True):  # .to(device): the packed weight follows the buffers
+        out = super()._apply(fn, recurse)
+        self.repack()
+        return out
 
     def dequantized_weight(self) -> Tensor:
         return dequantize_int8(self.weight, self.scales)
 
+    def dynamic_reference(self, x: Tensor) -> Tensor:
+        """x_hat W_hat^T + b, x_hat fake-quantized with the kernel's own per-tensor rule."""
+        scale, zero = torch._choose_qparams_per_tensor(x.detach().float(), self.reduce_range)
+        qmax = 127 if self.reduce_range else 255
+        x_hat = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, qmax)
+        return QuantizedLinear.reference(self, x_hat).to(x.dtype)
+
+    def _dynamic(self, rows: int) -> bool:
+        return self.dynamic_rows is None or rows <= self.dynamic_rows
+
+    def _gemv(self, x: Tensor) -> Tensor:
+        """y_o = s_o sum_i x_i q_oi + b_o as a product and a sum (fused by inductor)."""
+        y = (x.unsqueeze(-2) * self.weight.to(x.dtype)).sum(-1) * self.scales.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
-        if self._use_reference(x) or x.dtype not in (torch.float32, torch.bfloat16, torch.half):
+        rows = x.numel() // self.in_features
+        if torch.compiler.is_compiling():
+            small = rows <= DECODE_ROWS and x.device.type == "cpu"
+            return self._gemv(x) if small else self.reference(x)
+        if self._use_reference(x) or self._packed is None or not self._dynamic(rows):
             return self.reference(x)
-        shape = x.shape
-        y = torch._weight_int8pack_mm(
-            x.reshape(-1, self.in_features), self.weight, self.scales.to(x.dtype)
-        )  # (B*T, d_out)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, True)
+        return y.to(x.dtype)
 
 
 class Int4Linear(QuantizedLinear):
     """Weight-only int4, group-wise: y = x ((q - 8) s + z)^T + b (see the module docstring).
 
     Buffers: `weight` (d_out, d_in // 2) uint8 (two values a byte, `pack_int4`), `scales` and
-    `zeros` (d_out, d_in // group_size) float32. The CPU kernel's tiled layout is derived from
-    them by `repack()` and is not stored.
+    `zeros` (d_out, d_in // group_size) float32.
+
+    PyTorch's own int4 CPU kernel (`_weight_int4pack_mm_for_cpu`) measured 10-15x slower than
+    fp32 MKL at batch 1 here, so decoding (at most `DECODE_ROWS` rows, eager, CPU) runs the
+    fbgemm int8 kernel of `Int8Linear` on a copy derived at load (`repack()`, not stored): the
+    int4 weight dequantized and rounded again to int8 per output channel (W8 = int8(W_hat)),
+    the activations quantized per tensor. Its plain rule is `decode_reference`. More rows, other
+    devices and torch.compile use the weight-only rule (`reference`).
     """
 
     method = "int4"
@@ -202,8 +263,7 @@ class Int4Linear(QuantizedLinear):
         )
         self.register_buffer("scales", torch.ones(out_features, groups))
         self.register_buffer("zeros", torch.zeros(out_features, groups))
-        self.register_buffer("_packed", torch.empty(0, dtype=torch.uint8), persistent=False)
-        self.register_buffer("_scales_zeros", torch.empty(0), persistent=False)
+        self._decode: Int8Linear | None = None
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, group_size: int = 128) -> Int4Linear:
@@ -216,89 +276,59 @@ class Int4Linear(QuantizedLinear):
         return m.to(lin.weight.device)
 
     def repack(self) -> None:
-        if self.weight.device.type != "cpu":
+        if self.weight.device.type != "cpu" or self.weight.is_meta:
+            self._decode = None
             return
-        q = unpack_int4(self.weight).to(torch.int32)  # (N, K) in [0, 15]
-        self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-        # (K / g, N, 2): [scale, zero] per group and output, the kernel's layout
-        self._scales_zeros = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).contiguous()
+        dec = Int8Linear(self.in_features, self.out_features, self.bias is not None)
+        dec.weight, dec.scales = quantize_int8(self.dequantized_weight())
+        if self.bias is not None:
+            dec.bias.data = self.bias.detach().float().clone()
+        dec.repack()
+        # a plain attribute, not a submodule: it is derived, never saved or counted
+        self.__dict__["_decode"] = dec
+
+    def _apply(self, fn, recurse=True):  # .to(device): the derived copy follows the buffers
+        out = super()._apply(fn, recurse)
+        self.repack()
+        return out
 
     def dequantized_weight(self) -> Tensor:
         return dequantize_int4(unpack_int4(self.weight), self.scales, self.zeros)
 
+    def decode_reference(self, x: Tensor) -> Tensor:
+        """The decode kernel's plain rule: x_hat W8^T + b (see the class docstring)."""
+        if self._decode is None:
+            self.repack()
+        return self._decode.dynamic_reference(x)
+
     def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // self.in_features
+        dec = self._decode
         if (
-            self._use_reference(x)
-            or x.dtype not in (torch.float32, torch.bfloat16, torch.half)
-            or self._packed.numel() == 0
+            torch.compiler.is_compiling()
+            or self._use_reference(x)
+            or dec is None
+            or dec._packed is None
+            or rows > DECODE_ROWS
         ):
             return self.reference(x)
-        shape = x.shape
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, self.in_features).contiguous(),
-            self._packed,
-            self.group_size,
-            self._scales_zeros.to(x.dtype),
-        )  # (B*T, d_out)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        return dec(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"
 
 
-class DynamicInt8Linear(QuantizedLinear):
-    """Dynamic int8: int8 weights (per channel) and activations quantized at each call.
-
-    Buffers: `weight` (d_out, d_in) int8, `scales` (d_out,) float32. The fbgemm/x86 packed
-    weight is derived by `repack()` and is not stored. Meant for encoders (BERT classifiers),
-    whose matmuls are large enough that integer arithmetic pays.
-    """
+class DynamicInt8Linear(Int8Linear):
+    """Dynamic int8: the int8 weights of `Int8Linear`, the activations quantized at every call
+    (any number of rows): the method for encoders (BERT classifiers), whose matmuls are large
+    enough that integer arithmetic pays. Same buffers as `Int8Linear`."""
 
     method = "dynamic-int8"
-    reduce_range = True  # 7-bit activations, the x86 rule that keeps u8 x s8 sums from saturating
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.ones(out_features))
-        self._packed: Any = None
-
-    @classmethod
-    def from_linear(cls, lin: nn.Linear) -> DynamicInt8Linear:
-        m = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        m.weight, m.scales = quantize_int8(lin.weight)
-        if lin.bias is not None:
-            m.bias.data = lin.bias.detach().float().clone()
-        m.repack()
-        return m
-
-    def repack(self) -> None:
-        with warnings.catch_warnings():  # quantized tensor creation warns of its deprecation
-            warnings.simplefilter("ignore")
-            zero = torch.zeros(self.out_features, dtype=torch.long)
-            qw = torch._make_per_channel_quantized_tensor(
-                self.weight.cpu(), self.scales.double().cpu(), zero, 0
-            )
-            bias = None if self.bias is None else self.bias.detach().float().cpu()
-            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
-
-    def dequantized_weight(self) -> Tensor:
-        return dequantize_int8(self.weight, self.scales)
+    dynamic_rows = None
 
     def reference(self, x: Tensor) -> Tensor:
-        """x_hat W_hat^T + b, x_hat fake-quantized with the kernel's own per-tensor rule."""
-        scale, zero = torch._choose_qparams_per_tensor(x.detach().float(), self.reduce_range)
-        qmax = 127 if self.reduce_range else 255
-        x_hat = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, qmax)
-        return super().reference(x_hat).to(x.dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self._use_reference(x) or self._packed is None:
-            return self.reference(x)
-        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, True)
-        return y.to(x.dtype)
+        """x_hat W_hat^T + b (`dynamic_reference`): this method quantizes every call's input."""
+        return self.dynamic_reference(x)
 
 
 # ----------------------------------------------------------------------------- embeddings
