@@ -305,6 +305,13 @@ def quality(args: argparse.Namespace) -> None:
         (root / "held_out.txt").write_text("\n\n".join(valid), encoding="utf-8")
         data = [root / "held_out.txt"]
     ppl = {name: perplexity(d, data, device="cpu") for name, d in dirs.items()}
+    # the decode kernels (activations quantized too, int4 through its int8 copy) on every row:
+    # per tensor over a whole batch of sequences, a coarser rounding than decoding's 1-8 rows
+    from lmforge.models import quant
+
+    quant.DECODE_ROWS = quant.Int8Linear.dynamic_rows = 1 << 40
+    for name in ("int8", "int4 g64"):
+        ppl[f"{name}, decode kernel on every row"] = perplexity(dirs[name], data, device="cpu")
     base = ppl["fp32"].perplexity
     rows = [[name, f"{r.perplexity:.3f}", f"{(r.perplexity / base - 1):+.2%}", r.tokens]
             for name, r in ppl.items()]  # fmt: skip
