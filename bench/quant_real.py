@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -107,6 +109,18 @@ def llama_cpp_call(path: Path, prompt: list[int], new: int, threads: int):
     return run
 
 
+def llama_cpp_probe(path: Path, prompt: list[int], threads: int) -> int:
+    """Exit code of a child process that loads `path` in llama.cpp and decodes two tokens: a
+    llama.cpp build whose CPU kernels use instructions this machine refuses (SIGILL) fails here
+    instead of killing the benchmark."""
+    code = (
+        "import sys; from llama_cpp import Llama; "
+        f"llm = Llama(model_path={str(path)!r}, n_ctx=128, n_threads={threads}, verbose=False); "
+        f"g = llm.generate({prompt!r}, top_k=1, temp=0.0); next(g); next(g)"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
+
+
 def speed(args: argparse.Namespace) -> None:
     device = common.setup("cpu", args.threads)
     common.print_machine(device)
@@ -160,6 +174,10 @@ def speed(args: argparse.Namespace) -> None:
                 with torch.no_grad():
                     outputs["lmforge from Q8_0 file"] = generate(back, prompt, gen)[0]
             name = f"llama.cpp {kind.upper()}"
+            code = llama_cpp_probe(f, ids, args.threads)
+            if code:
+                print(f"{name}: llama.cpp died in a probe run (exit code {code}), left out")
+                continue
             run = llama_cpp_call(f, ids, args.new_tokens, args.threads)
 
             def keep(run=run, name=name):
