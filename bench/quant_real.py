@@ -212,6 +212,9 @@ def speed(args: argparse.Namespace) -> None:
                  ("lmforge int8", "llama.cpp Q8_0")]  # fmt: skip
         for ours, theirs in pairs:
             a, b = outputs.get(ours, []), outputs.get(theirs, [])
+            if not a or not b:
+                print(f"greedy tokens, {ours} vs {theirs}: not compared ({theirs} did not run)")
+                continue
             agree = next(
                 (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
                 min(len(a), len(b)),
