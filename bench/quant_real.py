@@ -7,6 +7,13 @@ vocab 49152, tied embeddings, RoPE theta 1e5) with random weights. Greedy, batch
 a user sees it), `--threads` threads for everyone. lmforge's int8 and int4 models are built with
 `quantize_model` (what `lmforge quantize` writes); llama.cpp reads the fp32 model exported by
 `lmforge convert --to-gguf --type q8_0|q4_0|f32`. Contenders alternate within each repeat.
+lmforge's int8 and int4 decode with fbgemm's dynamic int8 kernel (activations quantized to 8
+bits at each step, as llama.cpp's Q8_0 / Q4_0 matmuls quantize them; int4 through an int8 copy
+of its weight), see `lmforge.models.quant`.
+
+Same greedy text (issue 11, item 4): llama.cpp's greedy tokens on the F32 and Q8_0 files are
+compared with lmforge's on the same weights (the fp32 model, and the Q8_0 file read back with
+`lmforge convert --from-gguf`, i.e. its dequantized weights).
 
 Next to each rate: the bytes of weights one decode step reads (every matrix once; the tied
 embedding once more as the LM head, in the head's storage), the bandwidth that implies, and
@@ -15,6 +22,7 @@ the same threads): the physical limit of batch-1 decoding.
 
     python bench/quant_real.py                          # speed table (needs llama-cpp-python)
     python bench/quant_real.py --compile                # adds lmforge compile=True contenders
+    python bench/quant_real.py --gemv                   # one linear at batch 1: every kernel
     python bench/quant_real.py --quality RUN_DIR [--data FILE]  # perplexity fp32/int8/int4
 (--quality without --data scores the documents `lmforge pretrain` held out of its embedded
 corpus: a model pretrained there has not seen them)
@@ -25,6 +33,8 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +109,18 @@ def llama_cpp_call(path: Path, prompt: list[int], new: int, threads: int):
     return run
 
 
+def llama_cpp_probe(path: Path, prompt: list[int], threads: int) -> int:
+    """Exit code of a child process that loads `path` in llama.cpp and decodes two tokens: a
+    llama.cpp build whose CPU kernels use instructions this machine refuses (SIGILL) fails here
+    instead of killing the benchmark."""
+    code = (
+        "import sys; from llama_cpp import Llama; "
+        f"llm = Llama(model_path={str(path)!r}, n_ctx=128, n_threads={threads}, verbose=False); "
+        f"g = llm.generate({prompt!r}, top_k=1, temp=0.0); next(g); next(g)"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
+
+
 def speed(args: argparse.Namespace) -> None:
     device = common.setup("cpu", args.threads)
     common.print_machine(device)
@@ -113,7 +135,6 @@ def speed(args: argparse.Namespace) -> None:
         f"lmforge int4 (g{args.group_size})": quantize_model(
             copy.deepcopy(fp32), "int4", group_size=args.group_size
         ),
-        "lmforge dynamic-int8": quantize_model(copy.deepcopy(fp32), "dynamic-int8"),
     }
     sizes = {name: bytes_per_token(m) for name, m in models.items()}
     outputs: dict[str, list[int]] = {}
@@ -141,12 +162,22 @@ def speed(args: argparse.Namespace) -> None:
         have_llama = False
         print("llama-cpp-python is not installed: no llama.cpp contenders")
     if have_llama:
+        from lmforge.interop.gguf import import_gguf
         from lmforge.interop.gguf_export import export_gguf
+        from lmforge.models import load_model
 
         ids = prompt[0].tolist()
         for kind in ("f32", "q8_0", "q4_0"):
             f = export_gguf(model_dir, root / f"smol-{kind}.gguf", kind)
+            if kind == "q8_0":  # the same weights as llama.cpp reads: the file, dequantized
+                back = load_model(import_gguf(f, root / "from-q8_0"))
+                with torch.no_grad():
+                    outputs["lmforge from Q8_0 file"] = generate(back, prompt, gen)[0]
             name = f"llama.cpp {kind.upper()}"
+            code = llama_cpp_probe(f, ids, args.threads)
+            if code:
+                print(f"{name}: llama.cpp died in a probe run (exit code {code}), left out")
+                continue
             run = llama_cpp_call(f, ids, args.new_tokens, args.threads)
 
             def keep(run=run, name=name):
@@ -177,14 +208,101 @@ def speed(args: argparse.Namespace) -> None:
         ["contender", "tokens/s", "spread", "weights/token", "weights read", "of bandwidth",
          "vs llama.cpp same bits"], rows))  # fmt: skip
     if have_llama:
-        same = outputs["lmforge fp32"] == outputs.get("llama.cpp F32")
-        agree = 0
-        for x, y in zip(outputs["lmforge fp32"], outputs.get("llama.cpp F32", []), strict=False):
-            if x != y:
-                break
-            agree += 1
-        print(f"greedy tokens, lmforge fp32 vs llama.cpp F32 (same weights): "
-              f"{'identical' if same else f'first {agree} of {args.new_tokens} equal'}")  # fmt: skip
+        pairs = [("lmforge fp32", "llama.cpp F32"), ("lmforge from Q8_0 file", "llama.cpp Q8_0"),
+                 ("lmforge int8", "llama.cpp Q8_0")]  # fmt: skip
+        for ours, theirs in pairs:
+            a, b = outputs.get(ours, []), outputs.get(theirs, [])
+            if not a or not b:
+                print(f"greedy tokens, {ours} vs {theirs}: not compared ({theirs} did not run)")
+                continue
+            agree = next(
+                (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)),
+            )
+            same = a == b and len(a) == args.new_tokens
+            print(f"greedy tokens, {ours} vs {theirs}: "
+                  f"{'identical' if same else f'first {agree} of {args.new_tokens} equal'}")  # fmt: skip
+
+
+GEMV_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)]  # (d_out, d_in)
+
+
+def gemv_contenders(lin: nn.Linear) -> dict[str, object]:
+    """Every batch-1 kernel for one linear: fp32 MKL, PyTorch's native weight-only int8/int4
+    kernels, fbgemm's dynamic int8, the weight-only product-and-sum under torch.compile, the
+    dequantize-then-F.linear form under torch.compile, and torchao's int8 configs."""
+    import torch.nn.functional as F
+
+    from lmforge.models.quant import Int8Linear, quantize_int4
+
+    i8 = Int8Linear.from_linear(lin)
+    w8, s8 = i8.weight, i8.scales
+    q4, s4, z4 = quantize_int4(lin.weight, 64)
+    packed4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4.to(torch.int32), 1)
+    sz4 = torch.stack([s4.t(), z4.t()], dim=-1).contiguous()
+    out: dict[str, object] = {
+        "fp32 F.linear (MKL)": lambda x: F.linear(x, lin.weight),
+        "native _weight_int8pack_mm": lambda x: torch._weight_int8pack_mm(x, w8, s8),
+        "native _weight_int4pack_mm_for_cpu g64": lambda x: (
+            torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed4, 64, sz4)
+        ),
+        "fbgemm linear_dynamic (lmforge int8)": i8,
+        "compiled product-and-sum int8": torch.compile(i8._gemv, fullgraph=True),
+        "compiled F.linear(w.to(f32)) * s": torch.compile(
+            lambda x: F.linear(x, w8.to(x.dtype)) * s8, fullgraph=True
+        ),
+    }
+    try:
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
+
+        for name, config in [
+            ("torchao Int8WeightOnly", Int8WeightOnlyConfig()),
+            ("torchao Int8DynamicActivationInt8Weight", Int8DynamicActivationInt8WeightConfig()),
+        ]:
+            m = copy.deepcopy(lin)
+            quantize_(m, config)
+            out[name] = m
+    except Exception as e:  # noqa: BLE001 - a library that does not run here is reported
+        print(f"torchao contenders skipped: {type(e).__name__}: {str(e)[:120]}")
+    return out
+
+
+def gemv(args: argparse.Namespace) -> None:
+    """Microseconds of one batch-1 linear of this model's shapes, per kernel (median of
+    --gemv-calls calls, and the fastest), with the relative error against fp32."""
+    common.setup("cpu", args.threads)
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    rows = []
+    for d_out, d_in in GEMV_SHAPES:
+        torch.manual_seed(0)
+        lin = nn.Linear(d_in, d_out, bias=False).eval()
+        x = torch.randn(1, d_in)
+        with torch.no_grad():
+            ref = lin(x)
+            base = None
+            for name, fn in gemv_contenders(lin).items():
+                y = fn(x)
+                err = ((y - ref).abs().max() / ref.abs().max()).item()
+                for _ in range(5):
+                    fn(x)
+                ts = []
+                for _ in range(args.gemv_calls):
+                    t0 = time.perf_counter()
+                    fn(x)
+                    ts.append(time.perf_counter() - t0)
+                med, best = common.median(ts) * 1e6, min(ts) * 1e6
+                base = base or med
+                rows.append([f"{d_out}x{d_in}", name, f"{med:.0f}", f"{best:.0f}",
+                             f"{base / med:.2f}x", f"{err:.1e}"])  # fmt: skip
+                print(" | ".join(rows[-1]), flush=True)
+    print(f"load average after: {os.getloadavg()}")
+    print(common.markdown_table(
+        ["d_out x d_in", "kernel", "median us", "min us", "vs fp32 (median)", "rel. error"],
+        rows))  # fmt: skip
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -208,6 +326,13 @@ def quality(args: argparse.Namespace) -> None:
         (root / "held_out.txt").write_text("\n\n".join(valid), encoding="utf-8")
         data = [root / "held_out.txt"]
     ppl = {name: perplexity(d, data, device="cpu") for name, d in dirs.items()}
+    # the decode kernels (activations quantized too, int4 through its int8 copy) on every row:
+    # per tensor over a whole batch of sequences, a coarser rounding than decoding's 1-8 rows
+    from lmforge.models import quant
+
+    quant.DECODE_ROWS = quant.Int8Linear.dynamic_rows = 1 << 40
+    for name in ("int8", "int4 g64"):
+        ppl[f"{name}, decode kernel on every row"] = perplexity(dirs[name], data, device="cpu")
     base = ppl["fp32"].perplexity
     rows = [[name, f"{r.perplexity:.3f}", f"{(r.perplexity / base - 1):+.2%}", r.tokens]
             for name, r in ppl.items()]  # fmt: skip
@@ -224,6 +349,8 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=64, help="int4 group (576 = 9 x 64)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--quality", help="a trained causal LM dir: held-out perplexity instead")
+    p.add_argument("--gemv", action="store_true", help="one linear at batch 1, every kernel")
+    p.add_argument("--gemv-calls", type=int, default=200)
     p.add_argument(
         "--data",
         nargs="+",
@@ -233,6 +360,8 @@ def main() -> None:
     args = p.parse_args()
     if args.quality:
         quality(args)
+    elif args.gemv:
+        gemv(args)
     else:
         speed(args)
 

@@ -1,320 +1,66 @@
-"""Weight-only and dynamic quantization of the linear layers, as module swaps.
+"""Weight-only and dynamic quantization of the linear layers, as module swaps (the transform).
 
 `quantize_model(model, "int8" | "int4" | "dynamic-int8")` replaces the `nn.Linear` projections
-(attention q/k/v/o, the MLP, the heads) by quantized linears with the same `in_features`,
-`out_features` and `bias`; the model's own forward calls them as modules, so every decode path
-(sampling, beam, speculative, the server) runs the quantized weights. The formulas, with w one
-row of the weight W (d_out x d_in):
-
-- int8 (weight-only, per output channel, symmetric):
-      s = max|w| / 127,   q = clamp(round(w / s), -127, 127),   w_hat = q s
-      y = x W_hat^T + b   (activations stay in floating point)
-- int4 (weight-only, per group of `group_size` inputs, asymmetric, as gpt-fast and torchao):
-      s = (max(w_g) - min(w_g)) / 15,   q = clamp(round((w - min(w_g)) / s), 0, 15),
-      z = min(w_g) + 8 s,   w_hat = (q - 8) s + z
-- dynamic-int8 (weights as int8 above; each call quantizes the activations too, per tensor,
-  affine, with PyTorch's `_choose_qparams_per_tensor` rule, then multiplies in integers):
-      x_hat = (clamp(round(x / s_x) + z_x, 0, 127) - z_x) s_x,   y = x_hat W_hat^T + b
-
-The fast paths are PyTorch's own kernels: `torch._weight_int8pack_mm` (int8),
-`aten._weight_int4pack_mm_for_cpu` (int4, after `_convert_weight_to_int4pack_for_cpu`) and the
-fbgemm/x86 `quantized.linear_dynamic` of `torch.ao` (dynamic int8). Each module also has the plain
-rule (`dequantized_weight()` then `F.linear`), used while autograd records (QLoRA training: the
-base is frozen, gradients flow to the input) and on devices the kernels do not cover; the tests
-check the kernels against it.
-
-Storage: the state dict holds only plain tensors (int8 / packed uint8 weights, float scales and
-zero points, float biases), so a quantized model is saved as safetensors; `quantization_record`
-gives the JSON that `config.json` keeps (method, group size, which modules) and
-`prepare_quantized` rebuilds the swapped modules of a freshly built model before its state loads.
+(attention q/k/v/o, the MLP, the heads) by the quantized linears of `lmforge.models.quant`
+(where the formulas, the kernels and the loading side live, since every verb loads quantized
+checkpoints); the model's own forward calls them as modules, so every decode path (sampling,
+beam, speculative, the server) runs the quantized weights. `quantization_record` gives the JSON
+that `config.json` keeps (method, group size, which modules).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from lmforge.errors import ConfigError
+from lmforge.models.quant import (
+    ATTR,
+    GROUP_SIZES,
+    METHODS,
+    DynamicInt8Linear,
+    Int4Linear,
+    Int8Linear,
+    Method,
+    QuantizedLinear,
+    _swap,
+    check_int4_shape,
+    check_method,
+    dequantize_int4,
+    dequantize_int8,
+    pack_int4,
+    prepare_quantized,
+    quantize_int4,
+    quantize_int8,
+    quantized_modules,
+    unpack_int4,
+)
 
-Method = Literal["int8", "int4", "dynamic-int8"]
-METHODS: tuple[str, ...] = get_args(Method)
-GROUP_SIZES = (32, 64, 128, 256)
-ATTR = "quantization"
-
-
-# ----------------------------------------------------------------------------- plain formulas
-def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row symmetric int8: s = max|w|/127, q = clamp(round(w/s), -127, 127).
-
-    Args:
-        w: (d_out, d_in) float weight.
-
-    Returns:
-        q (d_out, d_in) int8 and s (d_out,) float32, with w ~ q * s[:, None].
-    """
-    w = w.detach().float()
-    s = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, s
-
-
-def dequantize_int8(q: Tensor, s: Tensor) -> Tensor:
-    """w_hat = q s (per row), float32."""
-    return q.float() * s.float()[:, None]
-
-
-def quantize_int4(w: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Group-wise asymmetric int4 over `group_size` consecutive inputs of each row.
-
-        s = (max - min) / 15,  q = clamp(round((w - min) / s), 0, 15),  z = min + 8 s
-
-    Args:
-        w: (d_out, d_in) float weight, d_in divisible by group_size.
-
-    Returns:
-        q (d_out, d_in) uint8 in [0, 15], s and z (d_out, d_in // group_size) float32, with
-        w ~ (q - 8) s + z per group.
-    """
-    d_out, d_in = w.shape
-    wg = w.detach().float().reshape(d_out, d_in // group_size, group_size)  # (N, G, g)
-    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)  # (N, G)
-    s = ((hi - lo) / 15).clamp(min=1e-8)
-    q = torch.round((wg - lo[..., None]) / s[..., None]).clamp(0, 15).to(torch.uint8)
-    return q.reshape(d_out, d_in), s, lo + 8 * s
-
-
-def dequantize_int4(q: Tensor, s: Tensor, z: Tensor) -> Tensor:
-    """w_hat = (q - 8) s + z per group, float32; q (d_out, d_in), s and z (d_out, groups)."""
-    d_out, d_in = q.shape
-    g = d_in // s.shape[1]
-    qg = q.float().reshape(d_out, -1, g)  # (N, G, g)
-    return ((qg - 8) * s.float()[..., None] + z.float()[..., None]).reshape(d_out, d_in)
-
-
-def pack_int4(q: Tensor) -> Tensor:
-    """Two 4-bit values per byte: even inputs in the low nibble, odd inputs in the high one."""
-    q = q.to(torch.uint8)
-    return q[:, 0::2] | (q[:, 1::2] << 4)
-
-
-def unpack_int4(packed: Tensor) -> Tensor:
-    """Inverse of `pack_int4`: (d_out, d_in // 2) uint8 -> (d_out, d_in) values in [0, 15]."""
-    lo, hi = packed & 0x0F, packed >> 4
-    return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)
-
-
-# ----------------------------------------------------------------------------- modules
-class QuantizedLinear(nn.Module):
-    """Common shape of the quantized linears: `in_features`, `out_features`, a float `bias`
-    (frozen Parameter or None), `dequantized_weight()` and `from_linear`."""
-
-    method: str = ""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        b = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self.register_parameter("bias", b)
-        # the kernels' own layouts are rebuilt from the stored tensors after every load
-        self.register_load_state_dict_post_hook(lambda module, _: module.repack())
-
-    def dequantized_weight(self) -> Tensor:
-        raise NotImplementedError
-
-    def repack(self) -> None:
-        """Rebuild whatever derived layout the fast kernel reads (after a load or a move)."""
-
-    def reference(self, x: Tensor) -> Tensor:
-        """The plain rule: y = x W_hat^T + b."""
-        w = self.dequantized_weight().to(x.dtype)
-        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
-
-    def _use_reference(self, x: Tensor) -> bool:
-        return x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}"
-        )
-
-
-class Int8Linear(QuantizedLinear):
-    """Weight-only int8, per output channel: y = x (q s)^T + b (see the module docstring).
-
-    Buffers: `weight` (d_out, d_in) int8, `scales` (d_out,) float32.
-    """
-
-    method = "int8"
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.ones(out_features))
-
-    @classmethod
-    def from_linear(cls, lin: nn.Linear) -> Int8Linear:
-        m = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        m.weight, m.scales = quantize_int8(lin.weight)
-        if lin.bias is not None:
-            m.bias.data = lin.bias.detach().float().clone()
-        return m.to(lin.weight.device)
-
-    def dequantized_weight(self) -> Tensor:
-        return dequantize_int8(self.weight, self.scales)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self._use_reference(x) or x.dtype not in (torch.float32, torch.bfloat16, torch.half):
-            return self.reference(x)
-        shape = x.shape
-        y = torch._weight_int8pack_mm(
-            x.reshape(-1, self.in_features), self.weight, self.scales.to(x.dtype)
-        )  # (B*T, d_out)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
-
-
-class Int4Linear(QuantizedLinear):
-    """Weight-only int4, group-wise: y = x ((q - 8) s + z)^T + b (see the module docstring).
-
-    Buffers: `weight` (d_out, d_in // 2) uint8 (two values a byte, `pack_int4`), `scales` and
-    `zeros` (d_out, d_in // group_size) float32. The CPU kernel's tiled layout is derived from
-    them by `repack()` and is not stored.
-    """
-
-    method = "int4"
-
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128
-    ) -> None:
-        super().__init__(in_features, out_features, bias)
-        check_int4_shape(in_features, group_size)
-        self.group_size = group_size
-        groups = in_features // group_size
-        self.register_buffer(
-            "weight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8)
-        )
-        self.register_buffer("scales", torch.ones(out_features, groups))
-        self.register_buffer("zeros", torch.zeros(out_features, groups))
-        self.register_buffer("_packed", torch.empty(0, dtype=torch.uint8), persistent=False)
-        self.register_buffer("_scales_zeros", torch.empty(0), persistent=False)
-
-    @classmethod
-    def from_linear(cls, lin: nn.Linear, group_size: int = 128) -> Int4Linear:
-        m = cls(lin.in_features, lin.out_features, lin.bias is not None, group_size)
-        q, m.scales, m.zeros = quantize_int4(lin.weight, group_size)
-        m.weight = pack_int4(q)
-        if lin.bias is not None:
-            m.bias.data = lin.bias.detach().float().clone()
-        m.repack()
-        return m.to(lin.weight.device)
-
-    def repack(self) -> None:
-        if self.weight.device.type != "cpu":
-            return
-        q = unpack_int4(self.weight).to(torch.int32)  # (N, K) in [0, 15]
-        self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-        # (K / g, N, 2): [scale, zero] per group and output, the kernel's layout
-        self._scales_zeros = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).contiguous()
-
-    def dequantized_weight(self) -> Tensor:
-        return dequantize_int4(unpack_int4(self.weight), self.scales, self.zeros)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (
-            self._use_reference(x)
-            or x.dtype not in (torch.float32, torch.bfloat16, torch.half)
-            or self._packed.numel() == 0
-        ):
-            return self.reference(x)
-        shape = x.shape
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, self.in_features).contiguous(),
-            self._packed,
-            self.group_size,
-            self._scales_zeros.to(x.dtype),
-        )  # (B*T, d_out)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", group_size={self.group_size}"
-
-
-class DynamicInt8Linear(QuantizedLinear):
-    """Dynamic int8: int8 weights (per channel) and activations quantized at each call.
-
-    Buffers: `weight` (d_out, d_in) int8, `scales` (d_out,) float32. The fbgemm/x86 packed
-    weight is derived by `repack()` and is not stored. Meant for encoders (BERT classifiers),
-    whose matmuls are large enough that integer arithmetic pays.
-    """
-
-    method = "dynamic-int8"
-    reduce_range = True  # 7-bit activations, the x86 rule that keeps u8 x s8 sums from saturating
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.ones(out_features))
-        self._packed: Any = None
-
-    @classmethod
-    def from_linear(cls, lin: nn.Linear) -> DynamicInt8Linear:
-        m = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        m.weight, m.scales = quantize_int8(lin.weight)
-        if lin.bias is not None:
-            m.bias.data = lin.bias.detach().float().clone()
-        m.repack()
-        return m
-
-    def repack(self) -> None:
-        with warnings.catch_warnings():  # quantized tensor creation warns of its deprecation
-            warnings.simplefilter("ignore")
-            zero = torch.zeros(self.out_features, dtype=torch.long)
-            qw = torch._make_per_channel_quantized_tensor(
-                self.weight.cpu(), self.scales.double().cpu(), zero, 0
-            )
-            bias = None if self.bias is None else self.bias.detach().float().cpu()
-            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
-
-    def dequantized_weight(self) -> Tensor:
-        return dequantize_int8(self.weight, self.scales)
-
-    def reference(self, x: Tensor) -> Tensor:
-        """x_hat W_hat^T + b, x_hat fake-quantized with the kernel's own per-tensor rule."""
-        scale, zero = torch._choose_qparams_per_tensor(x.detach().float(), self.reduce_range)
-        qmax = 127 if self.reduce_range else 255
-        x_hat = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, qmax)
-        return super().reference(x_hat).to(x.dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self._use_reference(x) or self._packed is None:
-            return self.reference(x)
-        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, True)
-        return y.to(x.dtype)
-
-
-# ----------------------------------------------------------------------------- the transform
-def check_int4_shape(in_features: int, group_size: int) -> None:
-    """Raise `ConfigError` unless int4 can take a layer of `in_features` inputs in groups."""
-    if group_size not in GROUP_SIZES:
-        raise ConfigError(
-            f"int4 group size must be one of {list(GROUP_SIZES)}, got {group_size}; "
-            "pass --group-size 32, 64 or 128."
-        )
-    if in_features % group_size:
-        raise ConfigError(
-            f"int4 needs in_features divisible by the group size, got {in_features} and "
-            f"{group_size}; choose a smaller group size."
-        )
+__all__ = [
+    "GROUP_SIZES",
+    "METHODS",
+    "DynamicInt8Linear",
+    "Int4Linear",
+    "Int8Linear",
+    "Method",
+    "QuantizedLinear",
+    "check_int4_shape",
+    "check_method",
+    "dequantize_int4",
+    "dequantize_int8",
+    "pack_int4",
+    "prepare_quantized",
+    "quantization_record",
+    "quantize_int4",
+    "quantize_int8",
+    "quantize_model",
+    "quantized_modules",
+    "unpack_int4",
+]
 
 
 def _int4_fits(lin: nn.Linear, group_size: int) -> bool:
@@ -330,32 +76,8 @@ def _make(method: str, lin: nn.Linear, group_size: int) -> QuantizedLinear:
     return DynamicInt8Linear.from_linear(lin)
 
 
-def _empty(method: str, lin: nn.Linear, group_size: int) -> QuantizedLinear:
-    bias = lin.bias is not None
-    if method == "int8":
-        return Int8Linear(lin.in_features, lin.out_features, bias)
-    if method == "int4":
-        return Int4Linear(lin.in_features, lin.out_features, bias, group_size)
-    return DynamicInt8Linear(lin.in_features, lin.out_features, bias)
-
-
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(name, p) or fnmatchcase(name, "*." + p) for p in patterns)
-
-
-def check_method(method: str, group_size: int) -> None:
-    """Raise `ConfigError` for an unknown method or int4 group size."""
-    if method not in METHODS:
-        raise ConfigError(
-            f"unknown quantization method '{method}'; choose one of {', '.join(METHODS)}."
-        )
-    if method == "int4" and group_size not in GROUP_SIZES:
-        check_int4_shape(group_size, group_size)
 
 
 def quantize_model(
@@ -409,47 +131,3 @@ def quantize_model(
 def quantization_record(model: nn.Module) -> dict[str, Any] | None:
     """The JSON record of `quantize_model` (method, group size, modules), or None."""
     return getattr(model, ATTR, None)
-
-
-def prepare_quantized(
-    model: nn.Module, record: dict[str, Any], missing_ok: bool = False
-) -> nn.Module:
-    """Swap the modules named in `record` for empty quantized linears, ready for a state load.
-
-    Args:
-        model: the freshly built floating-point model.
-        record: the `quantization` entry of config.json.
-        missing_ok: skip named modules the model does not have (a fine-tune that replaces the
-            base's heads by a task head); the model's record then lists only the swapped ones.
-
-    Raises `ConfigError` when the record does not fit the model (an unknown method or a module
-    that is not a linear layer).
-    """
-    if not isinstance(record, dict) or "method" not in record or "modules" not in record:
-        raise ConfigError(
-            "the 'quantization' entry of config.json needs 'method' and 'modules'; re-run "
-            "`lmforge quantize` on the original model."
-        )
-    method, group_size = record["method"], int(record.get("group_size", 128))
-    check_method(method, group_size)
-    known = dict(model.named_modules())
-    names = [n for n in record["modules"] if not missing_ok or n in known]
-    for name in names:
-        lin = known.get(name)
-        if type(lin) is not nn.Linear:
-            raise ConfigError(
-                f"config.json quantizes '{name}', which is not a linear layer of this model; "
-                "the config does not match the weights."
-            )
-        _swap(model, name, _empty(method, lin, group_size))
-    if record.get("embeddings"):  # int8 token embeddings (lmforge.compress.embedding)
-        from lmforge.compress.embedding import prepare_quantized_embeddings
-
-        prepare_quantized_embeddings(model, list(record["embeddings"]))
-    setattr(model, ATTR, {**record, "modules": names})
-    return model
-
-
-def quantized_modules(model: nn.Module) -> dict[str, QuantizedLinear]:
-    """The quantized linears of `model` by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}

@@ -10,7 +10,8 @@ slots, see `lmforge.models.cache.CacheView`), so torch.compile captures it as on
 - the keys/values are views of the cache's first slot + 1 slots: their length is the one size
   that changes between steps and is marked dynamic (one compilation for a whole generation, no
   attention over unwritten slots);
-- inductor options (`COMPILE_OPTIONS`): frozen weights and autotuned matrix kernels.
+- inductor options (`COMPILE_OPTIONS`): frozen weights, the matrix products left to ATen/MKL
+  (no autotuning, whose first call took many minutes on a 30-layer model).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from lmforge.models.cache import CacheView
 # inductor options of the compiled step:
 # - freezing: the weights are constants of the graph, packed once into the layout the matrix
 #   kernels read (the graph is rebuilt by `compiled_step` whenever a weight changes);
-# - max_autotune with the "CPP" GEMM backend: inductor also generates its own C++ matrix kernels
-#   for each linear's shape (vectorised, multi-threaded over the output features), times them
-#   against the ATen/MKL call once at compile time and keeps the faster. For one to eight rows
-#   (decoding) the generated kernels read the weights several times faster than MKL's on the
-#   CPUs measured (BENCHMARKS.md), at the price of a longer first call.
-COMPILE_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# - no max_autotune: autotuning times inductor's generated C++ matrix kernels against ATen/MKL
+#   for every frozen linear, and a 30-layer model has 211 of them: its first call took many
+#   minutes on 2 cores (more than 42 minutes on a loaded box), while at batch 1 MKL won most
+#   of those autotunes anyway (BENCHMARKS.md "Decode speed, round 2"). Inductor still fuses
+#   every elementwise step (norms, RoPE, activations, residuals) around the MKL calls.
+COMPILE_OPTIONS = {"freezing": True}
 
 # one compiled step per model: torch.compile keys its cache on the function's code, and a
 # frozen graph holds the weights as constants, so each model gets its own function object

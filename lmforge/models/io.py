@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError
+from lmforge.models.quant import prepare_quantized
 from lmforge.models.transformer import Transformer
 from lmforge.utils.fs import atomic_path, atomic_write_text
 
@@ -167,10 +168,8 @@ def check_header(cfg: ModelConfig, path: str | Path) -> None:
 
 
 def _quantized(model: Transformer, cfg: ModelConfig) -> None:
-    # the one place `models` reaches into `compress`: a quantized checkpoint needs its
-    # quantized linears swapped in before its integer tensors can load
-    from lmforge.compress.quantize import prepare_quantized
-
+    # a quantized checkpoint needs its quantized linears swapped in before its integer
+    # tensors can load
     prepare_quantized(model, cfg.quantization)
 
 

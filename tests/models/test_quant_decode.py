@@ -1,0 +1,103 @@
+"""The decode kernels of the quantized linears (`lmforge.models.quant`) against their plain
+rules: at most DECODE_ROWS rows on the CPU take the fbgemm int8 kernel (activations quantized
+per tensor), and int8 under torch.compile takes the weight-only product-and-sum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lmforge.models.quant import (
+    DECODE_ROWS,
+    Int4Linear,
+    Int8Linear,
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+    unpack_int4,
+)
+
+
+def _linear(d_in: int, d_out: int, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(d_in, d_out, bias=bias)
+
+
+def _fake_quant(x: torch.Tensor) -> torch.Tensor:
+    """x_hat = (clamp(round(x / s) + z, 0, 127) - z) s with PyTorch's per-tensor 7-bit rule."""
+    scale, zero = torch._choose_qparams_per_tensor(x, True)
+    return ((torch.round(x / scale) + zero).clamp(0, 127) - zero) * scale
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [1, DECODE_ROWS])
+def test_int8_decode_rows_quantize_the_activations(bias, rows):
+    lin = _linear(96, 80, bias)
+    m = Int8Linear.from_linear(lin)
+    x = torch.randn(rows, 1, 96) * 2
+    with torch.no_grad():
+        want = _fake_quant(x) @ dequantize_int8(m.weight, m.scales).T
+        want = want + lin.bias if bias else want
+        got = m(x)
+        weight_only = x @ dequantize_int8(m.weight, m.scales).T + (lin.bias if bias else 0)
+    assert got.shape == (rows, 1, 80)
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max(), rtol=1e-4)
+    # the activation rounding is visible but small next to the weight-only output
+    err = (got - weight_only).abs().max() / weight_only.abs().max()
+    assert 0 < err < 0.05
+
+
+def test_int8_more_rows_stay_weight_only():
+    lin = _linear(96, 80)
+    m = Int8Linear.from_linear(lin)
+    x = torch.randn(DECODE_ROWS + 1, 96)
+    with torch.no_grad():
+        want = x @ dequantize_int8(m.weight, m.scales).T + lin.bias
+        torch.testing.assert_close(m(x), want, atol=1e-4 * want.abs().max(), rtol=1e-4)
+
+
+def test_int8_product_and_sum_is_the_weight_only_rule():
+    lin = _linear(96, 80)
+    m = Int8Linear.from_linear(lin)
+    x = torch.randn(3, 1, 96)
+    with torch.no_grad():
+        want = x @ dequantize_int8(m.weight, m.scales).T + lin.bias
+        torch.testing.assert_close(m._gemv(x), want, atol=1e-5 * want.abs().max(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("group_size", [32, 64])
+def test_int4_decode_rows_use_the_int8_copy(group_size):
+    lin = _linear(128, 48)
+    m = Int4Linear.from_linear(lin, group_size)
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        q, s, z = quantize_int4(lin.weight, group_size)
+        assert torch.equal(unpack_int4(m.weight), q)
+        q8, s8 = quantize_int8(dequantize_int4(q, s, z))
+        want = _fake_quant(x) @ dequantize_int8(q8, s8).T + lin.bias
+        got = m(x)
+        torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max(), rtol=1e-4)
+        torch.testing.assert_close(m.decode_reference(x), want, atol=1e-5, rtol=1e-5)
+        # the int8 copy adds little to the int4 rounding
+        weight_only = x @ dequantize_int4(q, s, z).T + lin.bias
+        assert (got - weight_only).abs().max() / weight_only.abs().max() < 0.05
+    # the copy is derived: not in the state dict, rebuilt after a load
+    assert set(m.state_dict()) == {"weight", "scales", "zeros", "bias"}
+    fresh = Int4Linear(128, 48, True, group_size)
+    fresh.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), got)
+
+
+@pytest.mark.slow
+def test_int8_under_compile_is_weight_only():
+    """inductor compiles the product-and-sum (one small graph, some seconds)."""
+    lin = _linear(64, 32)
+    m = Int8Linear.from_linear(lin).eval()
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        want = x @ dequantize_int8(m.weight, m.scales).T + lin.bias
+        got = torch.compile(m, fullgraph=True)(x)
+    torch.testing.assert_close(got, want, atol=1e-5 * want.abs().max(), rtol=1e-5)
