@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lmforge.config.train import TrainConfig
 from lmforge.models import Transformer
 from lmforge.objectives.chunked import lm_head_cross_entropy
 
@@ -37,7 +38,7 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 #: Vocabulary size from which the LM objectives apply the LM head in chunks of rows
 #: (`lmforge.objectives.chunked`) instead of materialising the whole batch's logits.
-CHUNK_VOCAB = 32768
+CHUNK_VOCAB: int = TrainConfig.chunked_ce_vocab
 
 
 def chunkable_heads(model: nn.Module, chunk_vocab: int):
