@@ -81,7 +81,7 @@ class CausalLMLoss:
         chunk_vocab: from this vocabulary size on, the LM head and the loss run over chunks of
             rows (`lmforge.objectives.chunked`: the same loss and gradients without the
             batch's full float32 logits); 0 = never.
-        chunk_rows: rows per chunk (None: about 16 MiB of logits per chunk).
+        chunk_rows: rows per chunk (None: about 64 MiB of float32 logits per chunk).
     """
 
     chunk_vocab: int = CHUNK_VOCAB
