@@ -132,3 +132,12 @@ def test_sft_objective_chunked_equals_full():
     assert full.n_tokens == chunked.n_tokens == 14
     torch.testing.assert_close(chunked.loss, full.loss)
     assert chunked.metrics["token_acc"] == pytest.approx(full.metrics["token_acc"])
+
+
+def test_a_negative_threshold_is_one_sentence():
+    from lmforge.config.train import TrainConfig
+    from lmforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="chunked_ce_vocab must be at least 0"):
+        TrainConfig(chunked_ce_vocab=-1)
+    assert TrainConfig().chunked_ce_vocab == CausalLMLoss().chunk_vocab == 32768
