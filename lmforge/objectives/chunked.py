@@ -156,11 +156,12 @@ def _chunks(
         dz.scatter_add_(1, y, torch.full_like(y, smoothing - 1, dtype=dz.dtype))
         if smoothing:
             dz.sub_(smoothing / vocab)
-        dz.mul_((mc / n)[:, None])
         dz = dz.to(h.dtype)
-        torch.mm(dz, w, out=grad_h[s : s + rows])
+        # the row weights mask / N' scale the small (c, d) factors, not the (c, V) logits
+        scale = (mc / n).to(h.dtype)[:, None]
+        torch.mm(dz, w, out=grad_h[s : s + rows]).mul_(scale)
         if dz.dtype == acc:
-            grad_w.addmm_(dz.t(), hc)
+            grad_w.addmm_(dz.t(), hc * scale)
         else:
-            grad_w += (dz.t() @ hc).to(acc)
+            grad_w += (dz.t() @ (hc * scale)).to(acc)
     return total / n, hits, grad_h, grad_w
