@@ -9,12 +9,13 @@ One training step = forward + cross-entropy + backward + clip_grad_norm_(1.0) + 
 zero_grad, on the same random token batches, with the same AdamW settings and parameter groups
 (lmforge's `param_groups`, applied to both models). Contenders per pair:
 
-    lmforge         the step `lmforge.train.fit` takes: its objective (`causal_lm_loss`: the
-                    chunked LM-head cross-entropy from `chunked_ce_vocab` = 32,768 on) and
+    lmforge         the step `lmforge.train.fit` takes by default: its objective
+                    (`causal_lm_loss`: full logits, as `chunked_ce_vocab` = 0) and
                     `build_optimizer`'s fused AdamW
-    lmforge-plain   the same model with the levers off: full logits + F.cross_entropy and the
-                    per-parameter AdamW loop (`--levers`, with lmforge-fullce)
-    lmforge-fullce  fused AdamW, full logits (`--levers`: the chunked loss's share)
+    lmforge-plain   the same model with the levers off: full logits and the per-parameter
+                    AdamW loop (`--levers`)
+    lmforge-chunked fused AdamW and the chunked LM-head cross-entropy (`chunked_ce_vocab=32768`;
+                    `--levers`, vocabularies of 32,768 and more)
     lmforge+compile the lmforge step with the model under torch.compile (`--compile`)
     hf-sdpa         Hugging Face with SDPA attention; its logits go to F.cross_entropy (float32)
                     and it steps with fused AdamW, the Hugging Face Trainer's default
@@ -55,6 +56,7 @@ from lmforge.train.optim import fused_supported, param_groups
 
 LR, BETAS, EPS, WEIGHT_DECAY, CLIP = 3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
 PAIRS = {"gpt-mini": 8, "smollm2-135m": 4}  # pair -> default batch size (sequences of 256)
+CHUNKED = 32768  # chunked_ce_vocab of the lmforge-chunked contender
 
 
 def autocast(device: torch.device, dtype: str):
@@ -132,15 +134,15 @@ def run_pair(name: str, args, device: torch.device) -> dict:
     """Time one pair's contenders (module docstring); print and return the figures."""
     ours, hfs = build_pair(name, args, device)
     batch_size = args.batch_size or PAIRS[name]
-    chunk_vocab = CausalLMLoss().chunk_vocab
+    chunk_vocab = CausalLMLoss().chunk_vocab  # the default objective's
     # name -> (model to step, loss, fused AdamW)
     models: dict[str, tuple[nn.Module, Callable, bool]] = {
         "lmforge": (ours, lambda m: lmforge_loss(m, chunk_vocab), True)
     }
     if args.levers:
         models["lmforge-plain"] = (ours, lambda m: lmforge_loss(m, 0), False)
-        if ours.cfg.vocab_size >= chunk_vocab:
-            models["lmforge-fullce"] = (ours, lambda m: lmforge_loss(m, 0), True)
+        if ours.cfg.vocab_size >= CHUNKED:
+            models["lmforge-chunked"] = (ours, lambda m: lmforge_loss(m, CHUNKED), True)
     for hf_name, hf in hfs.items():
         models[hf_name] = (hf, hf_loss, True)
 

@@ -37,7 +37,8 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 #: Vocabulary size from which the LM objectives apply the LM head in chunks of rows
-#: (`lmforge.objectives.chunked`) instead of materialising the whole batch's logits.
+#: (`lmforge.objectives.chunked`) instead of materialising the whole batch's logits; 0 (the
+#: train key's default) = never.
 CHUNK_VOCAB: int = TrainConfig.chunked_ce_vocab
 
 

@@ -140,4 +140,4 @@ def test_a_negative_threshold_is_one_sentence():
 
     with pytest.raises(ConfigError, match="chunked_ce_vocab must be at least 0"):
         TrainConfig(chunked_ce_vocab=-1)
-    assert TrainConfig().chunked_ce_vocab == CausalLMLoss().chunk_vocab == 32768
+    assert TrainConfig().chunked_ce_vocab == CausalLMLoss().chunk_vocab == 0
