@@ -235,13 +235,37 @@ def gpt_pair(
     ours = Transformer(cfg)
     hf_cfg = GPT2Config.from_dict(config_to_hf(cfg))
     hf = GPT2LMHeadModel._from_config(hf_cfg, attn_implementation=attn_implementation)
-    result = hf.load_state_dict(state_to_hf(cfg, state_dict_for_saving(ours)), strict=False)
-    missing = [k for k in result.missing_keys if k != "lm_head.weight"]  # tied to wte
+    _transfer(ours, hf, hf.transformer.wte)
+    return ours.to(device=device, dtype=dtype), hf.to(device=device, dtype=dtype)
+
+
+def llama_pair(
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> tuple[Transformer, nn.Module]:
+    """An lmforge Llama of SmolLM2-135M's shape (`SMOLLM2_135M`, random weights) and a
+    `LlamaForCausalLM` holding the same weights (through the production exporter)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = ModelConfig.from_dict(SMOLLM2_135M)
+    torch.manual_seed(seed)
+    ours = Transformer(cfg)
+    hf_cfg = LlamaConfig.from_dict(config_to_hf(cfg))
+    hf = LlamaForCausalLM._from_config(hf_cfg, attn_implementation=attn_implementation)
+    _transfer(ours, hf, hf.model.embed_tokens)
+    return ours.to(device=device, dtype=dtype), hf.to(device=device, dtype=dtype)
+
+
+def _transfer(ours: Transformer, hf: nn.Module, hf_embedding: nn.Module) -> None:
+    """Copy lmforge's weights into the Hugging Face model; its LM head must stay tied."""
+    result = hf.load_state_dict(state_to_hf(ours.cfg, state_dict_for_saving(ours)), strict=False)
+    missing = [k for k in result.missing_keys if k != "lm_head.weight"]  # tied to the embedding
     if missing or result.unexpected_keys:
         raise RuntimeError(f"weight transfer failed: {missing} {result.unexpected_keys}")
-    if hf.lm_head.weight.data_ptr() != hf.transformer.wte.weight.data_ptr():
+    if hf.lm_head.weight.data_ptr() != hf_embedding.weight.data_ptr():
         raise RuntimeError("the Hugging Face LM head is not tied to the token embedding")
-    return ours.to(device=device, dtype=dtype), hf.to(device=device, dtype=dtype)
 
 
 def n_params(model: nn.Module) -> int:

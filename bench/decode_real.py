@@ -27,25 +27,15 @@ import time
 
 import common
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from lmforge.config import ModelConfig
 from lmforge.generate import GenerationConfig, generate
-from lmforge.interop import config_to_hf, state_to_hf
 from lmforge.models import Transformer
-from lmforge.models.io import state_dict_for_saving
 
 
 def llama_pair(seed: int = 0) -> tuple[Transformer, torch.nn.Module]:
-    """The lmforge model and a `LlamaForCausalLM` with identical weights (through the exporter)."""
-    cfg = ModelConfig.from_dict(common.SMOLLM2_135M)
-    torch.manual_seed(seed)
-    ours = Transformer(cfg).eval()
-    hf = LlamaForCausalLM(LlamaConfig.from_dict(config_to_hf(cfg))).eval()
-    hf.load_state_dict(state_to_hf(cfg, state_dict_for_saving(ours)), strict=False)
-    if hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr():
-        raise RuntimeError("the Hugging Face LM head is not tied to the token embedding")
-    return ours, hf
+    """The lmforge model and a `LlamaForCausalLM` with identical weights, in eval mode."""
+    ours, hf = common.llama_pair(seed=seed)
+    return ours.eval(), hf.eval()
 
 
 def cpu_seconds() -> float:

@@ -106,11 +106,16 @@ class Heads(nn.Module):
             self.dropout = nn.Dropout(cfg.dropout)
             self.classifier = nn.Linear(cfg.d_model, 1)
 
-    def forward(self, h: Tensor, attention_mask: Tensor | None, attentions=None):
+    def forward(
+        self, h: Tensor, attention_mask: Tensor | None, attentions=None, lm_logits: bool = True
+    ):
+        """The heads' outputs; `lm_logits=False` leaves the LM head out (logits None), for a
+        loss that applies it itself (`lmforge.objectives.chunked`)."""
         names = self.cfg.heads
         logits = nsp = None
         if "lm" in names:
-            logits = self.lm_head(h * self.logit_scale if self.logit_scale != 1.0 else h)
+            if lm_logits:
+                logits = self.lm_head(h * self.logit_scale if self.logit_scale != 1.0 else h)
         elif "mlm" in names:
             logits = self.mlm(h)
         elif "classify" in names or "choice" in names:

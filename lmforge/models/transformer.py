@@ -264,6 +264,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         need_weights: bool = False,
         last_only: bool = False,
+        lm_logits: bool = True,
     ) -> ModelOutput:
         """Args:
         input_ids: (B, T) token ids (the source, for an encoder-decoder).
@@ -275,6 +276,8 @@ class Transformer(nn.Module):
         cache: a `KVCache` for incremental decoding (decoder stack only).
         need_weights: return attention weights (forces the explicit-math attention path).
         last_only: compute LM logits for the last position only (generation).
+        lm_logits: False skips the LM head (`logits` is None; `hidden` is what it would
+            multiply, before T5's tied-head scale), for a loss that applies the head in chunks.
         """
         cfg = self.cfg
         if cfg.arch == "encoder":
@@ -311,6 +314,6 @@ class Transformer(nn.Module):
         # the soft prompt's rows are not outputs (no slice without one: FSDP warns on views)
         hidden = out.hidden[:, n:] if n else out.hidden
         hidden = hidden[:, -1:] if last_only else hidden
-        result = self.heads(hidden, mask, attentions=out.attentions)
+        result = self.heads(hidden, mask, attentions=out.attentions, lm_logits=lm_logits)
         result.encoder_hidden = encoder_hidden
         return result

@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from lmforge.config.train import TrainConfig
+from lmforge.models import Transformer
+from lmforge.objectives.chunked import lm_head_cross_entropy
 
 IGNORE = -100  # label value excluded from the loss (padding, prompt tokens)
 
@@ -31,10 +36,70 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
-def causal_lm_loss(model, batch: dict[str, Tensor]) -> LossOutput:
-    """Next-token cross-entropy; `labels` are the inputs shifted by one (the batcher does it)."""
-    out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    labels = batch["labels"]
-    loss = cross_entropy(out.logits, labels)
-    n = int((labels != IGNORE).sum())
-    return LossOutput(loss, n)
+#: Vocabulary size from which the LM objectives apply the LM head in chunks of rows
+#: (`lmforge.objectives.chunked`) instead of materialising the whole batch's logits; 0 (the
+#: train key's default) = never.
+CHUNK_VOCAB: int = TrainConfig.chunked_ce_vocab
+
+
+def chunkable_heads(model: nn.Module, chunk_vocab: int):
+    """The `Heads` of `model` (through torch.compile and DDP wrappers) when its LM head can be
+    applied in chunks: an lmforge Transformer with an "lm" head that is a plain bias-free
+    `nn.Linear` over a plain tensor (not a LoRA/quantized swap, not an FSDP shard) and a
+    vocabulary of at least `chunk_vocab` (> 0); else None."""
+    inner = model
+    while True:
+        if hasattr(inner, "_orig_mod"):  # torch.compile
+            inner = inner._orig_mod
+        elif isinstance(inner, DistributedDataParallel):
+            inner = inner.module
+        else:
+            break
+    if not isinstance(inner, Transformer) or "lm" not in inner.cfg.heads:
+        return None
+    head = inner.heads.lm_head
+    ok = type(head) is nn.Linear and head.bias is None and type(head.weight.data) is Tensor
+    if not ok or chunk_vocab <= 0 or head.out_features < chunk_vocab:
+        return None
+    return inner.heads
+
+
+def chunked_lm_loss(heads, hidden: Tensor, labels: Tensor, rows: int | None = None):
+    """(loss, hits) of `heads`' LM head over (B, T, d) hidden states, chunk by chunk."""
+    if heads.logit_scale != 1.0:
+        hidden = hidden * heads.logit_scale
+    d = hidden.size(-1)
+    return lm_head_cross_entropy(
+        hidden.reshape(-1, d), heads.lm_head.weight, labels.reshape(-1), rows=rows
+    )
+
+
+@dataclass
+class CausalLMLoss:
+    """Next-token cross-entropy; `labels` are the inputs shifted by one (the batcher does it).
+
+    Attributes:
+        chunk_vocab: from this vocabulary size on, the LM head and the loss run over chunks of
+            rows (`lmforge.objectives.chunked`: the same loss and gradients without the
+            batch's full float32 logits); 0 = never.
+        chunk_rows: rows per chunk (None: about 64 MiB of float32 logits per chunk).
+    """
+
+    chunk_vocab: int = CHUNK_VOCAB
+    chunk_rows: int | None = None
+
+    def __call__(self, model, batch: dict[str, Tensor]) -> LossOutput:
+        labels = batch["labels"]
+        n = int((labels != IGNORE).sum())
+        heads = chunkable_heads(model, self.chunk_vocab)
+        mask = batch.get("attention_mask")
+        if heads is None:
+            out = model(batch["input_ids"], attention_mask=mask)
+            return LossOutput(cross_entropy(out.logits, labels), n)
+        out = model(batch["input_ids"], attention_mask=mask, lm_logits=False)
+        loss, _ = chunked_lm_loss(heads, out.hidden, labels, self.chunk_rows)
+        return LossOutput(loss, n)
+
+
+#: The causal-LM objective with the default chunking threshold.
+causal_lm_loss = CausalLMLoss()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmforge.objectives.lm import IGNORE, LossOutput
+from lmforge.objectives.lm import CHUNK_VOCAB, IGNORE, LossOutput, chunkable_heads, chunked_lm_loss
 
 INPUT_KEYS = (
     "input_ids",
@@ -81,6 +81,8 @@ class TaskObjective:
         alpha: weight a of the distillation term; temperature: T.
         span_fn: tags -> entity spans (`lmforge.evaluate.metrics.bio_spans`) for entity-level
             held-out scores of the tokens task; None skips them.
+        chunk_vocab: sft without a teacher applies the LM head over chunks of rows from this
+            vocabulary size on (as `CausalLMLoss`); 0 = never.
 
     Metrics: `accuracy` (classify), `token_acc` (tokens, sft, seq2seq), `ce` and `kd` with a
     teacher. On held-out data (model in eval mode) it also logs per-class and per-span rates that
@@ -94,6 +96,7 @@ class TaskObjective:
     alpha: float = 0.5
     temperature: float = 2.0
     span_fn: Callable[[list[str]], list] | None = None
+    chunk_vocab: int = CHUNK_VOCAB
 
     @property
     def perplexity(self) -> bool:
@@ -115,6 +118,10 @@ class TaskObjective:
     def __call__(self, model, batch: dict[str, Tensor]) -> LossOutput:
         if self.task in ("qa", "choice"):
             return span_or_choice_loss(self.task, model(**model_inputs(batch)).logits, batch)
+        if self.task == "sft" and self.teacher is None:
+            heads = chunkable_heads(model, self.chunk_vocab)
+            if heads is not None:
+                return self._sft_chunked(model, heads, batch)
         out = model(**model_inputs(batch))
         labels = batch["labels"]
         logits = out.logits
@@ -142,6 +149,16 @@ class TaskObjective:
             elif self.task == "tokens" and self.span_fn is not None:
                 metrics.update(self._span_rates(logits.argmax(-1), labels, n))
         return LossOutput(loss, n, metrics)
+
+    def _sft_chunked(self, model, heads, batch: dict[str, Tensor]) -> LossOutput:
+        """The sft loss and token accuracy with the LM head applied in chunks."""
+        labels = batch["labels"]
+        n = int((labels != IGNORE).sum())
+        out = model(**model_inputs(batch), lm_logits=False)
+        if not n:  # as the full path: a zero loss that still reaches every parameter
+            return LossOutput(out.hidden.sum() * 0.0, 0, {"token_acc": 0.0})
+        loss, hits = chunked_lm_loss(heads, out.hidden, labels)
+        return LossOutput(loss, n, {"token_acc": float(hits) / n})
 
     # ----------------------------------------------------------------- held-out scores
     def _class_rates(self, pred: Tensor, y: Tensor, n: int) -> dict[str, float]:

@@ -18,7 +18,7 @@ from lmforge.data.lm import TokenWindows, tokens_from_documents
 from lmforge.errors import ConfigError
 from lmforge.longctx import extended_config
 from lmforge.models import Transformer, load_model, save_model
-from lmforge.objectives import causal_lm_loss
+from lmforge.objectives import CausalLMLoss
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import TrainResult, fit
 
@@ -86,7 +86,7 @@ def extend_context(
     torch.manual_seed(tcfg.seed)
     result = fit(
         model,
-        causal_lm_loss,
+        CausalLMLoss(tcfg.chunked_ce_vocab),
         train,
         lambda: valid.sequential(tcfg.eval_batches),
         tcfg,

@@ -258,7 +258,8 @@ def finetune(
         weights = torch.tensor([float(w) for w in fc.class_weights])
     teacher = load_teacher(fc.teacher, fc, tok, names, mcfg) if fc.teacher else None
     objective = TaskObjective(fc.task, names, weights, teacher, fc.distill_alpha,
-                              fc.distill_temperature, bio_spans)  # fmt: skip
+                              fc.distill_temperature, bio_spans,
+                              chunk_vocab=tcfg.chunked_ce_vocab)  # fmt: skip
 
     data = batches_for(fc.task, train_features, tok, model, tcfg.batch_size,
                        grad_accum=tcfg.grad_accum, seed=tcfg.seed)  # fmt: skip

@@ -46,7 +46,7 @@ from lmforge.data.seq2seq import (
 from lmforge.data.shards import ShardedTokens, ShardWindows, is_shard_dir, tokenizer_fingerprint
 from lmforge.errors import CheckpointError, ConfigError, DataError, TokenizerError, did_you_mean
 from lmforge.models import Transformer, is_model_dir, load_model
-from lmforge.objectives import causal_lm_loss, mlm_nsp_loss, seq2seq_loss
+from lmforge.objectives import CausalLMLoss, mlm_nsp_loss, seq2seq_loss
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 from lmforge.train import TrainResult, fit
 from lmforge.train.checkpoint import latest_checkpoint
@@ -413,7 +413,14 @@ def _shard_data(shards: ShardedTokens, seq_len: int, cfg: TrainConfig) -> _Data:
         sample = [train_split.window(0, min(len(train_split.shards[0]), _UNIGRAM_SAMPLE))]
         held = valid_split.window(0, min(len(valid_split.shards[0]), _UNIGRAM_SAMPLE))
         unigram = unigram_perplexity(sample[0], held, shards.vocab_size)
-    return _Data(causal_lm_loss, train, valid, len(train_split), len(valid_split), unigram)
+    return _Data(
+        CausalLMLoss(cfg.chunked_ce_vocab),
+        train,
+        valid,
+        len(train_split),
+        len(valid_split),
+        unigram,
+    )
 
 
 def _init_config(init_from: Path, model_values: dict[str, Any]) -> ModelConfig:
@@ -442,7 +449,7 @@ def _causal_data(tok, train_docs, valid_docs, seq_len: int, cfg: TrainConfig) ->
     train_tokens = tokens_from_documents(tok, train_docs)
     valid_tokens = tokens_from_documents(tok, valid_docs)
     return _Data(
-        causal_lm_loss,
+        CausalLMLoss(cfg.chunked_ce_vocab),
         TokenWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed),
         TokenWindows(valid_tokens, seq_len, cfg.batch_size, seed=cfg.seed, name="held-out"),
         len(train_tokens),

@@ -28,13 +28,36 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; a setting AdamW refuses is one sentence naming the key."""
+    """AdamW over `param_groups`; a setting AdamW refuses is one sentence naming the key.
+
+    The update runs as PyTorch's fused kernel (one pass over each parameter, moments and
+    gradient) where `fused_supported` says it can, else as the multi-tensor (foreach) form; both
+    compute the same update as the plain per-parameter loop (tests/train/test_optim.py).
+    """
     check_adamw(cfg)
+    groups = param_groups(model, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    fused = fused_supported(params)
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
+        groups,
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
+
+
+def fused_supported(params: list[torch.Tensor]) -> bool:
+    """Whether PyTorch's fused AdamW takes these parameters: plain (not sharded DTensor)
+    floating-point tensors, all on one CPU or CUDA device."""
+    if not params:
+        return False
+    devices = {p.device for p in params}
+    return (
+        len(devices) == 1
+        and next(iter(devices)).type in ("cpu", "cuda")
+        and all(type(p.data) is torch.Tensor and p.is_floating_point() for p in params)
     )
 
 

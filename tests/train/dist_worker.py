@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -11,7 +12,7 @@ from lmforge.config import ModelConfig
 from lmforge.config.train import TrainConfig
 from lmforge.data.lm import TokenWindows
 from lmforge.models import Transformer
-from lmforge.objectives import causal_lm_loss
+from lmforge.objectives import CausalLMLoss
 from lmforge.train import fit
 
 
@@ -46,7 +47,7 @@ def main(
     try:
         fit(
             model,
-            causal_lm_loss,
+            CausalLMLoss(int(os.environ.get("CHUNK_VOCAB", "0"))),  # 0: full logits
             data,
             lambda: data.sequential(1),
             cfg,

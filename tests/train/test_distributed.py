@@ -21,9 +21,17 @@ def _free_port() -> int:
 
 
 def _run(
-    out: Path, strategy: str, nproc: int, batch: int, crash_after: int = 0, resume: bool = False
+    out: Path,
+    strategy: str,
+    nproc: int,
+    batch: int,
+    crash_after: int = 0,
+    resume: bool = False,
+    chunk_vocab: int = 0,
 ) -> list[float]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
+    path = os.pathsep.join(p for p in (str(WORKER.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env["CHUNK_VOCAB"] = str(chunk_vocab)
     args = [str(out), strategy, str(batch), str(crash_after), "1" if resume else "0"]
     if nproc == 1 and strategy == "none":
         cmd = [sys.executable, str(WORKER), *args]
@@ -48,6 +56,15 @@ def single(tmp_path_factory):
 def test_two_ranks_match_one_process(tmp_path, single, strategy):
     losses = _run(tmp_path, strategy, 2, 4)
     assert len(losses) == len(single) == 8
+    assert max(abs(a - b) for a, b in zip(losses, single, strict=True)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_chunked_loss_under_two_ranks_matches_one_process(tmp_path, single, strategy):
+    """The chunked LM-head loss through the DDP wrapper (FSDP's sharded head falls back to
+    full logits) trains as one process with full logits does."""
+    losses = _run(tmp_path, strategy, 2, 4, chunk_vocab=1)
     assert max(abs(a - b) for a, b in zip(losses, single, strict=True)) < 1e-5
 
 
