@@ -119,6 +119,10 @@ def check(values: dict[str, Any]) -> GenOptions:
             "--draft (speculative decoding) goes with --temperature, --top-k, --top-p and --min-p "
             "only; drop --num-beams and the penalties, or drop --draft."
         )
+    if config.length_penalty != 1.0 and config.num_beams == 1:
+        raise GenerationError(
+            "--length-penalty scores beams only; add --num-beams 2 or more, or drop it."
+        )
     return GenOptions(config, values["draft"], values["draft_k"], values["compile"])
 
 

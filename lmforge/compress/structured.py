@@ -170,7 +170,10 @@ def group_scores(head_scores: Tensor, n_kv_head: int) -> Tensor:
 def keep_counts(sizes: list[int], fraction: float) -> list[int]:
     """Units each block keeps when `fraction` of them is removed: max(1, round((1 - f) n))."""
     if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"a pruning fraction must be in [0, 1), got {fraction}.")
+        raise ConfigError(
+            f"a pruning fraction must be in [0, 1) (the share of neurons or heads removed; every "
+            f"layer keeps at least one), got {fraction}; pass e.g. 0.5."
+        )
     return [max(1, round((1.0 - fraction) * n)) for n in sizes]
 
 

@@ -145,6 +145,7 @@ BAD = [
     (["--min-p", "1.5"], "--min-p must be in [0, 1]"),
     (["--length-penalty", "inf"], "--length-penalty must be a finite number"),
     (["--num-beams", "0"], "--num-beams must be at least 1"),
+    (["--length-penalty", "0.5"], "--length-penalty scores beams only"),
     (["--stop", ""], "every --stop string must be a non-empty string"),
     (["--draft", "{lm}", "--num-beams", "2"], "--draft (speculative decoding) goes with"),
     (["--draft", "{lm}", "--repetition-penalty", "1.2"], "drop --num-beams and the penalties"),
