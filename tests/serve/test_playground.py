@@ -3,6 +3,7 @@ answer stream in, no console errors; the screenshot is kept under the test's tmp
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 import pytest
@@ -77,6 +78,15 @@ def test_chat_in_headless_chromium(server, client, browser, tmp_path):
     assert f"{ANSWER_TOKENS} tokens" in meta and "tokens/s" in meta and "first token" in meta
     assert browser.js("window.updates") > 3, "the answer arrived in one piece, not streamed"
     assert browser.js("document.querySelectorAll('.msg.user').length") == 1
+    # the sampling settings the server takes beyond OpenAI's reach the request as typed
+    body = browser.js(
+        "document.getElementById('top_k').value = '5';"
+        "document.getElementById('min_p').value = '0.1';"
+        "document.getElementById('repetition_penalty').value = '1.3';"
+        "JSON.stringify(request())"
+    )
+    sent = json.loads(body)
+    assert (sent["top_k"], sent["min_p"], sent["repetition_penalty"]) == (5, 0.1, 1.3)
     assert browser.errors == []
     assert shot.stat().st_size > 5000
 

@@ -74,6 +74,11 @@ function request() {
   if (stops.length) body.stop = stops;
   if ($("max_tokens").value !== "") body.max_tokens = Number($("max_tokens").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if ($("top_k").value !== "") body.top_k = Number($("top_k").value);
+  if (Number($("min_p").value) > 0) body.min_p = Number($("min_p").value);
+  if (Number($("repetition_penalty").value) !== 1) {
+    body.repetition_penalty = Number($("repetition_penalty").value);
+  }
   return body;
 }
 
