@@ -126,7 +126,10 @@ def json_depth(value: Any, stop: int) -> int:
 
 def _handle_error(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, ApiError):
-        return JSONResponse(exc.envelope(), status_code=exc.status)
+        # busy (429) and out of memory or too slow (503) are worth a retry: say when, as
+        # OpenAI's clients read it
+        retry = {"Retry-After": "1"} if exc.status in (429, 503) else None
+        return JSONResponse(exc.envelope(), status_code=exc.status, headers=retry)
     if isinstance(exc, HTTPException):
         if exc.status_code == 404:
             message = "this URL does not exist; the API lives under /v1 (see GET /v1/models)."

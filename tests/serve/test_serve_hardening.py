@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -178,6 +179,14 @@ def test_requests_in_flight_past_the_limit_are_429(hostile):
     try:
         status, reply = post(hostile.url + "/v1/completions", dict(model=MODEL, prompt="x"), None)
         assert status == 429 and reply["error"]["code"] == "server_busy"
+        request = urllib.request.Request(
+            hostile.url + "/v1/completions",
+            json.dumps(dict(model=MODEL, prompt="x")).encode(),
+            {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as busy:
+            urllib.request.urlopen(request, timeout=10)
+        assert busy.value.code == 429 and busy.value.headers["Retry-After"] == "1"
         assert timed_health(hostile.url) < 1.0
     finally:
         for _ in range(admission.max_requests):
