@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -148,13 +149,16 @@ class SamplingRun:
 
 
 def finish_texts(outputs: list[GenerationOutput], gen: GenerationConfig, tokenizer: Any) -> None:
-    """Decode each output; cut text and tokens before a stop string."""
+    """Decode each output; cut text and tokens before a stop string (a cut output ends with
+    finish_reason "stop": beams are searched without stop strings and cut here)."""
     stops = stop_strings(gen, tokenizer)
     for out in outputs:
-        if stops is not None and out.finish_reason == "stop":
-            out.tokens, out.text = stops.cut(out.tokens)
-        else:
+        if stops is None:
             out.text = tokenizer.decode(out.tokens, skip_special_tokens=True)
+            continue
+        tokens, out.text = stops.cut(out.tokens)
+        if len(tokens) < len(out.tokens):
+            out.tokens, out.finish_reason = tokens, "stop"
 
 
 def generate_outputs(
@@ -164,11 +168,15 @@ def generate_outputs(
     tokenizer: Any = None,
     compile: bool = False,
 ) -> list[GenerationOutput]:
-    """Like `generate`, with text (given a tokenizer), finish reasons and beam scores."""
+    """Like `generate`, with text (given a tokenizer), finish reasons and beam scores.
+
+    Beam search has no stop strings of its own: with a tokenizer, the beams are searched as if
+    there were none, then each is cut before its first stop string (`finish_texts`)."""
     if gen.num_beams > 1:
         from lmforge.generate.beam import beam_search
 
-        outputs = beam_search(model, input_ids, gen, compile=compile)
+        search = replace(gen, stop=[]) if tokenizer is not None else gen
+        outputs = beam_search(model, input_ids, search, compile=compile)
     else:
         run = SamplingRun(model, input_ids, gen, tokenizer, compile)
         for _ in run.steps():

@@ -185,8 +185,7 @@ class Int8Linear(QuantizedLinear):
         m.weight, m.scales = quantize_int8(lin.weight)
         if lin.bias is not None:
             m.bias.data = lin.bias.detach().float().clone()
-        m.repack()
-        return m.to(lin.weight.device)
+        return m.to(lin.weight.device)  # .to() packs the weight for its device (_apply)
 
     def repack(self) -> None:
         if self.weight.device.type != "cpu" or self.weight.is_meta:
@@ -272,8 +271,7 @@ class Int4Linear(QuantizedLinear):
         m.weight = pack_int4(q)
         if lin.bias is not None:
             m.bias.data = lin.bias.detach().float().clone()
-        m.repack()
-        return m.to(lin.weight.device)
+        return m.to(lin.weight.device)  # .to() packs the weight for its device (_apply)
 
     def repack(self) -> None:
         if self.weight.device.type != "cpu" or self.weight.is_meta:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,7 +14,6 @@ from lmforge.errors import CheckpointError, GenerationError
 from lmforge.generate import GenerationConfig, SamplingRun, generate_outputs, speculative_outputs
 from lmforge.generate.core import GenerationOutput, GenerationStats
 from lmforge.generate.engine import encode_prompt, finish_texts
-from lmforge.generate.stops import StopStrings
 from lmforge.recipes.finetuned import load_model_and_tokenizer
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import chat_stops, encode_chat
@@ -110,8 +109,7 @@ def decode(
     """Decode one prompt the way `gen` asks: speculative with a `draft` model (k = `draft_k`),
     beam search when `gen.num_beams` > 1, else greedy or sampled.
 
-    Beam search has no stop strings of its own: the best beams are searched as if there were
-    none, then each is cut before its first stop string.
+    Beam search cuts each beam before its first stop string (`generate_outputs`).
 
     Returns:
         (outputs with their text, speed, draft acceptance = accepted / proposed or None).
@@ -128,13 +126,7 @@ def decode(
             outputs, spec = speculative_outputs(model, draft, [ids], gen, draft_k, tokenizer)
             acceptance = spec.accepted / spec.proposed if spec.proposed else 0.0
         elif gen.num_beams > 1:
-            outputs = generate_outputs(model, [ids], replace(gen, stop=[]), tokenizer, compile)
-            if gen.stop:
-                stops = StopStrings(tokenizer, gen.stop)
-                for out in outputs:
-                    tokens, out.text = stops.cut(out.tokens)
-                    if len(tokens) < len(out.tokens):
-                        out.tokens, out.finish_reason = tokens, "stop"
+            outputs = generate_outputs(model, [ids], gen, tokenizer, compile)
         else:
             run = SamplingRun(model, [ids], gen, tokenizer, compile)
             for _ in run.steps():
