@@ -55,8 +55,21 @@ def serve(
     retrieve_k: RetrieveKOpt = 3,
     kg: KgOpt = None,
     kg_templates: KgTemplatesOpt = None,
+    draft: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            help="A small model dir with the same tokenizer: a request that samples or is "
+            "greedy, without penalties or logprobs, decodes speculatively while this lane is "
+            "free (the rest join the batch); usage.speculative reports the acceptance rate.",
+        ),
+    ] = None,
+    draft_k: Annotated[int, typer.Option(min=1, help="Draft tokens per round with --draft.")] = 4,
 ) -> None:
-    """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions)."""
+    """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions);
+    beam search (num_beams) and, with --draft, speculative decoding run in lanes beside the
+    continuous batch."""
     from lmforge.serve import Limits
     from lmforge.serve import serve as run
     from lmforge.serve.app import check_api_key
@@ -68,8 +81,9 @@ def serve(
         raise typer.BadParameter("must be a finite number of GB.", param_hint="--kv-memory-gb")
     kv = None if kv_memory_gb is None else int(kv_memory_gb * 2**30)
     limits = Limits(max_tokens=max_tokens, max_requests=max_requests, kv_bytes=kv)
+    lane = f", speculative lane with draft {draft} (k={draft_k})" if draft is not None else ""
     typer.echo(
-        f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch}); "
+        f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch}{lane}); "
         f"playground at http://{host}:{port}/"
     )
     run(
@@ -84,6 +98,8 @@ def serve(
         limits=limits,
         max_connections=max_connections,
         transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
+        draft=draft,
+        draft_k=draft_k,
     )
 
 

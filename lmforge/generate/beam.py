@@ -11,6 +11,7 @@ their beams through `KVCache.reorder`. A hypothesis is ranked by
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -58,8 +59,12 @@ def beam_search(
     input_ids: list[list[int]] | list[int] | torch.Tensor,
     gen: GenerationConfig,
     compile: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[GenerationOutput]:
     """Beam search with `gen.num_beams` beams (1 is allowed and equals greedy decoding).
+
+    `on_step(step)` is called before every decode step; an exception it raises ends the search
+    (a server drops a request whose client left).
 
     Returns:
         The `gen.num_return_sequences` best hypotheses of each prompt, best first, prompt-major,
@@ -72,7 +77,7 @@ def beam_search(
         )
     prompts = as_prompts(input_ids, model.cfg.vocab_size)
     with eval_mode(model), torch.inference_mode():
-        finished = _search(model, prompts, gen, compile)
+        finished = _search(model, prompts, gen, compile, on_step)
     outputs = []
     for i, fin in enumerate(finished):
         for score, tokens, eos in fin.items[: gen.num_return_sequences]:
@@ -82,7 +87,11 @@ def beam_search(
 
 
 def _search(
-    model: nn.Module, prompts: list[list[int]], gen: GenerationConfig, compile: bool
+    model: nn.Module,
+    prompts: list[list[int]],
+    gen: GenerationConfig,
+    compile: bool,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[Finished]:
     device = model_device(model)
     vocab, nb = model.cfg.vocab_size, gen.num_beams
@@ -111,6 +120,8 @@ def _search(
     width = min(2 * nb, nb * vocab)
 
     for step in range(gen.max_new_tokens):
+        if on_step is not None:
+            on_step(step)
         seen = history.seen if history is not None else None
         counts = history.counts if history is not None else None
         logp = apply_penalties(logits, gen, seen, counts).log_softmax(-1)  # (B * nb, V)

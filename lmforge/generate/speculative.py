@@ -18,6 +18,7 @@ sees, and relative/ALiBi distances inside a row stay intact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,8 +123,13 @@ def speculative_outputs(
     gen: GenerationConfig | None = None,
     k: int = 4,
     tokenizer: Any = None,
+    on_round: Callable[[list[Row], SpeculativeStats], None] | None = None,
 ) -> tuple[list[GenerationOutput], SpeculativeStats]:
-    """Like `speculative_generate`, with finish reasons, text and acceptance statistics."""
+    """Like `speculative_generate`, with finish reasons, text and acceptance statistics.
+
+    `on_round(rows, stats)` is called after every round, once its accepted tokens are in the
+    rows (prompt-major, as returned): a streaming caller hands out each row's new tokens; an
+    exception it raises ends the decoding."""
     gen = gen or GenerationConfig()
     _check(target, draft, gen, k)
     prompts = as_prompts(input_ids, target.cfg.vocab_size)
@@ -136,7 +142,8 @@ def speculative_outputs(
     ]
     stats = SpeculativeStats()
     with eval_mode(target), eval_mode(draft), torch.inference_mode():
-        _speculate(target, draft, [p for p in prompts for _ in range(n)], gen, k, rows, stats)
+        spread = [p for p in prompts for _ in range(n)]
+        _speculate(target, draft, spread, gen, k, rows, stats, on_round)
     outputs = [row.output() for row in rows]
     if tokenizer is not None:
         finish_texts(outputs, gen, tokenizer)
@@ -164,6 +171,7 @@ def _speculate(
     k: int,
     rows: list[Row],
     stats: SpeculativeStats,
+    on_round: Callable[[list[Row], SpeculativeStats], None] | None = None,
 ) -> None:
     device = model_device(target)
     vocab, budget = target.cfg.vocab_size, gen.max_new_tokens
@@ -200,6 +208,8 @@ def _speculate(
         ):
             if not any(rows[r].push(t) for t in drafted[:n] + [tok]):
                 keep.append(i)
+        if on_round is not None:
+            on_round(rows, stats)
         if not keep:
             break
         full[:, past:] = (torch.arange(kr + 1, device=device)[None] <= n_acc[:, None]).long()

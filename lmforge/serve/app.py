@@ -5,7 +5,8 @@
     POST /v1/completions         text completion, "stream": true for server-sent events
     POST /v1/chat/completions    chat completion through the tokenizer's chat template
 
-Every request is checked (size, JSON, fields, limits, context) before it reaches the engine;
+Every request is checked (size, JSON, fields, limits, context) before it reaches the engine
+(the continuous batch, or a lane beside it: beam search, speculative decoding);
 every error, the app's own 404/405 included, is OpenAI's error envelope. With an API key, every
 route but /health answers 401 unless the request carries `Authorization: Bearer KEY`.
 """
@@ -209,6 +210,7 @@ def create_app(
             "max_batch": engine.max_batch,
             **engine.load(),
             **engine.stats,
+            **engine.lane_load(),
             **admission.snapshot(),
         }
 
@@ -252,7 +254,8 @@ def create_app(
             body = await read_json(request, limits)
             job = await prepare(plan, body)
             span = max(len(p) for p in job.prompts) + job.gen.max_new_tokens
-            held.reservation = admission.reserve(len(job.prompts) * job.n, span)
+            rows = len(job.prompts) * max(job.n, job.gen.num_beams)  # a beam is a cache row
+            held.reservation = admission.reserve(rows, span)
             answer = Answer(kind, job, served)
             ticket = engine.submit(job)
             answer.timings = ticket.timings  # filled in by the engine when the job finishes

@@ -8,6 +8,10 @@ continuous batch (`lmforge.generate.ContinuousBatcher`).
 
 The thread sleeps while there is nothing to do. Events of one step for one ticket travel
 together, handed to the handler's event loop with `call_soon_threadsafe`.
+
+Beside the batch run lanes (`lmforge.serve.lanes`), one request at a time each on its own
+thread with its own caches: beam search (`num_beams` > 1) always, and, with a draft model,
+speculative decoding for a request it supports while that lane is free.
 """
 
 from __future__ import annotations
@@ -81,7 +85,9 @@ class Ticket:
         self.submitted = time.perf_counter()
         self.first: float | None = None
         self.tokens = self.later_tokens = 0
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, Any] = {}
+        self.lane = "batch"  # or the lane that decoded it ("beam", "speculative")
+        self.speculative: dict[str, Any] | None = None  # draft/accepted counts (speculative)
 
     def _count(self, tokens: int, now: float) -> None:
         """One step's new tokens of this job, at time `now`."""
@@ -91,20 +97,29 @@ class Ticket:
         else:
             self.later_tokens += tokens
 
-    def _finish(self, now: float) -> None:
-        """Fill `timings`: time to first token and tokens/s after it (the decode rate)."""
+    def _finish(self, now: float, rate: float | None = None) -> None:
+        """Fill `timings`: time to first token and tokens/s after it (the decode rate, unless
+        `rate` is given), and the draft's acceptance of a speculative request."""
         first = self.first if self.first is not None else now
-        decode = now - first
-        rate = self.later_tokens / decode if decode > 0 else 0.0
+        if rate is None:
+            decode = now - first
+            rate = self.later_tokens / decode if decode > 0 else 0.0
         self.timings.update(
             time_to_first_token_s=round(first - self.submitted, 4),
             tokens_per_second=round(rate, 2),
         )
+        extra = ""
+        if self.speculative is not None:
+            self.timings["speculative"] = self.speculative
+            extra = ", draft acceptance {acceptance_rate:.1%} ({accepted_tokens} of {draft_tokens})"
+            extra = extra.format(**self.speculative)
         log.info(
-            "request done: %d tokens, first token after %.0f ms, %.1f tokens/s",
+            "request done (%s): %d tokens, first token after %.0f ms, %.1f tokens/s%s",
+            self.lane,
             self.tokens,
             (first - self.submitted) * 1000,
             rate,
+            extra,
         )
 
     def cancel(self) -> None:
@@ -133,11 +148,27 @@ class Engine:
         model: a decoder-only model in eval mode.
         tokenizer: the model's tokenizer (stop strings).
         max_batch: the most rows (choices) decoded together.
+        draft: a draft model with the same tokenizer: requests the speculative lane supports
+            run there, one at a time, while it is free (`lmforge.serve.lanes`).
+        draft_k: draft tokens per speculative round.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_batch: int = 16) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        max_batch: int = 16,
+        draft: nn.Module | None = None,
+        draft_k: int = 4,
+    ) -> None:
+        from lmforge.serve.lanes import BeamLane, SpeculativeLane  # lanes build on Ticket
+
         self.batcher = ContinuousBatcher(model, tokenizer, max_rows=max_batch)
         self.max_batch = max_batch
+        self.beam_lane = BeamLane(model, tokenizer)
+        self.speculative_lane = (
+            SpeculativeLane(model, draft, tokenizer, draft_k) if draft is not None else None
+        )
         self._cond = threading.Condition()
         self._new: list[Ticket] = []
         self._cancel: list[Ticket] = []
@@ -154,25 +185,49 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ event-loop side
+    @property
+    def lanes(self) -> list[Any]:
+        """The one-request-at-a-time lanes beside the batch."""
+        return [lane for lane in (self.beam_lane, self.speculative_lane) if lane is not None]
+
     def start(self) -> None:
-        """Start the decoding thread (idempotent)."""
+        """Start the decoding thread and the lanes' threads (idempotent)."""
+        for lane in self.lanes:
+            lane.start()
         if self._thread is None:
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="lmforge-engine", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread after its current step."""
+        """Stop the thread after its current step, and the lanes after theirs."""
+        for lane in self.lanes:
+            lane.stop()
         self._post(stop=True)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
     def submit(self, job: Job) -> Ticket:
-        """Queue a checked job; call from the event loop that will read the ticket."""
-        ticket = Ticket(self, job, asyncio.get_running_loop())
+        """Queue a checked job; call from the event loop that will read the ticket.
+
+        Beam search goes to the beam lane (queued there); a job the speculative lane supports
+        goes there if the lane is free; everything else joins the continuous batch."""
+        loop = asyncio.get_running_loop()
+        if job.gen.num_beams > 1:
+            return self.beam_lane.submit(job, loop)
+        lane = self.speculative_lane
+        if lane is not None and lane.supports(job):
+            ticket = lane.submit(job, loop, only_if_free=True)
+            if ticket is not None:
+                return ticket
+        ticket = Ticket(self, job, loop)
         self._post(new=ticket)
         return ticket
+
+    def lane_load(self) -> dict[str, dict[str, int]]:
+        """Each lane's load and counts, for /health."""
+        return {f"{lane.name}_lane": lane.snapshot() for lane in self.lanes}
 
     def load(self) -> dict[str, int]:
         """Rows decoding now and rows waiting for a slot, as of the engine's last step."""

@@ -3,9 +3,10 @@
 `plan_completion` and `plan_chat` turn a parsed JSON body into a `Job`: the prompts as token
 ids and one `GenerationConfig`. Every limit is checked here and reported as an `ApiError` in
 OpenAI's terms (status, param, code): n, max_tokens, the context, stop strings, logprobs, the
-model name, sampling ranges and parameters this server does not implement (beam search among
-them). Besides OpenAI's sampling fields, requests may set `top_k`, `min_p` and
-`repetition_penalty`, as vLLM's and llama.cpp's servers accept them.
+model name, sampling ranges and parameters this server does not implement. Besides OpenAI's
+sampling fields, requests may set `top_k`, `min_p` and `repetition_penalty`, and beam search
+with `num_beams` (or vLLM's `use_beam_search`), `length_penalty` and `early_stopping`, as vLLM's
+and llama.cpp's servers accept them.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ class Limits:
         kv_bytes: KV-cache memory the admitted requests may reserve together (None: half the
             memory free when the server starts); a request that cannot fit now is answered
             429, one that could never fit 400.
+        max_beams: the widest beam search one request may ask for (`num_beams`).
     """
 
     max_n: int = 8
+    max_beams: int = 16
     max_stop: int = 4
     max_logprobs: int = 20
     max_prompts: int = 16
@@ -110,9 +113,10 @@ class _Sampling(_Body):
     top_k: int | None = None  # -1 or 0: off
     min_p: float | None = None
     repetition_penalty: float | None = None
-    num_beams: int | None = None  # refused above 1: the continuous batch samples or is greedy
-    use_beam_search: bool | None = None
-    length_penalty: float | None = None
+    num_beams: int | None = None  # above 1: beam search, in the server's beam lane
+    use_beam_search: bool | None = None  # vLLM's switch: beams of num_beams (or best_of)
+    length_penalty: float | None = None  # beam score = sum(logprob) / length^this
+    early_stopping: bool | None = None  # stop once num_beams hypotheses are finished
 
 
 class CompletionRequest(_Sampling):
@@ -196,8 +200,10 @@ def _unsupported(param: str) -> ApiError:
     )
 
 
-def _sampling(req: _Sampling, served: Served) -> tuple[int, list[str]]:
-    """Check what completions and chat share; returns (n, stop strings)."""
+def _sampling(
+    req: _Sampling, served: Served, best_of: int | None = None
+) -> tuple[int, list[str], dict[str, Any]]:
+    """Check what completions and chat share; returns (n, stop strings, beam settings)."""
     limits = served.limits
     check_model(served, req.model)
     if req.logit_bias:
@@ -219,19 +225,7 @@ def _sampling(req: _Sampling, served: Served) -> tuple[int, list[str]]:
             param="repetition_penalty",
             code="number_below_min_value",
         )
-    beams = {
-        "use_beam_search": bool(req.use_beam_search),
-        "num_beams": (req.num_beams or 1) > 1,
-        "length_penalty": req.length_penalty not in (None, 1.0),
-    }
-    for param in (name for name, asked in beams.items() if asked):
-        raise ApiError(
-            f"'{param}' is not supported by this server, which decodes every request in one "
-            "continuous batch by sampling or greedily; leave it out, or use `lmforge generate "
-            "--num-beams` for beam search.",
-            param=param,
-            code="unsupported_parameter",
-        )
+    beams = _beams(req, req.n or 1, best_of, limits.max_beams)
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > limits.max_stop:
         raise ApiError(
@@ -241,7 +235,79 @@ def _sampling(req: _Sampling, served: Served) -> tuple[int, list[str]]:
         )
     if any(not s for s in stop):
         raise ApiError("every 'stop' string must be non-empty.", param="stop", code="invalid_value")
-    return req.n or 1, stop
+    return req.n or 1, stop, beams
+
+
+def _beams(req: _Sampling, n: int, best_of: int | None, most: int) -> dict[str, Any]:
+    """The `GenerationConfig` fields of beam search ({} without it). `num_beams` > 1, or
+    `use_beam_search` with `num_beams` (or, as vLLM reads it, `best_of`) beams, searches; the
+    sampling fields it would ignore and `logprobs` are refused, as is `n` > the beams."""
+    check_range("num_beams", req.num_beams, 1, most)
+    width = req.num_beams or 1
+    if req.use_beam_search:
+        width = req.num_beams or best_of or 1
+        if width < 2:
+            raise ApiError(
+                "'use_beam_search' needs a beam width; set 'num_beams' to 2 or more.",
+                param="num_beams",
+                code="invalid_value",
+            )
+        check_range("best_of", width, 2, most)
+    elif req.use_beam_search is not None and width > 1:
+        raise ApiError(
+            f"'use_beam_search' is false but 'num_beams' is {width}; drop one of them.",
+            param="use_beam_search",
+            code="invalid_value",
+        )
+    if width == 1:
+        for param, asked in (
+            ("length_penalty", req.length_penalty not in (None, 1.0)),
+            ("early_stopping", bool(req.early_stopping)),
+        ):
+            if asked:
+                raise ApiError(
+                    f"'{param}' applies to beam search only; set 'num_beams' to 2 or more, or "
+                    "drop it.",
+                    param=param,
+                    code="invalid_value",
+                )
+        return {}
+    if n > width:
+        raise ApiError(
+            f"'n' is {n} but beam search with {width} beams returns at most {width} sequences; "
+            "lower 'n' or raise 'num_beams'.",
+            param="n",
+            code="invalid_value",
+        )
+    check_range("length_penalty", req.length_penalty)
+    ignored = {
+        "temperature": req.temperature not in (None, 0.0),
+        "top_p": req.top_p not in (None, 1.0),
+        "top_k": req.top_k not in (None, -1, 0),
+        "min_p": req.min_p not in (None, 0.0),
+    }
+    for param in (name for name, asked in ignored.items() if asked):
+        raise ApiError(
+            f"'{param}' does not apply to beam search, which keeps the most likely beams; "
+            "leave it out when 'num_beams' is above 1.",
+            param=param,
+            code="invalid_value",
+        )
+    return {
+        "num_beams": width,
+        "length_penalty": 1.0 if req.length_penalty is None else req.length_penalty,
+        "early_stopping": bool(req.early_stopping),
+    }
+
+
+def _no_beam_logprobs(beams: dict[str, Any], asked: bool) -> None:
+    """Beam search keeps no per-token logprobs: 400 when a beam request asks for them."""
+    if beams and asked:
+        raise ApiError(
+            "'logprobs' are not available with beam search; drop 'logprobs' or 'num_beams'.",
+            param="logprobs",
+            code="unsupported_parameter",
+        )
 
 
 def _max_tokens(
@@ -264,9 +330,12 @@ def _max_tokens(
     return wanted
 
 
-def _config(req: _Sampling, n: int, max_tokens: int, stop: list[str]) -> GenerationConfig:
+def _config(
+    req: _Sampling, n: int, max_tokens: int, stop: list[str], beams: dict[str, Any]
+) -> GenerationConfig:
     top_p = 1.0 if req.top_p is None else max(req.top_p, 1e-9)  # top_p = 0 keeps the top token
     return GenerationConfig(
+        **beams,
         max_new_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=top_p,
@@ -345,11 +414,12 @@ def _completion_prompts(
 def plan_completion(body: Any, served: Served) -> Job:
     """Check a /v1/completions body and turn it into a Job."""
     req: CompletionRequest = parse(CompletionRequest, body)
-    n, stop = _sampling(req, served)
+    n, stop, beams = _sampling(req, served, req.best_of)
     if req.suffix:
         raise _unsupported("suffix")
-    if req.best_of is not None and req.best_of != n:
+    if req.best_of is not None and req.best_of not in (n, beams.get("num_beams")):
         raise _unsupported("best_of")
+    _no_beam_logprobs(beams, req.logprobs is not None)
     check_range("logprobs", req.logprobs, 0, served.limits.max_logprobs)
     if req.echo and req.logprobs is not None:
         raise ApiError(
@@ -365,7 +435,7 @@ def plan_completion(body: Any, served: Served) -> Job:
     max_tokens = _max_tokens("max_tokens", req.max_tokens, prompts, served, "prompt")
     return Job(
         prompts,
-        _config(req, n, max_tokens, stop),
+        _config(req, n, max_tokens, stop, beams),
         texts,
         logprobs=req.logprobs,
         echo=bool(req.echo),
@@ -417,7 +487,8 @@ def _messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
 def plan_chat(body: Any, served: Served) -> Job:
     """Check a /v1/chat/completions body and turn it into a Job."""
     req: ChatCompletionRequest = parse(ChatCompletionRequest, body)
-    n, stop = _sampling(req, served)
+    n, stop, beams = _sampling(req, served)
+    _no_beam_logprobs(beams, bool(req.logprobs))
     if req.tools:
         raise _unsupported("tools")
     if req.response_format and req.response_format.get("type", "text") != "text":
@@ -447,7 +518,7 @@ def plan_chat(body: Any, served: Served) -> Job:
     )
     value = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_tokens = _max_tokens(name, value, [prompt], served, "messages")
-    gen = _config(req, n, max_tokens, stop + chat_stops(served.tokenizer))
+    gen = _config(req, n, max_tokens, stop + chat_stops(served.tokenizer), beams)
     return Job(
         [prompt],
         gen,

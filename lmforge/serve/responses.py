@@ -68,14 +68,17 @@ class Answer:
         ]
         self._token_text: dict[int, str] = {}
         # filled by the engine when the job finishes: time_to_first_token_s, tokens_per_second
-        self.timings: dict[str, float] = {}
+        # and, for a request of the speculative lane, speculative (draft/accepted tokens)
+        self.timings: dict[str, Any] = {}
 
     @property
     def finished(self) -> bool:
         return all(c.finish_reason is not None for c in self.choices)
 
-    def usage(self) -> dict[str, int | float]:
-        """Token counts, plus the time to first token and the decode rate (tokens/s)."""
+    def usage(self) -> dict[str, Any]:
+        """Token counts, plus the time to first token and the decode rate (tokens/s); for a
+        request decoded speculatively, `speculative`: {draft_tokens, accepted_tokens,
+        acceptance_rate}."""
         prompt = sum(len(p) for p in self.job.prompts)
         completion = sum(c.completion_tokens for c in self.choices)
         return {
@@ -97,11 +100,16 @@ class Answer:
         return []
 
     def feed(self, items: list[tuple[int, RowEvent]]) -> list[dict[str, Any]]:
-        """Route a step's events to their choices; return the chunks worth sending."""
-        chunks = []
+        """Route a step's events to their choices; return the chunks worth sending, one per
+        choice (a speculative round's accepted tokens, or a beam's whole text, are one chunk)."""
+        merged: dict[int, tuple[str, list[TokenLogprob]]] = {}
         for index, event in items:
+            delta, entries = self.choices[index].feed(event)
+            text, kept = merged.get(index, ("", []))
+            merged[index] = (text + delta, kept + entries)
+        chunks = []
+        for index, (delta, entries) in merged.items():
             choice = self.choices[index]
-            delta, entries = choice.feed(event)
             if delta or entries or choice.finish_reason is not None:
                 logprobs = self._logprobs(entries, 0) if self.job.logprobs is not None else None
                 content = {"content": delta} if self.kind == "chat" and delta else {}

@@ -16,7 +16,10 @@ import torch
 from fastapi import FastAPI
 
 from lmforge.errors import ServeError
+from lmforge.generate import GenerationConfig
+from lmforge.generate.speculative import _check as check_speculative
 from lmforge.recipes.finetuned import load_finetuned
+from lmforge.recipes.generate import load_draft
 from lmforge.serve.admission import Admission, free_memory, kv_bytes_per_token
 from lmforge.serve.app import check_api_key, create_app
 from lmforge.serve.engine import Engine
@@ -40,13 +43,21 @@ def build_app(
     dtype: str = "auto",
     limits: Limits | None = None,
     transform: Callable[[str], Any] | None = None,
+    draft: str | Path | None = None,
+    draft_k: int = 4,
 ) -> FastAPI:
     """Load `model_dir` (model + tokenizer) and return the app; the app's lifespan runs the
-    decoding engine. The model is served under `model_name` (default: the dir's name)."""
+    decoding engine. The model is served under `model_name` (default: the dir's name).
+
+    `draft`: a smaller model dir with the same tokenizer (checked by `load_draft`); requests
+    it supports decode speculatively (`draft_k` tokens per round) in a lane of their own while
+    that lane is free (`lmforge.serve.lanes`)."""
     model_dir = Path(model_dir)
     check_api_key(api_key)
     if max_batch < 1:
         raise ServeError(f"--max-batch must be at least 1, got {max_batch}.")
+    if draft_k < 1:
+        raise ServeError(f"--draft-k must be at least 1, got {draft_k}.")
     if dtype not in ("auto", *_DTYPES):
         raise ServeError(f"unknown dtype '{dtype}'; use auto, {', '.join(_DTYPES)}.")
     where = resolve_device(device)
@@ -60,6 +71,10 @@ def build_app(
         dtype = "bfloat16" if where.type == "cuda" else "float32"
     model = model.to(_DTYPES[dtype]).eval()
     tokenizer = Tokenizer.load(model_dir)
+    helper = None
+    if draft is not None:
+        helper = load_draft(draft, tokenizer).to(where, _DTYPES[dtype]).eval()
+        check_speculative(model, helper, GenerationConfig(), draft_k)
     limits = limits or Limits()
     per_token = kv_bytes_per_token(model, _DTYPES[dtype])
     per_row = 9 * model.cfg.vocab_size  # float32 logits and counts, bool seen-mask
@@ -77,7 +92,8 @@ def build_app(
         else None,
         transform=transform,
     )
-    app = create_app(Engine(model, tokenizer, max_batch), served, api_key, admission)
+    engine = Engine(model, tokenizer, max_batch, draft=helper, draft_k=draft_k)
+    app = create_app(engine, served, api_key, admission)
     mount_playground(app, model_dir, needs_key=api_key is not None)  # the web page at /
     return app
 
@@ -96,6 +112,8 @@ def serve(
     limits: Limits | None = None,
     max_connections: int = 4096,
     transform: Callable[[str], Any] | None = None,
+    draft: str | Path | None = None,
+    draft_k: int = 4,
 ) -> None:
     """Serve `model_dir` over HTTP until interrupted (uvicorn); SIGTERM or Ctrl-C stops it
     within a few seconds, requests in flight included."""
@@ -110,6 +128,8 @@ def serve(
         dtype=dtype,
         limits=limits,
         transform=transform,
+        draft=draft,
+        draft_k=draft_k,
     )
     raise_open_file_limit()
     uvicorn.Server(uvicorn_config(app, host, port, log_level, max_connections)).run()
