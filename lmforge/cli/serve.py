@@ -82,7 +82,7 @@ def serve(
     kv = None if kv_memory_gb is None else int(kv_memory_gb * 2**30)
     limits = Limits(max_tokens=max_tokens, max_requests=max_requests, kv_bytes=kv)
     lane = f", speculative lane with draft {draft} (k={draft_k})" if draft is not None else ""
-    typer.echo(
+    announce = (
         f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch}{lane}); "
         f"playground at http://{host}:{port}/"
     )
@@ -100,6 +100,7 @@ def serve(
         transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
         draft=draft,
         draft_k=draft_k,
+        ready=lambda: typer.echo(announce),  # once the model (and draft) loaded
     )
 
 

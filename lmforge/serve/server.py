@@ -114,9 +114,11 @@ def serve(
     transform: Callable[[str], Any] | None = None,
     draft: str | Path | None = None,
     draft_k: int = 4,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve `model_dir` over HTTP until interrupted (uvicorn); SIGTERM or Ctrl-C stops it
-    within a few seconds, requests in flight included."""
+    within a few seconds, requests in flight included. `ready()` is called once the model
+    (and draft) loaded, before the server starts listening."""
     import uvicorn
 
     app = build_app(
@@ -131,8 +133,25 @@ def serve(
         draft=draft,
         draft_k=draft_k,
     )
+    if ready is not None:
+        ready()
+    show_log(log_level)
     raise_open_file_limit()
     uvicorn.Server(uvicorn_config(app, host, port, log_level, max_connections)).run()
+
+
+def show_log(level: str = "info") -> None:
+    """Print the server's own log lines (one per request: lane, speed, the draft's acceptance)
+    to stderr as uvicorn prints its own, from `level` up."""
+    from uvicorn.logging import DefaultFormatter
+
+    logger = logging.getLogger("lmforge.serve")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False  # once, even if the root logger prints too
 
 
 def raise_open_file_limit() -> int:

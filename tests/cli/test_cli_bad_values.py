@@ -54,6 +54,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("device", ["serve", M, "--dtype", "float8"]),
     ("missing", ["serve", NOPE]),
     ("kind", ["serve", FILE]),
+    ("missing", ["serve", M, "--draft", NOPE]),
+    ("kind", ["serve", M, "--draft", FILE]),
+    ("draft", ["serve", M, "--draft", DIR]),
+    ("range", ["serve", M, "--draft", M, "--draft-k", "0"]),
     # evaluate
     ("missing", ["evaluate", NOPE, "--data", FILE]),
     ("missing", ["evaluate", M, "--data", NOPE]),
