@@ -13,7 +13,7 @@ acceptance says nothing of a trained pair, so the acceptance is printed next to 
     beam    num_beams = 4 through the plain server vs `generate(..., num_beams=4)` in this
             process: median latency (the server's overhead on a beam request)
 
-    python bench/serve_lanes.py                        # gpt-mini, 2 layers of draft
+    python bench/serve_lanes.py                        # gpt-mini, 2 layers of draft, 1 thread each
     python bench/serve_lanes.py --preset gpt-tiny --max-tokens 32 --repeats 3   # a quick run
 """
 
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -411,3 +412,28 @@ def test_a_client_that_leaves_frees_the_lane(spec):
     status = _idle(spec)
     assert status["speculative_lane"]["requests"] == 0
     assert status["speculative_lane"]["cancelled"] >= 1
+
+
+def test_lane_requests_count_against_the_request_limit(model_dir, monkeypatch):
+    """A beam request in flight holds its place: with max_requests = 1 the next is a 429."""
+    app = build_app(model_dir, device="cpu", limits=Limits(max_requests=1))
+    model = app.state.engine.beam_lane.model
+    step = model.step
+
+    def slow(*args, **kwargs):
+        time.sleep(0.1)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(model, "step", slow)
+    with BackgroundServer(app) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        beams = dict(model=MODEL, prompt="hi", max_tokens=20, extra_body={"num_beams": 2})
+        first = ThreadPoolExecutor(1).submit(client.completions.create, **beams)
+        deadline = time.monotonic() + 10
+        while health(server.url)["beam_lane"]["requests"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(openai.RateLimitError) as info:
+            client.completions.create(model=MODEL, prompt="hi", max_tokens=2)
+        assert info.value.response.headers["retry-after"] == "1"
+        assert first.result(timeout=30).choices[0].finish_reason == "length"
+        assert health(server.url)["requests_in_flight"] == 0
