@@ -60,8 +60,8 @@ def serve(
         typer.Option(
             exists=True,
             file_okay=False,
-            help="A small model dir with the same tokenizer: a request that samples or is "
-            "greedy, without penalties or logprobs, decodes speculatively while this lane is "
+            help="A small model dir with the same tokenizer: a greedy or unseeded sampling "
+            "request without penalties or logprobs decodes speculatively while this lane is "
             "free (the rest join the batch); usage.speculative reports the acceptance rate.",
         ),
     ] = None,
