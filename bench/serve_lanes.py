@@ -159,7 +159,8 @@ def main() -> None:
                     walls[name].append(tokens / wall)
             print(
                 f"load   ({args.clients} clients x {args.requests} requests, tokens/s, 2 runs "
-                f"each): plain {walls['plain']} | draft {walls['draft']} | ratio draft/plain "
+                f"each): plain {' '.join(f'{x:.1f}' for x in walls['plain'])} | draft "
+                f"{' '.join(f'{x:.1f}' for x in walls['draft'])} | ratio draft/plain "
                 f"{statistics.mean(walls['draft']) / statistics.mean(walls['plain']):.2f}x"
             )
             model, tok = load_model(target).eval(), Tokenizer.load(target)
