@@ -11,7 +11,7 @@ together, handed to the handler's event loop with `call_soon_threadsafe`.
 
 Beside the batch run lanes (`lmforge.serve.lanes`), one request at a time each on its own
 thread with its own caches: beam search (`num_beams` > 1) always, and, with a draft model,
-speculative decoding for a request it supports while that lane is free.
+speculative decoding for a request it supports while that lane is free and the batch idle.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class Engine:
         tokenizer: the model's tokenizer (stop strings).
         max_batch: the most rows (choices) decoded together.
         draft: a draft model with the same tokenizer: requests the speculative lane supports
-            run there, one at a time, while it is free (`lmforge.serve.lanes`).
+            run there, one at a time, while it is free and the batch idle (`lmforge.serve.lanes`).
         draft_k: draft tokens per speculative round.
     """
 
@@ -174,7 +174,7 @@ class Engine:
         self._cancel: list[Ticket] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._owner: dict[int, Ticket] = {}  # row id -> ticket (engine thread only)
+        self._owner: dict[int, Ticket] = {}  # row id -> ticket (engine thread; others test emptiness)
         self._load = {"active_rows": 0, "waiting_rows": 0}  # replaced whole, never mutated
         self.stats = {
             "completed_rows": 0,
@@ -212,18 +212,28 @@ class Engine:
         """Queue a checked job; call from the event loop that will read the ticket.
 
         Beam search goes to the beam lane (queued there); a job the speculative lane supports
-        goes there if the lane is free; everything else joins the continuous batch."""
+        goes there if the lane is free and the continuous batch is idle (speculation shortens
+        one request's latency; under load the batch's throughput is worth more); everything
+        else joins the continuous batch."""
         loop = asyncio.get_running_loop()
         if job.gen.num_beams > 1:
             return self.beam_lane.submit(job, loop)
         lane = self.speculative_lane
-        if lane is not None and lane.supports(job):
+        if lane is not None and lane.supports(job) and self._batch_idle():
             ticket = lane.submit(job, loop, only_if_free=True)
             if ticket is not None:
                 return ticket
         ticket = Ticket(self, job, loop)
         self._post(new=ticket)
         return ticket
+
+    def _batch_idle(self) -> bool:
+        """No row decoding or waiting in the batch and no ticket on its way there."""
+        with self._cond:
+            posted = bool(self._new)
+        return (
+            not posted and not self._owner and not self.batcher.active and not self.batcher.waiting
+        )
 
     def lane_load(self) -> dict[str, dict[str, int]]:
         """Each lane's load and counts, for /health."""

@@ -6,7 +6,7 @@ with its own KV caches (the model's weights are only read).
                       text arrives whole, at the end (a stream gets it as one chunk per choice).
     SpeculativeLane   with `lmforge serve --draft`: `lmforge.generate.speculative_outputs`, the
                       draft proposing k tokens per round and the model checking them at once. It
-                      takes a request only while it is free and only one it supports (no
+                      takes a request only while it is free and the batch is idle, and only one it supports (no
                       penalties, no logprobs, greedy or unseeded sampling, within the draft's
                       context); every other request joins the batch as before. Speculative
                       decoding helps one request's latency on a lightly loaded server; under

@@ -51,7 +51,7 @@ def build_app(
 
     `draft`: a smaller model dir with the same tokenizer (checked by `load_draft`); requests
     it supports decode speculatively (`draft_k` tokens per round) in a lane of their own while
-    that lane is free (`lmforge.serve.lanes`)."""
+    that lane is free and the continuous batch idle (`lmforge.serve.lanes`)."""
     model_dir = Path(model_dir)
     check_api_key(api_key)
     if max_batch < 1:

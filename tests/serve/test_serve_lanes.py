@@ -178,6 +178,21 @@ def test_acceptance_is_reported_in_usage_and_the_log(twin, spec, caplog):
     assert health(spec.url)["speculative_lane"]["completed"] >= 3
 
 
+def test_the_lane_leaves_requests_to_a_busy_batch(spec, monkeypatch):
+    """While the continuous batch holds rows, a request the lane supports joins the batch
+    (under load the batch's throughput is worth more than one request's latency)."""
+    _idle(spec)
+    kwargs = dict(model=MODEL, prompt="brown fox", max_tokens=8, temperature=0)
+    engine = spec.engine
+    monkeypatch.setitem(engine._owner, -1, None)  # a row of the batch that never ends
+    busy = _client(spec).completions.create(**kwargs)
+    assert "speculative" not in busy.usage.model_dump()
+    monkeypatch.delitem(engine._owner, -1)
+    idle = _client(spec).completions.create(**kwargs)
+    assert "speculative" in idle.usage.model_dump()
+    assert busy.choices[0].text == idle.choices[0].text
+
+
 def test_sampling_in_the_lane_applies_the_sampling_settings(spec, reference):
     """top_k = 1 sampling is greedy whatever the random numbers: the lane must agree (that its
     samples follow the model's distribution is `tests/generate/test_gen_speculative.py`'s)."""
