@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.core import GenerationOutput, eval_mode, verify_tokens
-from lmforge.generate.engine import finish_texts, stop_strings
+from lmforge.generate.engine import finish_texts
 from lmforge.generate.inputs import (
     as_prompts,
     check_fits,
@@ -36,7 +36,7 @@ from lmforge.generate.inputs import (
     pad,
     resolve_eos,
 )
-from lmforge.generate.rows import Row
+from lmforge.generate.rows import Row, make_rows
 from lmforge.generate.sampling import make_generator, next_token_probs, sample
 from lmforge.models.cache import KVCache
 
@@ -128,12 +128,7 @@ def speculative_outputs(
     _check(target, draft, gen, k)
     prompts = as_prompts(input_ids, target.cfg.vocab_size)
     n = gen.num_return_sequences
-    eos = resolve_eos(target, gen)
-    rows = [
-        Row(eos, gen.max_new_tokens, stop_strings(gen, tokenizer), prompt_index=i, sample=j)
-        for i in range(len(prompts))
-        for j in range(n)
-    ]
+    rows = make_rows(gen, resolve_eos(target, gen), len(prompts), tokenizer)
     stats = SpeculativeStats()
     with eval_mode(target), eval_mode(draft), torch.inference_mode():
         _speculate(target, draft, [p for p in prompts for _ in range(n)], gen, k, rows, stats)
