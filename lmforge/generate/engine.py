@@ -113,10 +113,10 @@ class SamplingRun:
                 history.select(index)
         step = step_function(model, self.compile)
         generator = make_generator(gen.seed, device)
-        for i in range(gen.max_new_tokens):
+        for _ in range(gen.max_new_tokens):
             token = select_next(logits, gen, generator, history)  # (N,)
             yield self._record(token.tolist())
-            if all(row.done for row in self.rows) or i == gen.max_new_tokens - 1:
+            if all(row.done for row in self.rows):  # a row ends at its budget at the latest
                 break
             if history is not None:
                 history.add(token)
