@@ -53,9 +53,8 @@ from lmforge.generate.inputs import (
     pad,
     resolve_eos,
 )
-from lmforge.generate.processors import process_logits
 from lmforge.generate.rows import Row, TokenHistory, expand_index, make_rows, stop_strings
-from lmforge.generate.sampling import exp_noise, make_generator
+from lmforge.generate.sampling import exp_noise, make_generator, next_token_probs
 from lmforge.models.cache import KVCache
 
 
@@ -397,7 +396,7 @@ class ContinuousBatcher:
             if gen.greedy:
                 tokens[index] = penalized.argmax(-1)
                 continue
-            probs = process_logits(penalized, gen).softmax(-1)  # (b, V)
+            probs = next_token_probs(penalized, gen)  # (b, V)
             tokens[index] = (probs / self._noise([rows[i] for i in indices], probs)).argmax(-1)
 
     def _noise(self, rows: list[_Row], probs: Tensor) -> Tensor:

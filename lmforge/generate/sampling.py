@@ -42,14 +42,11 @@ def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return (probs.float() / noise).argmax(-1)
 
 
-def next_token_probs(
-    logits: Tensor,
-    gen: GenerationConfig,
-    seen: Tensor | None = None,
-    counts: Tensor | None = None,
-) -> Tensor:
-    """softmax(process(l)): the distribution the next token is drawn from; (B, V) float32."""
-    return process_logits(logits, gen, seen, counts).softmax(-1)
+def next_token_probs(logits: Tensor, gen: GenerationConfig) -> Tensor:
+    """softmax(process(l)): the distribution the next token is drawn from; (B, V) float32.
+
+    Penalties need a history: pass logits through `TokenHistory.penalize` first."""
+    return process_logits(logits, gen).softmax(-1)
 
 
 def select_next(
@@ -64,4 +61,4 @@ def select_next(
     logits = history.penalize(logits, gen) if history is not None else logits.float()
     if gen.greedy:  # top-k, top-p and min-p always keep the argmax: only the penalties matter
         return logits.argmax(-1)
-    return sample(process_logits(logits, gen).softmax(-1), generator)
+    return sample(next_token_probs(logits, gen), generator)
