@@ -10,7 +10,9 @@ All rows share the KV cache's one time axis. Every row is kept right-aligned: it
 sits in the last column and left padding fills the front, which the mask hides (positions come
 from the mask, so padding changes nothing the model sees). Merging new rows left-pads whichever
 side is shorter; dropping rows trims the columns that became padding in every row, so the cache
-is never wider than the longest row.
+is never wider than the longest row. What the penalties see (`rows.TokenHistory`, the class
+`generate` uses too) follows the batch the same way: its rows are merged on admission and
+selected when rows leave.
 
 One request's failure stays its own. When a batched step raises, the batcher finds the culprit
 instead of failing the batch:
