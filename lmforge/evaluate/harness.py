@@ -368,20 +368,17 @@ class LM:
 
     @torch.no_grad()
     def generate(self, contexts: list[str], until: list[str], max_gen_toks: int) -> list[str]:
-        from lmforge.generate import GenerationConfig, generate
+        from lmforge.generate import GenerationConfig, generate_outputs
 
-        gen = GenerationConfig(max_new_tokens=max_gen_toks, temperature=0.0, stop=until or None)
+        gen = GenerationConfig(max_new_tokens=max_gen_toks, temperature=0.0, stop=list(until))
         out = []
         for at in range(0, len(contexts), self.batch_size):
             prompts = []
             for c in contexts[at : at + self.batch_size]:
                 ids = (self.prefix + self.tok.encode(c)) or self.start
                 prompts.append(ids[-max(1, self.max_len - max_gen_toks) :])
-            for tokens in generate(self.model, prompts, gen, tokenizer=self.tok):
-                text = self.tok.decode(tokens)
-                for stop in until:
-                    text = text.split(stop)[0]
-                out.append(text)
+            # the text is decoded and cut before the first `until` string by generate itself
+            out += [o.text or "" for o in generate_outputs(self.model, prompts, gen, self.tok)]
         return out
 
 

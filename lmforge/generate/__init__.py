@@ -34,7 +34,8 @@ from lmforge.generate.processors import (
     top_k_filter,
     top_p_filter,
 )
-from lmforge.generate.sampling import TokenHistory, make_generator, sample, select_next
+from lmforge.generate.rows import Row, TokenHistory
+from lmforge.generate.sampling import make_generator, sample, select_next
 from lmforge.generate.speculative import (
     SpeculativeStats,
     accept_draft,
@@ -48,6 +49,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationOutput",
     "GenerationStats",
+    "Row",
     "RowEvent",
     "SamplingRun",
     "SpeculativeStats",

@@ -20,8 +20,7 @@ from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.core import GenerationOutput, decode_one_token, eval_mode, prefill
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
-from lmforge.generate.processors import apply_penalties
-from lmforge.generate.sampling import TokenHistory
+from lmforge.generate.rows import TokenHistory, expand_index
 from lmforge.generate.static import step_function
 
 
@@ -103,13 +102,14 @@ def _search(
     batch = len(prompts)
     cache = model.new_cache(batch, begin.cache_len)
     logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
-    index = torch.arange(batch, device=device).repeat_interleave(nb)  # each prompt -> nb beams
+    index = expand_index([nb] * batch, device)  # each prompt -> nb beams
     logits = logits[index]
     cache.reorder(index)
     encoder = begin.encoder.select(index) if begin.encoder is not None else None
     history = None
     if gen.uses_penalties:
-        history = TokenHistory([h for h in begin.history for _ in range(nb)], vocab, device)
+        history = TokenHistory(begin.history, vocab, device)
+        history.select(index)
 
     scores = torch.full((batch, nb), -math.inf, device=device)
     scores[:, 0] = 0.0  # only the first copy of each prompt starts alive
@@ -122,9 +122,9 @@ def _search(
     for step in range(gen.max_new_tokens):
         if on_step is not None:
             on_step(step)
-        seen = history.seen if history is not None else None
-        counts = history.counts if history is not None else None
-        logp = apply_penalties(logits, gen, seen, counts).log_softmax(-1)  # (B * nb, V)
+        if history is not None:
+            logits = history.penalize(logits, gen)
+        logp = logits.log_softmax(-1)  # (B * nb, V)
         cand = (scores[:, None] + logp).view(batch, nb * vocab)
         top_scores, top_idx = cand.topk(width, dim=1)  # (B, 2 nb)
         top = zip(

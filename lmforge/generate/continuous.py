@@ -10,7 +10,9 @@ All rows share the KV cache's one time axis. Every row is kept right-aligned: it
 sits in the last column and left padding fills the front, which the mask hides (positions come
 from the mask, so padding changes nothing the model sees). Merging new rows left-pads whichever
 side is shorter; dropping rows trims the columns that became padding in every row, so the cache
-is never wider than the longest row.
+is never wider than the longest row. What the penalties see (`rows.TokenHistory`, the class
+`generate` uses too) follows the batch the same way: its rows are merged on admission and
+selected when rows leave.
 
 One request's failure stays its own. When a batched step raises, the batcher finds the culprit
 instead of failing the batch:
@@ -45,7 +47,6 @@ from torch import Tensor, nn
 from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.core import FinishReason, prefill
-from lmforge.generate.engine import stop_strings
 from lmforge.generate.inputs import (
     as_prompts,
     check_fits,
@@ -54,8 +55,7 @@ from lmforge.generate.inputs import (
     pad,
     resolve_eos,
 )
-from lmforge.generate.processors import apply_penalties
-from lmforge.generate.rows import Row
+from lmforge.generate.rows import Row, TokenHistory, expand_index, make_rows, stop_strings
 from lmforge.generate.sampling import exp_noise, make_generator, next_token_probs
 from lmforge.models.cache import KVCache
 
@@ -144,8 +144,7 @@ class ContinuousBatcher:
         self._rows: list[_Row] = []  # batch order
         self._cache: KVCache | None = None
         self._logits: Tensor | None = None  # (B, V) next-token logits of every row
-        self._seen: Tensor | None = None  # (B, V) bool: prompt + output tokens
-        self._counts: Tensor | None = None  # (B, V) float: generated-token counts
+        self._history: TokenHistory | None = None  # what the penalties see, row by row
         self._failed: list[tuple[_Request, Exception]] = []  # this step's failed requests
 
     # ------------------------------------------------------------------ queue
@@ -201,8 +200,7 @@ class ContinuousBatcher:
             if self._rows:
                 tokens = self._select()  # (B,)
                 events = self._record(tokens)
-                self._seen.scatter_(1, tokens[:, None], True)
-                self._counts.scatter_add_(1, tokens[:, None], torch.ones_like(self._counts[:, :1]))
+                self._history.add(tokens)
                 keep = [
                     i
                     for i, r in enumerate(self._rows)
@@ -284,53 +282,47 @@ class ContinuousBatcher:
         room = 0 if self._rows else max(r.gen.max_new_tokens for r in batch)
         cache = self.model.new_cache(len(batch), ids.size(1) + room)
         logits = prefill(self.model, ids, mask, cache)  # (b, V)
-        n = torch.tensor([len(r.rows) for r in batch], device=self.device)
-        index = torch.arange(len(batch), device=self.device).repeat_interleave(n)
+        index = expand_index([len(r.rows) for r in batch], self.device)
         cache.reorder(index)  # one prefill per prompt, copied for each of its samples
-        seen = torch.zeros(len(batch), cfg.vocab_size, dtype=torch.bool, device=self.device)
-        for i, p in enumerate(prompts):
-            seen[i, torch.tensor(p, device=self.device)] = True
+        history = TokenHistory(prompts, cfg.vocab_size, self.device)
+        history.select(index)
         new_rows = []
         for request in batch:
             request.generator = make_generator(request.gen.seed, self.device)
             eos = resolve_eos(self.model, request.gen)
-            for j, row_id in enumerate(request.rows):
-                stops = stop_strings(request.gen, self.tokenizer)
-                row = _Row(eos, request.gen.max_new_tokens, stops, request.generator, sample=j)
+            rows = make_rows(request.gen, eos, 1, self.tokenizer, request.generator, _Row)
+            for row, row_id in zip(rows, request.rows, strict=True):
                 row.id, row.request = row_id, request
-                new_rows.append(row)
-        self._merge(new_rows, cache, logits[index], seen[index])
+            new_rows += rows
+        self._merge(new_rows, cache, logits[index], history)
 
-    def _merge(self, rows: list[_Row], cache: KVCache, logits: Tensor, seen: Tensor) -> None:
+    def _merge(
+        self, rows: list[_Row], cache: KVCache, logits: Tensor, history: TokenHistory
+    ) -> None:
         """Append prefilled rows; both sides are left-padded to the wider one. Everything is
         built before anything is replaced, so a failure (memory) leaves the batch as it was."""
         if not self._rows:
-            counts = torch.zeros_like(seen, dtype=torch.float32)
-            self._rows, self._cache, self._logits = rows, cache, logits
-            self._seen, self._counts = seen, counts
+            self._rows, self._cache, self._logits, self._history = rows, cache, logits, history
             return
         everyone = self._rows + rows
         width = max(self._cache.length, cache.length)
         capacity = width + max(r.left for r in everyone)
         merged = KVCache.concat([self._cache, cache], capacity)
-        counts = torch.cat([self._counts, torch.zeros_like(seen, dtype=torch.float32)])
         logits = torch.cat([self._logits, logits])
-        seen = torch.cat([self._seen, seen])
-        self._rows, self._cache, self._logits = everyone, merged, logits
-        self._seen, self._counts = seen, counts
+        history = TokenHistory.merge([self._history, history])
+        self._rows, self._cache, self._logits, self._history = everyone, merged, logits, history
 
     def _keep(self, keep: list[int]) -> None:
         """Keep batch rows `keep`, then trim the columns that are padding in every row."""
         self._rows = [self._rows[i] for i in keep]
         if not self._rows:
-            self._cache = self._logits = self._seen = self._counts = None
+            self._cache = self._logits = self._history = None
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         self._cache.reorder(index)
         self._cache.trim_front(self._cache.padding_columns())
-        self._logits, self._seen, self._counts = (
-            t[index] for t in (self._logits, self._seen, self._counts)
-        )
+        self._logits = self._logits[index]
+        self._history.select(index)
 
     def _decode(self, tokens: Tensor) -> None:
         """Feed every row its newest token; the logits of the next step replace the old.
@@ -402,12 +394,11 @@ class ContinuousBatcher:
             index: Tensor | slice = slice(None)  # the whole batch: no gathers, no copies
             if len(indices) < len(rows):
                 index = torch.tensor(indices, dtype=torch.long, device=self.device)
-            seen = self._seen[index] if gen.uses_penalties else None
-            counts = self._counts[index] if gen.uses_penalties else None
+            penalized = self._history.penalize(logits[index], gen, index)  # (b, V)
             if gen.greedy:
-                tokens[index] = apply_penalties(logits[index], gen, seen, counts).argmax(-1)
+                tokens[index] = penalized.argmax(-1)
                 continue
-            probs = next_token_probs(logits[index], gen, seen, counts)  # (b, V)
+            probs = next_token_probs(penalized, gen)  # (b, V)
             tokens[index] = (probs / self._noise([rows[i] for i in indices], probs)).argmax(-1)
 
     def _noise(self, rows: list[_Row], probs: Tensor) -> Tensor:
@@ -453,16 +444,12 @@ class ContinuousBatcher:
         for i, (row, tok) in enumerate(zip(self._rows, tokens.tolist(), strict=True)):
             if self._failing(row.request):
                 continue
-            event = RowEvent(row.id, tok, None, logprob.get(i), top.get(i))
             try:
-                row.push(tok)
+                token = row.take(tok)
             except Exception as exc:
                 self._fail(row.request, exc)
                 continue
-            event.finish_reason = row.finish_reason
-            if tok == row.eos:
-                event.token = None
-            events.append(event)
+            events.append(RowEvent(row.id, token, row.finish_reason, logprob.get(i), top.get(i)))
         return events
 
     def _logprobs(

@@ -32,23 +32,11 @@ from lmforge.generate.core import (
     prefill,
 )
 from lmforge.generate.inputs import as_prompts, check_model, model_device, resolve_eos, start
-from lmforge.generate.rows import Row
-from lmforge.generate.sampling import TokenHistory, make_generator, select_next
+from lmforge.generate.rows import TokenHistory, expand_index, make_rows, stop_strings
+from lmforge.generate.sampling import make_generator, select_next
 from lmforge.generate.static import step_function
-from lmforge.generate.stops import StopStrings
 
 Prompts = list[list[int]] | list[int] | Tensor
-
-
-def stop_strings(gen: GenerationConfig, tokenizer: Any) -> StopStrings | None:
-    """A stop-string checker, or None when `gen.stop` is empty."""
-    if not gen.stop:
-        return None
-    if tokenizer is None:
-        raise GenerationError(
-            "stop strings need a tokenizer to decode the tokens; pass tokenizer=... or drop stop."
-        )
-    return StopStrings(tokenizer, gen.stop)
 
 
 class SamplingRun:
@@ -73,13 +61,8 @@ class SamplingRun:
             )
         self.model, self.gen = model, gen
         self.prompts = as_prompts(input_ids, model.cfg.vocab_size)
-        eos = resolve_eos(model, gen)
         n = gen.num_return_sequences
-        self.rows = [
-            Row(eos, gen.max_new_tokens, stop_strings(gen, tokenizer), prompt_index=i, sample=j)
-            for i in range(len(self.prompts))
-            for j in range(n)
-        ]
+        self.rows = make_rows(gen, resolve_eos(model, gen), len(self.prompts), tokenizer)
         self.compile = compile
         self.stats = GenerationStats(prompt_tokens=sum(len(p) for p in self.prompts) * n)
 
@@ -118,21 +101,22 @@ class SamplingRun:
         cache = model.new_cache(batch, begin.cache_len)
         logits = prefill(model, begin.ids, begin.mask, cache, begin.encoder)  # (B, V)
         encoder = begin.encoder
+        history = None
+        if gen.uses_penalties:
+            history = TokenHistory(begin.history, model.cfg.vocab_size, device)
         if n > 1:  # prefill once per prompt, then copy the cache for each sample
-            index = torch.arange(batch, device=device).repeat_interleave(n)
+            index = expand_index([n] * batch, device)
             logits = logits[index]
             cache.reorder(index)
             encoder = encoder.select(index) if encoder is not None else None
+            if history is not None:
+                history.select(index)
         step = step_function(model, self.compile)
-        history = None
-        if gen.uses_penalties:
-            seen = [h for h in begin.history for _ in range(n)]
-            history = TokenHistory(seen, model.cfg.vocab_size, device)
         generator = make_generator(gen.seed, device)
-        for i in range(gen.max_new_tokens):
+        for _ in range(gen.max_new_tokens):
             token = select_next(logits, gen, generator, history)  # (N,)
             yield self._record(token.tolist())
-            if all(row.done for row in self.rows) or i == gen.max_new_tokens - 1:
+            if all(row.done for row in self.rows):  # a row ends at its budget at the latest
                 break
             if history is not None:
                 history.add(token)
@@ -140,12 +124,7 @@ class SamplingRun:
 
     def _record(self, tokens: list[int]) -> list[int | None]:
         """Give each live row its token; None for rows that had ended or end on EOS."""
-        new: list[int | None] = []
-        for row, tok in zip(self.rows, tokens, strict=True):
-            live = not row.done
-            row.push(tok)
-            new.append(tok if live and tok != row.eos else None)
-        return new
+        return [row.take(tok) for row, tok in zip(self.rows, tokens, strict=True)]
 
 
 def finish_texts(outputs: list[GenerationOutput], gen: GenerationConfig, tokenizer: Any) -> None:

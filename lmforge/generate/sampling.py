@@ -1,4 +1,5 @@
-"""Drawing the next token: pure sampling functions and the token history penalties need."""
+"""Drawing the next token: pure sampling functions (the penalties' token history is
+`lmforge.generate.rows.TokenHistory`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import torch
 from torch import Tensor
 
 from lmforge.generate.config import GenerationConfig
-from lmforge.generate.processors import apply_penalties, process_logits
+from lmforge.generate.processors import process_logits
+from lmforge.generate.rows import TokenHistory
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -40,14 +42,11 @@ def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return (probs.float() / noise).argmax(-1)
 
 
-def next_token_probs(
-    logits: Tensor,
-    gen: GenerationConfig,
-    seen: Tensor | None = None,
-    counts: Tensor | None = None,
-) -> Tensor:
-    """softmax(process(l)): the distribution the next token is drawn from; (B, V) float32."""
-    return process_logits(logits, gen, seen, counts).softmax(-1)
+def next_token_probs(logits: Tensor, gen: GenerationConfig) -> Tensor:
+    """softmax(process(l)): the distribution the next token is drawn from; (B, V) float32.
+
+    Penalties need a history: pass logits through `TokenHistory.penalize` first."""
+    return process_logits(logits, gen).softmax(-1)
 
 
 def select_next(
@@ -56,33 +55,10 @@ def select_next(
     generator: torch.Generator | None = None,
     history: TokenHistory | None = None,
 ) -> Tensor:
-    """argmax (temperature 0) or a sample of the processed distribution; (B, V) -> (B,)."""
-    seen = history.seen if history is not None else None
-    counts = history.counts if history is not None else None
+    """argmax (temperature 0) or a sample of the processed distribution; (B, V) -> (B,).
+
+    The penalties come from `history` (`TokenHistory.penalize`), the other processors after."""
+    logits = history.penalize(logits, gen) if history is not None else logits.float()
     if gen.greedy:  # top-k, top-p and min-p always keep the argmax: only the penalties matter
-        return apply_penalties(logits.float(), gen, seen, counts).argmax(-1)
-    return sample(next_token_probs(logits, gen, seen, counts), generator)
-
-
-class TokenHistory:
-    """What the penalties look at: `seen` (B, V) bool over prompt + output tokens and
-    `counts` (B, V) float, how often each token was generated so far."""
-
-    def __init__(self, prompts: list[list[int]], vocab_size: int, device: torch.device) -> None:
-        self.seen = torch.zeros(len(prompts), vocab_size, dtype=torch.bool, device=device)
-        for row, ids in enumerate(prompts):
-            if ids:
-                self.seen[row, torch.tensor(ids, device=device)] = True
-        self.counts = torch.zeros(len(prompts), vocab_size, device=device)
-
-    def add(self, tokens: Tensor) -> None:
-        """Record one generated token per row, (B,)."""
-        self.seen.scatter_(1, tokens[:, None], True)
-        self.counts.scatter_add_(
-            1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=torch.float32)
-        )
-
-    def select(self, index: Tensor) -> None:
-        """Keep rows `index` (expand for several samples per prompt, reorder beams)."""
-        self.seen = self.seen.index_select(0, index)
-        self.counts = self.counts.index_select(0, index)
+        return logits.argmax(-1)
+    return sample(next_token_probs(logits, gen), generator)

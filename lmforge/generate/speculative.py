@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from lmforge.errors import GenerationError
 from lmforge.generate.config import GenerationConfig
 from lmforge.generate.core import GenerationOutput, eval_mode, verify_tokens
-from lmforge.generate.engine import finish_texts, stop_strings
+from lmforge.generate.engine import finish_texts
 from lmforge.generate.inputs import (
     as_prompts,
     check_fits,
@@ -37,7 +37,7 @@ from lmforge.generate.inputs import (
     pad,
     resolve_eos,
 )
-from lmforge.generate.rows import Row
+from lmforge.generate.rows import Row, expand_index, make_rows
 from lmforge.generate.sampling import make_generator, next_token_probs, sample
 from lmforge.models.cache import KVCache
 
@@ -133,17 +133,10 @@ def speculative_outputs(
     gen = gen or GenerationConfig()
     _check(target, draft, gen, k)
     prompts = as_prompts(input_ids, target.cfg.vocab_size)
-    n = gen.num_return_sequences
-    eos = resolve_eos(target, gen)
-    rows = [
-        Row(eos, gen.max_new_tokens, stop_strings(gen, tokenizer), prompt_index=i, sample=j)
-        for i in range(len(prompts))
-        for j in range(n)
-    ]
+    rows = make_rows(gen, resolve_eos(target, gen), len(prompts), tokenizer)
     stats = SpeculativeStats()
     with eval_mode(target), eval_mode(draft), torch.inference_mode():
-        spread = [p for p in prompts for _ in range(n)]
-        _speculate(target, draft, spread, gen, k, rows, stats, on_round)
+        _speculate(target, draft, prompts, gen, k, rows, stats, on_round)
     outputs = [row.output() for row in rows]
     if tokenizer is not None:
         finish_texts(outputs, gen, tokenizer)
@@ -185,8 +178,11 @@ def _speculate(
     if longest > 1:  # the caches hold every token but the last one of each row
         for model, cache in zip((target, draft), caches, strict=True):
             model(ids[:, :-1], attention_mask=mask[:, :-1], cache=cache, last_only=True)
-    last = ids[:, -1]
-    live = list(range(len(prompts)))
+    index = expand_index([gen.num_return_sequences] * len(prompts), device)
+    for cache in caches:  # one prefill per prompt, copied for each of its samples
+        cache.reorder(index)
+    last = ids[index, -1]
+    live = list(range(len(rows)))
     generator = make_generator(gen.seed, device)
     while live:
         past = caches[0].length

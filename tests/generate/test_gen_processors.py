@@ -19,7 +19,8 @@ from lmforge.generate import (
     top_k_filter,
     top_p_filter,
 )
-from lmforge.generate.sampling import TokenHistory, exp_noise
+from lmforge.generate.rows import TokenHistory
+from lmforge.generate.sampling import exp_noise
 
 NEG = -math.inf
 
