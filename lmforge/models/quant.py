@@ -36,6 +36,7 @@ gives the JSON that `config.json` keeps (method, group size, which modules) and
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Literal, get_args
 
 import torch
@@ -51,6 +52,7 @@ ATTR = "quantization"
 #: rows (batch x new tokens) up to which a call counts as decoding: the GEMV kernels
 DECODE_ROWS = 8
 EMBED = "embed.tok"
+COMPILED_KERNEL = "fbgemm"
 
 
 # ----------------------------------------------------------------------------- plain formulas
@@ -112,6 +114,51 @@ def unpack_int4(packed: Tensor) -> Tensor:
     """Inverse of `pack_int4`: (d_out, d_in // 2) uint8 -> (d_out, d_in) values in [0, 15]."""
     lo, hi = packed & 0x0F, packed >> 4
     return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)
+
+
+# ----------------------------------------------------------------------------- compiled decode
+# fbgemm's packed weights (`quantized.linear_prepack`) by the int8 weight they were packed from:
+# data pointer -> (a weak reference to that weight, the packed object). The weak reference tells
+# a live entry from a stale one whose memory another tensor now uses.
+_PACKED: dict[int, tuple[weakref.ref, Any]] = {}
+
+
+def _prepack(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
+    """fbgemm's packed form of w_hat = q s (per output channel) and the float bias."""
+    with warnings.catch_warnings():  # quantized tensor creation warns of its deprecation
+        warnings.simplefilter("ignore")
+        zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        qw = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+
+
+def _packed_for(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
+    """The packed weight of `weight` (packed now, and remembered, when none is known)."""
+    hit = _PACKED.get(weight.data_ptr())
+    if hit is not None and hit[0]() is not None and hit[0]().shape == weight.shape:
+        return hit[1]
+    packed = _prepack(weight, scales, bias)
+    _remember(weight, packed)
+    return packed
+
+
+def _remember(weight: Tensor, packed: Any) -> None:
+    key = weight.data_ptr()
+    _PACKED[key] = (weakref.ref(weight, lambda _: _PACKED.pop(key, None)), packed)
+
+
+@torch.library.custom_op("lmforge::int8_dynamic_linear", mutates_args=())
+def int8_dynamic_linear(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
+    """fbgemm's dynamic int8 linear as one operator a compiled graph can call:
+    y = x_hat (q s)^T + b, x_hat quantized per tensor to 7 bits (`Int8Linear.dynamic_reference`).
+    The packed weight is looked up by `weight` (see `_PACKED`)."""
+    packed = _packed_for(weight, scales, bias)
+    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, True).to(x.dtype)
+
+
+@int8_dynamic_linear.register_fake
+def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 # ----------------------------------------------------------------------------- modules
@@ -191,14 +238,8 @@ class Int8Linear(QuantizedLinear):
         if self.weight.device.type != "cpu" or self.weight.is_meta:
             self._packed = None
             return
-        with warnings.catch_warnings():  # quantized tensor creation warns of its deprecation
-            warnings.simplefilter("ignore")
-            zero = torch.zeros(self.out_features, dtype=torch.long)
-            qw = torch._make_per_channel_quantized_tensor(
-                self.weight, self.scales.double(), zero, 0
-            )
-            bias = None if self.bias is None else self.bias.detach().float()
-            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+        self._packed = _prepack(self.weight, self.scales, self.bias)
+        _remember(self.weight, self._packed)
 
     def _apply(self, fn, recurse=True):  # .to(device): the packed weight follows the buffers
         out = super()._apply(fn, recurse)
@@ -226,8 +267,11 @@ class Int8Linear(QuantizedLinear):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         if torch.compiler.is_compiling():
-            small = rows <= DECODE_ROWS and x.device.type == "cpu"
-            return self._gemv(x) if small else self.reference(x)
+            if self._use_reference(x) or not self._dynamic(rows):
+                return self.reference(x)
+            if COMPILED_KERNEL == "gemv":
+                return self._gemv(x)
+            return int8_dynamic_linear(x, self.weight, self.scales, self.bias)
         if self._use_reference(x) or self._packed is None or not self._dynamic(rows):
             return self.reference(x)
         y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, True)
@@ -302,15 +346,11 @@ class Int4Linear(QuantizedLinear):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         dec = self._decode
-        if (
-            torch.compiler.is_compiling()
-            or self._use_reference(x)
-            or dec is None
-            or dec._packed is None
-            or rows > DECODE_ROWS
-        ):
+        if self._use_reference(x) or dec is None or rows > DECODE_ROWS:
             return self.reference(x)
-        return dec(x)
+        if torch.compiler.is_compiling():  # the packed weight is looked up inside the operator
+            return self.reference(x) if COMPILED_KERNEL == "gemv" else dec(x)
+        return self.reference(x) if dec._packed is None else dec(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"
