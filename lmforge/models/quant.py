@@ -49,8 +49,13 @@ Method = Literal["int8", "int4", "dynamic-int8"]
 METHODS: tuple[str, ...] = get_args(Method)
 GROUP_SIZES = (32, 64, 128, 256)
 ATTR = "quantization"
-#: rows (batch x new tokens) up to which a call counts as decoding: the GEMV kernels
+#: rows (batch x new tokens) that share one activation scale in the int8 kernel: a decode step
+#: of up to 8 sequences is one call, a prompt is cut into pieces of this many rows
 DECODE_ROWS = 8
+#: rows up to which int8 / int4 run the kernel (decode steps and prompts); more rows (evaluation
+#: and training batches) dequantize the weight once and multiply in floating point, which is as
+#: fast from about 512 rows on (BENCHMARKS.md, "Quantized decode, round 3")
+KERNEL_ROWS = 256
 EMBED = "embed.tok"
 COMPILED_KERNEL = "fbgemm"
 
@@ -147,17 +152,35 @@ def _remember(weight: Tensor, packed: Any) -> None:
     _PACKED[key] = (weakref.ref(weight, lambda _: _PACKED.pop(key, None)), packed)
 
 
+def _dynamic_linear(x: Tensor, packed: Any, out_features: int, chunk_rows: int) -> Tensor:
+    """fbgemm's `quantized.linear_dynamic` on the rows of `x`, `chunk_rows` rows a call (0: all
+    rows in one call), each call quantizing its activations per tensor (7 bits)."""
+    flat = x.reshape(-1, x.shape[-1]).float()
+    if chunk_rows and flat.shape[0] > chunk_rows:
+        parts = [
+            torch.ops.quantized.linear_dynamic(c.contiguous(), packed, True)
+            for c in flat.split(chunk_rows)
+        ]
+        y = torch.cat(parts)
+    else:
+        y = torch.ops.quantized.linear_dynamic(flat.contiguous(), packed, True)
+    return y.reshape(*x.shape[:-1], out_features).to(x.dtype)
+
+
 @torch.library.custom_op("lmforge::int8_dynamic_linear", mutates_args=())
-def int8_dynamic_linear(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
-    """fbgemm's dynamic int8 linear as one operator a compiled graph can call:
-    y = x_hat (q s)^T + b, x_hat quantized per tensor to 7 bits (`Int8Linear.dynamic_reference`).
-    The packed weight is looked up by `weight` (see `_PACKED`)."""
+def int8_dynamic_linear(
+    x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None, chunk_rows: int
+) -> Tensor:
+    """fbgemm's dynamic int8 linear as one operator a compiled graph can call (inductor cannot
+    trace the packed weight object): y = x_hat (q s)^T + b with x_hat quantized per tensor to
+    7 bits over each `chunk_rows` rows (`Int8Linear.dynamic_reference`). The packed weight is
+    looked up by `weight` (see `_PACKED`)."""
     packed = _packed_for(weight, scales, bias)
-    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, True).to(x.dtype)
+    return _dynamic_linear(x, packed, weight.shape[0], chunk_rows)
 
 
 @int8_dynamic_linear.register_fake
-def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
+def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None, chunk_rows: int) -> Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
@@ -218,7 +241,9 @@ class Int8Linear(QuantizedLinear):
     method = "int8"
     reduce_range = True  # 7-bit activations, the x86 rule that keeps u8 x s8 sums from saturating
     #: rows up to which activations are quantized (None: every call, the dynamic-int8 method)
-    dynamic_rows: int | None = DECODE_ROWS
+    dynamic_rows: int | None = KERNEL_ROWS
+    #: rows sharing one activation scale (0: all rows of a call)
+    chunk_rows: int = DECODE_ROWS
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
@@ -250,10 +275,15 @@ class Int8Linear(QuantizedLinear):
         return dequantize_int8(self.weight, self.scales)
 
     def dynamic_reference(self, x: Tensor) -> Tensor:
-        """x_hat W_hat^T + b, x_hat fake-quantized with the kernel's own per-tensor rule."""
-        scale, zero = torch._choose_qparams_per_tensor(x.detach().float(), self.reduce_range)
+        """x_hat W_hat^T + b, x_hat fake-quantized with the kernel's own per-tensor rule over
+        each `chunk_rows` rows (all rows when 0)."""
+        flat = x.detach().float().reshape(-1, self.in_features)
         qmax = 127 if self.reduce_range else 255
-        x_hat = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, qmax)
+        parts = []
+        for c in flat.split(self.chunk_rows) if self.chunk_rows else [flat]:
+            scale, zero = torch._choose_qparams_per_tensor(c, self.reduce_range)
+            parts.append(torch.fake_quantize_per_tensor_affine(c, scale, zero, 0, qmax))
+        x_hat = torch.cat(parts).reshape(x.shape)
         return QuantizedLinear.reference(self, x_hat).to(x.dtype)
 
     def _dynamic(self, rows: int) -> bool:
@@ -271,11 +301,10 @@ class Int8Linear(QuantizedLinear):
                 return self.reference(x)
             if COMPILED_KERNEL == "gemv":
                 return self._gemv(x)
-            return int8_dynamic_linear(x, self.weight, self.scales, self.bias)
+            return int8_dynamic_linear(x, self.weight, self.scales, self.bias, self.chunk_rows)
         if self._use_reference(x) or self._packed is None or not self._dynamic(rows):
             return self.reference(x)
-        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, True)
-        return y.to(x.dtype)
+        return _dynamic_linear(x, self._packed, self.out_features, self.chunk_rows)
 
 
 class Int4Linear(QuantizedLinear):
@@ -346,7 +375,7 @@ class Int4Linear(QuantizedLinear):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         dec = self._decode
-        if self._use_reference(x) or dec is None or rows > DECODE_ROWS:
+        if self._use_reference(x) or dec is None or rows > KERNEL_ROWS:
             return self.reference(x)
         if torch.compiler.is_compiling():  # the packed weight is looked up inside the operator
             return self.reference(x) if COMPILED_KERNEL == "gemv" else dec(x)
@@ -363,6 +392,7 @@ class DynamicInt8Linear(Int8Linear):
 
     method = "dynamic-int8"
     dynamic_rows = None
+    chunk_rows = 0
 
     def reference(self, x: Tensor) -> Tensor:
         """x_hat W_hat^T + b (`dynamic_reference`): this method quantizes every call's input."""
