@@ -9,8 +9,9 @@ row of the weight W (d_out x d_in):
 - int8 (per output channel, symmetric):
       s = max|w| / 127,   q = clamp(round(w / s), -127, 127),   w_hat = q s
       y = x W_hat^T + b   (weight-only: the activations stay in floating point)
-  except while decoding on the CPU (at most `DECODE_ROWS` rows, eager), where the activations
-  are quantized as in dynamic-int8 below (as llama.cpp's Q8_0 matmul quantizes them);
+  except on the CPU for up to `KERNEL_ROWS` rows (decode steps and prompts), where the
+  activations are quantized as in dynamic-int8 below over each piece of `DECODE_ROWS` rows
+  (llama.cpp's Q8_0 matmul quantizes them too, per block of 32 values);
 - int4 (weight-only, per group of `group_size` inputs, asymmetric, as gpt-fast and torchao):
       s = (max(w_g) - min(w_g)) / 15,   q = clamp(round((w - min(w_g)) / s), 0, 15),
       z = min(w_g) + 8 s,   w_hat = (q - 8) s + z
@@ -21,8 +22,10 @@ row of the weight W (d_out x d_in):
 The fast path is PyTorch's own fbgemm/x86 kernel `quantized.linear_dynamic` (`torch.ao`),
 which measured faster at batch 1 than fp32 MKL and than the native weight-only kernels
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`: several times slower than fp32 here);
-int4 decodes through an int8 copy of its weight derived at load (see `Int4Linear`), and under
-torch.compile int8 decodes weight-only in a kernel inductor generates (`Int8Linear._gemv`).
+int4 decodes through an int8 copy of its weight derived at load (see `Int4Linear`). Under
+torch.compile the same kernel runs as the operator `lmforge::int8_dynamic_linear`, so eager and
+compiled decoding give the same numbers (the compiled decode step measured faster than inductor's
+own fused weight-only product-and-sum, BENCHMARKS.md "Quantized decode, round 3").
 Each module also has the plain rule (`dequantized_weight()` then `F.linear`), used for many rows,
 while autograd records (QLoRA training: the base is frozen, gradients flow to the input) and on
 devices the kernels do not cover; the tests check every kernel against its plain rule.
@@ -57,7 +60,6 @@ DECODE_ROWS = 8
 #: fast from about 512 rows on (BENCHMARKS.md, "Quantized decode, round 3")
 KERNEL_ROWS = 256
 EMBED = "embed.tok"
-COMPILED_KERNEL = "fbgemm"
 
 
 # ----------------------------------------------------------------------------- plain formulas
@@ -134,7 +136,9 @@ def _prepack(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
         warnings.simplefilter("ignore")
         zero = torch.zeros(weight.shape[0], dtype=torch.long)
         qw = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
-        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+        return torch.ops.quantized.linear_prepack(
+            qw, None if bias is None else bias.detach().float()
+        )
 
 
 def _packed_for(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
@@ -226,16 +230,15 @@ class Int8Linear(QuantizedLinear):
     Buffers: `weight` (d_out, d_in) int8, `scales` (d_out,) float32. The fbgemm/x86 packed
     weight is derived by `repack()` and is not stored.
 
-    Which arithmetic runs (the fastest measured on CPU, BENCHMARKS.md "Decode speed, round 2"):
+    Which arithmetic runs (the fastest measured on CPU, BENCHMARKS.md "Quantized decode,
+    round 3"):
 
-    - decoding (at most `DECODE_ROWS` rows, eager): fbgemm's `quantized.linear_dynamic`, the
-      activations quantized too (per tensor, 7 bits, `reduce_range`), as llama.cpp's Q8_0 matmul
-      does; `dynamic_reference` is its plain rule;
-    - decoding under torch.compile: weight-only, written as an elementwise product and a sum
-      over the inputs, which inductor fuses into one kernel reading the int8 weight once
-      (`_gemv`, equal to `reference`);
-    - more rows (prefill, training, evaluation) and devices other than the CPU: weight-only,
-      the dequantized weight through `F.linear` (`reference`).
+    - up to `KERNEL_ROWS` rows (decode steps, prompts), eager or under torch.compile (through
+      the `lmforge::int8_dynamic_linear` operator): fbgemm's `quantized.linear_dynamic`, the
+      activations quantized too (per tensor over each piece of `DECODE_ROWS` rows, 7 bits,
+      `reduce_range`); `dynamic_reference` is its plain rule;
+    - more rows (training, evaluation batches), autograd and devices other than the CPU:
+      weight-only, the dequantized weight through `F.linear` (`reference`).
     """
 
     method = "int8"
@@ -289,18 +292,11 @@ class Int8Linear(QuantizedLinear):
     def _dynamic(self, rows: int) -> bool:
         return self.dynamic_rows is None or rows <= self.dynamic_rows
 
-    def _gemv(self, x: Tensor) -> Tensor:
-        """y_o = s_o sum_i x_i q_oi + b_o as a product and a sum (fused by inductor)."""
-        y = (x.unsqueeze(-2) * self.weight.to(x.dtype)).sum(-1) * self.scales.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
-
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         if torch.compiler.is_compiling():
             if self._use_reference(x) or not self._dynamic(rows):
                 return self.reference(x)
-            if COMPILED_KERNEL == "gemv":
-                return self._gemv(x)
             return int8_dynamic_linear(x, self.weight, self.scales, self.bias, self.chunk_rows)
         if self._use_reference(x) or self._packed is None or not self._dynamic(rows):
             return self.reference(x)
@@ -314,11 +310,12 @@ class Int4Linear(QuantizedLinear):
     `zeros` (d_out, d_in // group_size) float32.
 
     PyTorch's own int4 CPU kernel (`_weight_int4pack_mm_for_cpu`) measured 10-15x slower than
-    fp32 MKL at batch 1 here, so decoding (at most `DECODE_ROWS` rows, eager, CPU) runs the
+    fp32 MKL at batch 1 here, so up to `KERNEL_ROWS` rows on the CPU (eager or compiled) run the
     fbgemm int8 kernel of `Int8Linear` on a copy derived at load (`repack()`, not stored): the
     int4 weight dequantized and rounded again to int8 per output channel (W8 = int8(W_hat)),
-    the activations quantized per tensor. Its plain rule is `decode_reference`. More rows, other
-    devices and torch.compile use the weight-only rule (`reference`).
+    the activations quantized per tensor over each piece of `DECODE_ROWS` rows. Its plain rule
+    is `decode_reference`. More rows, autograd and other devices use the weight-only rule
+    (`reference`).
     """
 
     method = "int4"
@@ -378,7 +375,7 @@ class Int4Linear(QuantizedLinear):
         if self._use_reference(x) or dec is None or rows > KERNEL_ROWS:
             return self.reference(x)
         if torch.compiler.is_compiling():  # the packed weight is looked up inside the operator
-            return self.reference(x) if COMPILED_KERNEL == "gemv" else dec(x)
+            return dec(x)
         return self.reference(x) if dec._packed is None else dec(x)
 
     def extra_repr(self) -> str:
