@@ -125,9 +125,10 @@ def unpack_int4(packed: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- compiled decode
 # fbgemm's packed weights (`quantized.linear_prepack`) by the int8 weight they were packed from:
-# data pointer -> (a weak reference to that weight, the packed object). The weak reference tells
-# a live entry from a stale one whose memory another tensor now uses.
-_PACKED: dict[int, tuple[weakref.ref, Any]] = {}
+# data pointer -> (a weak reference to that weight, its in-place version, the packed object).
+# The weak reference tells a live entry from a stale one whose memory another tensor now uses,
+# the version one whose values changed in place since.
+_PACKED: dict[int, tuple[weakref.ref, int, Any]] = {}
 
 
 def _prepack(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
@@ -144,8 +145,11 @@ def _prepack(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
 def _packed_for(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
     """The packed weight of `weight` (packed now, and remembered, when none is known)."""
     hit = _PACKED.get(weight.data_ptr())
-    if hit is not None and hit[0]() is not None and hit[0]().shape == weight.shape:
-        return hit[1]
+    if hit is not None:
+        ref, version, packed = hit
+        same = ref()
+        if same is not None and same.shape == weight.shape and weight._version == version:
+            return packed
     packed = _prepack(weight, scales, bias)
     _remember(weight, packed)
     return packed
@@ -153,12 +157,14 @@ def _packed_for(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
 
 def _remember(weight: Tensor, packed: Any) -> None:
     key = weight.data_ptr()
-    _PACKED[key] = (weakref.ref(weight, lambda _: _PACKED.pop(key, None)), packed)
+    _PACKED[key] = (weakref.ref(weight, lambda _: _PACKED.pop(key, None)), weight._version, packed)
 
 
 def _dynamic_linear(x: Tensor, packed: Any, out_features: int, chunk_rows: int) -> Tensor:
     """fbgemm's `quantized.linear_dynamic` on the rows of `x`, `chunk_rows` rows a call (0: all
     rows in one call), each call quantizing its activations per tensor (7 bits)."""
+    if x.dtype == torch.float32 and (not chunk_rows or x.numel() <= chunk_rows * x.shape[-1]):
+        return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, True)  # a decode step
     flat = x.reshape(-1, x.shape[-1]).float()
     if chunk_rows and flat.shape[0] > chunk_rows:
         parts = [

@@ -91,6 +91,12 @@ def test_the_operator_packs_an_unknown_weight_and_has_a_fake_kernel():
         want = _fake_quant(x) @ dequantize_int8(q, s).T + lin.bias
         got = int8_dynamic_linear(x, q, s, lin.bias.detach(), DECODE_ROWS)
     torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max(), rtol=1e-4)
+    # a weight changed in place is packed again, not read from the earlier packing
+    q.neg_()
+    with torch.no_grad():
+        want = _fake_quant(x) @ dequantize_int8(q, s).T + lin.bias
+        got = int8_dynamic_linear(x, q, s, lin.bias.detach(), DECODE_ROWS)
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max(), rtol=1e-4)
     args = (x, q, s, lin.bias.detach(), DECODE_ROWS)
     torch.library.opcheck(
         torch.ops.lmforge.int8_dynamic_linear.default,
