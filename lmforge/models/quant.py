@@ -286,11 +286,11 @@ class Int8Linear(QuantizedLinear):
     def dynamic_reference(self, x: Tensor) -> Tensor:
         """x_hat W_hat^T + b, x_hat fake-quantized with the kernel's own per-tensor rule over
         each `chunk_rows` rows (all rows when 0)."""
-        flat = x.detach().float().reshape(-1, self.in_features)
+        flat = x.float().reshape(-1, self.in_features)  # not detached: gradients pass (STE)
         qmax = 127 if self.reduce_range else 255
         parts = []
         for c in flat.split(self.chunk_rows) if self.chunk_rows else [flat]:
-            scale, zero = torch._choose_qparams_per_tensor(c, self.reduce_range)
+            scale, zero = torch._choose_qparams_per_tensor(c.detach(), self.reduce_range)
             parts.append(torch.fake_quantize_per_tensor_affine(c, scale, zero, 0, qmax))
         x_hat = torch.cat(parts).reshape(x.shape)
         return QuantizedLinear.reference(self, x_hat).to(x.dtype)

@@ -143,3 +143,15 @@ def test_compiled_decode_runs_the_same_kernel(cls):
         rule = m.dynamic_reference(x) if cls is Int8Linear else m.decode_reference(x)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(got, rule, atol=1e-4 * rule.abs().max(), rtol=1e-4)
+
+
+def test_dynamic_int8_passes_gradients_to_its_input():
+    """Saliency and other input gradients go through the activation rounding as identity
+    (straight-through): d sum(y) / dx = sum over outputs of W_hat."""
+    from lmforge.models.quant import DynamicInt8Linear
+
+    m = DynamicInt8Linear.from_linear(_linear(64, 32))
+    x = torch.randn(2, 64, requires_grad=True)
+    m(x).sum().backward()
+    want = dequantize_int8(m.weight, m.scales).sum(0).expand(2, -1)
+    torch.testing.assert_close(x.grad, want)
