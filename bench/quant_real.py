@@ -7,9 +7,11 @@ vocab 49152, tied embeddings, RoPE theta 1e5) with random weights. Greedy, batch
 a user sees it), `--threads` threads for everyone. lmforge's int8 and int4 models are built with
 `quantize_model` (what `lmforge quantize` writes); llama.cpp reads the fp32 model exported by
 `lmforge convert --to-gguf --type q8_0|q4_0|f32`. Contenders alternate within each repeat.
-lmforge's int8 and int4 decode with fbgemm's dynamic int8 kernel (activations quantized to 8
-bits at each step, as llama.cpp's Q8_0 / Q4_0 matmuls quantize them; int4 through an int8 copy
-of its weight), see `lmforge.models.quant`.
+lmforge's int8 and int4 decode with fbgemm's dynamic int8 kernel (activations quantized to 7
+bits at each step, as llama.cpp's Q8_0 / Q4_0 matmuls quantize them to 8; int4 through an int8
+copy of its weight), see `lmforge.models.quant`: eager, and with `generate(..., compile=True)`
+(the whole decode step compiled, the kernel called as the `lmforge::int8_dynamic_linear`
+operator; each model's first compiled call, compiling included, is timed and printed).
 
 Same greedy text (issue 11, item 4): llama.cpp's greedy tokens on the F32 and Q8_0 files are
 compared with lmforge's on the same weights (the fp32 model, and the Q8_0 file read back with
@@ -21,7 +23,7 @@ that as a share of the read bandwidth measured in the same run (a sum over a 1 G
 the same threads): the physical limit of batch-1 decoding.
 
     python bench/quant_real.py                          # speed table (needs llama-cpp-python)
-    python bench/quant_real.py --compile                # adds lmforge compile=True contenders
+    python bench/quant_real.py --no-compile             # eager contenders only (no compiling)
     python bench/quant_real.py --gemv                   # one linear at batch 1: every kernel
     python bench/quant_real.py --quality RUN_DIR [--data FILE]  # perplexity fp32/int8/int4
 (--quality without --data scores the documents `lmforge pretrain` held out of its embedded
@@ -149,9 +151,11 @@ def speed(args: argparse.Namespace) -> None:
     calls = {name: lm_call(name, m, False) for name, m in models.items()}
     if args.compile:
         for name, m in list(models.items()):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             lm_call(name, m, True)()
-            print(f"{name} compile=True: first call {time.perf_counter() - t0:.1f} s", flush=True)
+            print(f"{name} compile=True: first call {time.perf_counter() - t0:.1f} s wall, "
+                  f"{time.process_time() - c0:.1f} s CPU, load average {os.getloadavg()[0]:.1f}",
+                  flush=True)  # fmt: skip
             calls[f"{name} compiled"] = lm_call(f"{name} compiled", m, True)
             sizes[f"{name} compiled"] = sizes[name]
     try:
@@ -209,7 +213,7 @@ def speed(args: argparse.Namespace) -> None:
          "vs llama.cpp same bits"], rows))  # fmt: skip
     if have_llama:
         pairs = [("lmforge fp32", "llama.cpp F32"), ("lmforge from Q8_0 file", "llama.cpp Q8_0"),
-                 ("lmforge int8", "llama.cpp Q8_0")]  # fmt: skip
+                 ("lmforge int8", "llama.cpp Q8_0"), ("lmforge int8 compiled", "lmforge int8")]  # fmt: skip
         for ours, theirs in pairs:
             a, b = outputs.get(ours, []), outputs.get(theirs, [])
             if not a or not b:
@@ -235,6 +239,9 @@ def gemv_contenders(lin: nn.Linear) -> dict[str, object]:
 
     from lmforge.models.quant import Int8Linear, quantize_int4
 
+    def product_and_sum(x):  # y_o = s_o sum_i x_i q_oi: inductor fuses it into one reduction
+        return (x.unsqueeze(-2) * w8.to(x.dtype)).sum(-1) * s8
+
     i8 = Int8Linear.from_linear(lin)
     w8, s8 = i8.weight, i8.scales
     q4, s4, z4 = quantize_int4(lin.weight, 64)
@@ -243,11 +250,20 @@ def gemv_contenders(lin: nn.Linear) -> dict[str, object]:
     out: dict[str, object] = {
         "fp32 F.linear (MKL)": lambda x: F.linear(x, lin.weight),
         "native _weight_int8pack_mm": lambda x: torch._weight_int8pack_mm(x, w8, s8),
+        "native _weight_int8pack_mm, bf16 activations": lambda x: torch._weight_int8pack_mm(
+            x.bfloat16(), w8, s8.bfloat16()
+        ),
         "native _weight_int4pack_mm_for_cpu g64": lambda x: (
             torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed4, 64, sz4)
         ),
+        "native _weight_int4pack_mm_for_cpu g64, bf16 activations": lambda x: (
+            torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), packed4, 64, sz4.bfloat16())
+        ),
         "fbgemm linear_dynamic (lmforge int8)": i8,
-        "compiled product-and-sum int8": torch.compile(i8._gemv, fullgraph=True),
+        "compiled lmforge int8 (the lmforge::int8_dynamic_linear operator)": torch.compile(
+            i8, fullgraph=True
+        ),
+        "compiled product-and-sum int8": torch.compile(product_and_sum, fullgraph=True),
         "compiled F.linear(w.to(f32)) * s": torch.compile(
             lambda x: F.linear(x, w8.to(x.dtype)) * s8, fullgraph=True
         ),
@@ -326,13 +342,13 @@ def quality(args: argparse.Namespace) -> None:
         (root / "held_out.txt").write_text("\n\n".join(valid), encoding="utf-8")
         data = [root / "held_out.txt"]
     ppl = {name: perplexity(d, data, device="cpu") for name, d in dirs.items()}
-    # the decode kernels (activations quantized too, int4 through its int8 copy) on every row:
-    # per tensor over a whole batch of sequences, a coarser rounding than decoding's 1-8 rows
+    # the decode kernel (activations quantized too, per tensor over each piece of DECODE_ROWS
+    # rows; int4 through its int8 copy) on every batch, as prompts of up to KERNEL_ROWS rows run
     from lmforge.models import quant
 
-    quant.DECODE_ROWS = quant.Int8Linear.dynamic_rows = 1 << 40
+    quant.KERNEL_ROWS = quant.Int8Linear.dynamic_rows = 1 << 40
     for name in ("int8", "int4 g64"):
-        ppl[f"{name}, decode kernel on every row"] = perplexity(dirs[name], data, device="cpu")
+        ppl[f"{name}, kernel on every row"] = perplexity(dirs[name], data, device="cpu")
     base = ppl["fp32"].perplexity
     rows = [[name, f"{r.perplexity:.3f}", f"{(r.perplexity / base - 1):+.2%}", r.tokens]
             for name, r in ppl.items()]  # fmt: skip
@@ -347,7 +363,12 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--group-size", type=int, default=64, help="int4 group (576 = 9 x 64)")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time generate(..., compile=True) for each lmforge model (default: on)",
+    )
     p.add_argument("--quality", help="a trained causal LM dir: held-out perplexity instead")
     p.add_argument("--gemv", action="store_true", help="one linear at batch 1, every kernel")
     p.add_argument("--gemv-calls", type=int, default=200)

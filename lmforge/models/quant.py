@@ -9,8 +9,9 @@ row of the weight W (d_out x d_in):
 - int8 (per output channel, symmetric):
       s = max|w| / 127,   q = clamp(round(w / s), -127, 127),   w_hat = q s
       y = x W_hat^T + b   (weight-only: the activations stay in floating point)
-  except while decoding on the CPU (at most `DECODE_ROWS` rows, eager), where the activations
-  are quantized as in dynamic-int8 below (as llama.cpp's Q8_0 matmul quantizes them);
+  except on the CPU for up to `KERNEL_ROWS` rows (decode steps and prompts), where the
+  activations are quantized as in dynamic-int8 below over each piece of `DECODE_ROWS` rows
+  (llama.cpp's Q8_0 matmul quantizes them too, per block of 32 values);
 - int4 (weight-only, per group of `group_size` inputs, asymmetric, as gpt-fast and torchao):
       s = (max(w_g) - min(w_g)) / 15,   q = clamp(round((w - min(w_g)) / s), 0, 15),
       z = min(w_g) + 8 s,   w_hat = (q - 8) s + z
@@ -21,8 +22,10 @@ row of the weight W (d_out x d_in):
 The fast path is PyTorch's own fbgemm/x86 kernel `quantized.linear_dynamic` (`torch.ao`),
 which measured faster at batch 1 than fp32 MKL and than the native weight-only kernels
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`: several times slower than fp32 here);
-int4 decodes through an int8 copy of its weight derived at load (see `Int4Linear`), and under
-torch.compile int8 decodes weight-only in a kernel inductor generates (`Int8Linear._gemv`).
+int4 decodes through an int8 copy of its weight derived at load (see `Int4Linear`). Under
+torch.compile the same kernel runs as the operator `lmforge::int8_dynamic_linear`, so eager and
+compiled decoding give the same numbers (the compiled decode step measured faster than inductor's
+own fused weight-only product-and-sum, BENCHMARKS.md "Quantized decode, round 3").
 Each module also has the plain rule (`dequantized_weight()` then `F.linear`), used for many rows,
 while autograd records (QLoRA training: the base is frozen, gradients flow to the input) and on
 devices the kernels do not cover; the tests check every kernel against its plain rule.
@@ -36,6 +39,7 @@ gives the JSON that `config.json` keeps (method, group size, which modules) and
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Literal, get_args
 
 import torch
@@ -48,8 +52,13 @@ Method = Literal["int8", "int4", "dynamic-int8"]
 METHODS: tuple[str, ...] = get_args(Method)
 GROUP_SIZES = (32, 64, 128, 256)
 ATTR = "quantization"
-#: rows (batch x new tokens) up to which a call counts as decoding: the GEMV kernels
+#: rows (batch x new tokens) that share one activation scale in the int8 kernel: a decode step
+#: of up to 8 sequences is one call, a prompt is cut into pieces of this many rows
 DECODE_ROWS = 8
+#: rows up to which int8 / int4 run the kernel (decode steps and prompts); more rows (evaluation
+#: and training batches) dequantize the weight once and multiply in floating point, which is as
+#: fast from about 512 rows on (BENCHMARKS.md, "Quantized decode, round 3")
+KERNEL_ROWS = 256
 EMBED = "embed.tok"
 
 
@@ -114,6 +123,77 @@ def unpack_int4(packed: Tensor) -> Tensor:
     return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], -1)
 
 
+# ----------------------------------------------------------------------------- compiled decode
+# fbgemm's packed weights (`quantized.linear_prepack`) by the int8 weight they were packed from:
+# data pointer -> (a weak reference to that weight, its in-place version, the packed object).
+# The weak reference tells a live entry from a stale one whose memory another tensor now uses,
+# the version one whose values changed in place since.
+_PACKED: dict[int, tuple[weakref.ref, int, Any]] = {}
+
+
+def _prepack(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
+    """fbgemm's packed form of w_hat = q s (per output channel) and the float bias."""
+    with warnings.catch_warnings():  # quantized tensor creation warns of its deprecation
+        warnings.simplefilter("ignore")
+        zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        qw = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
+        return torch.ops.quantized.linear_prepack(
+            qw, None if bias is None else bias.detach().float()
+        )
+
+
+def _packed_for(weight: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
+    """The packed weight of `weight` (packed now, and remembered, when none is known)."""
+    hit = _PACKED.get(weight.data_ptr())
+    if hit is not None:
+        ref, version, packed = hit
+        same = ref()
+        if same is not None and same.shape == weight.shape and weight._version == version:
+            return packed
+    packed = _prepack(weight, scales, bias)
+    _remember(weight, packed)
+    return packed
+
+
+def _remember(weight: Tensor, packed: Any) -> None:
+    key = weight.data_ptr()
+    _PACKED[key] = (weakref.ref(weight, lambda _: _PACKED.pop(key, None)), weight._version, packed)
+
+
+def _dynamic_linear(x: Tensor, packed: Any, out_features: int, chunk_rows: int) -> Tensor:
+    """fbgemm's `quantized.linear_dynamic` on the rows of `x`, `chunk_rows` rows a call (0: all
+    rows in one call), each call quantizing its activations per tensor (7 bits)."""
+    if x.dtype == torch.float32 and (not chunk_rows or x.numel() <= chunk_rows * x.shape[-1]):
+        return torch.ops.quantized.linear_dynamic(x.contiguous(), packed, True)  # a decode step
+    flat = x.reshape(-1, x.shape[-1]).float()
+    if chunk_rows and flat.shape[0] > chunk_rows:
+        parts = [
+            torch.ops.quantized.linear_dynamic(c.contiguous(), packed, True)
+            for c in flat.split(chunk_rows)
+        ]
+        y = torch.cat(parts)
+    else:
+        y = torch.ops.quantized.linear_dynamic(flat.contiguous(), packed, True)
+    return y.reshape(*x.shape[:-1], out_features).to(x.dtype)
+
+
+@torch.library.custom_op("lmforge::int8_dynamic_linear", mutates_args=())
+def int8_dynamic_linear(
+    x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None, chunk_rows: int
+) -> Tensor:
+    """fbgemm's dynamic int8 linear as one operator a compiled graph can call (inductor cannot
+    trace the packed weight object): y = x_hat (q s)^T + b with x_hat quantized per tensor to
+    7 bits over each `chunk_rows` rows (`Int8Linear.dynamic_reference`). The packed weight is
+    looked up by `weight` (see `_PACKED`)."""
+    packed = _packed_for(weight, scales, bias)
+    return _dynamic_linear(x, packed, weight.shape[0], chunk_rows)
+
+
+@int8_dynamic_linear.register_fake
+def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None, chunk_rows: int) -> Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
 # ----------------------------------------------------------------------------- modules
 class QuantizedLinear(nn.Module):
     """Common shape of the quantized linears: `in_features`, `out_features`, a float `bias`
@@ -156,22 +236,23 @@ class Int8Linear(QuantizedLinear):
     Buffers: `weight` (d_out, d_in) int8, `scales` (d_out,) float32. The fbgemm/x86 packed
     weight is derived by `repack()` and is not stored.
 
-    Which arithmetic runs (the fastest measured on CPU, BENCHMARKS.md "Decode speed, round 2"):
+    Which arithmetic runs (the fastest measured on CPU, BENCHMARKS.md "Quantized decode,
+    round 3"):
 
-    - decoding (at most `DECODE_ROWS` rows, eager): fbgemm's `quantized.linear_dynamic`, the
-      activations quantized too (per tensor, 7 bits, `reduce_range`), as llama.cpp's Q8_0 matmul
-      does; `dynamic_reference` is its plain rule;
-    - decoding under torch.compile: weight-only, written as an elementwise product and a sum
-      over the inputs, which inductor fuses into one kernel reading the int8 weight once
-      (`_gemv`, equal to `reference`);
-    - more rows (prefill, training, evaluation) and devices other than the CPU: weight-only,
-      the dequantized weight through `F.linear` (`reference`).
+    - up to `KERNEL_ROWS` rows (decode steps, prompts), eager or under torch.compile (through
+      the `lmforge::int8_dynamic_linear` operator): fbgemm's `quantized.linear_dynamic`, the
+      activations quantized too (per tensor over each piece of `DECODE_ROWS` rows, 7 bits,
+      `reduce_range`); `dynamic_reference` is its plain rule;
+    - more rows (training, evaluation batches), autograd and devices other than the CPU:
+      weight-only, the dequantized weight through `F.linear` (`reference`).
     """
 
     method = "int8"
     reduce_range = True  # 7-bit activations, the x86 rule that keeps u8 x s8 sums from saturating
     #: rows up to which activations are quantized (None: every call, the dynamic-int8 method)
-    dynamic_rows: int | None = DECODE_ROWS
+    dynamic_rows: int | None = KERNEL_ROWS
+    #: rows sharing one activation scale (0: all rows of a call)
+    chunk_rows: int = DECODE_ROWS
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
@@ -191,14 +272,8 @@ class Int8Linear(QuantizedLinear):
         if self.weight.device.type != "cpu" or self.weight.is_meta:
             self._packed = None
             return
-        with warnings.catch_warnings():  # quantized tensor creation warns of its deprecation
-            warnings.simplefilter("ignore")
-            zero = torch.zeros(self.out_features, dtype=torch.long)
-            qw = torch._make_per_channel_quantized_tensor(
-                self.weight, self.scales.double(), zero, 0
-            )
-            bias = None if self.bias is None else self.bias.detach().float()
-            self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+        self._packed = _prepack(self.weight, self.scales, self.bias)
+        _remember(self.weight, self._packed)
 
     def _apply(self, fn, recurse=True):  # .to(device): the packed weight follows the buffers
         out = super()._apply(fn, recurse)
@@ -209,29 +284,29 @@ class Int8Linear(QuantizedLinear):
         return dequantize_int8(self.weight, self.scales)
 
     def dynamic_reference(self, x: Tensor) -> Tensor:
-        """x_hat W_hat^T + b, x_hat fake-quantized with the kernel's own per-tensor rule."""
-        scale, zero = torch._choose_qparams_per_tensor(x.detach().float(), self.reduce_range)
+        """x_hat W_hat^T + b, x_hat fake-quantized with the kernel's own per-tensor rule over
+        each `chunk_rows` rows (all rows when 0)."""
+        flat = x.float().reshape(-1, self.in_features)  # not detached: gradients pass (STE)
         qmax = 127 if self.reduce_range else 255
-        x_hat = torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, qmax)
+        parts = []
+        for c in flat.split(self.chunk_rows) if self.chunk_rows else [flat]:
+            scale, zero = torch._choose_qparams_per_tensor(c.detach(), self.reduce_range)
+            parts.append(torch.fake_quantize_per_tensor_affine(c, scale, zero, 0, qmax))
+        x_hat = torch.cat(parts).reshape(x.shape)
         return QuantizedLinear.reference(self, x_hat).to(x.dtype)
 
     def _dynamic(self, rows: int) -> bool:
         return self.dynamic_rows is None or rows <= self.dynamic_rows
 
-    def _gemv(self, x: Tensor) -> Tensor:
-        """y_o = s_o sum_i x_i q_oi + b_o as a product and a sum (fused by inductor)."""
-        y = (x.unsqueeze(-2) * self.weight.to(x.dtype)).sum(-1) * self.scales.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
-
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         if torch.compiler.is_compiling():
-            small = rows <= DECODE_ROWS and x.device.type == "cpu"
-            return self._gemv(x) if small else self.reference(x)
+            if self._use_reference(x) or not self._dynamic(rows):
+                return self.reference(x)
+            return int8_dynamic_linear(x, self.weight, self.scales, self.bias, self.chunk_rows)
         if self._use_reference(x) or self._packed is None or not self._dynamic(rows):
             return self.reference(x)
-        y = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, True)
-        return y.to(x.dtype)
+        return _dynamic_linear(x, self._packed, self.out_features, self.chunk_rows)
 
 
 class Int4Linear(QuantizedLinear):
@@ -241,11 +316,12 @@ class Int4Linear(QuantizedLinear):
     `zeros` (d_out, d_in // group_size) float32.
 
     PyTorch's own int4 CPU kernel (`_weight_int4pack_mm_for_cpu`) measured 10-15x slower than
-    fp32 MKL at batch 1 here, so decoding (at most `DECODE_ROWS` rows, eager, CPU) runs the
+    fp32 MKL at batch 1 here, so up to `KERNEL_ROWS` rows on the CPU (eager or compiled) run the
     fbgemm int8 kernel of `Int8Linear` on a copy derived at load (`repack()`, not stored): the
     int4 weight dequantized and rounded again to int8 per output channel (W8 = int8(W_hat)),
-    the activations quantized per tensor. Its plain rule is `decode_reference`. More rows, other
-    devices and torch.compile use the weight-only rule (`reference`).
+    the activations quantized per tensor over each piece of `DECODE_ROWS` rows. Its plain rule
+    is `decode_reference`. More rows, autograd and other devices use the weight-only rule
+    (`reference`).
     """
 
     method = "int4"
@@ -302,15 +378,11 @@ class Int4Linear(QuantizedLinear):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         dec = self._decode
-        if (
-            torch.compiler.is_compiling()
-            or self._use_reference(x)
-            or dec is None
-            or dec._packed is None
-            or rows > DECODE_ROWS
-        ):
+        if self._use_reference(x) or dec is None or rows > KERNEL_ROWS:
             return self.reference(x)
-        return dec(x)
+        if torch.compiler.is_compiling():  # the packed weight is looked up inside the operator
+            return dec(x)
+        return self.reference(x) if dec._packed is None else dec(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"
@@ -323,6 +395,7 @@ class DynamicInt8Linear(Int8Linear):
 
     method = "dynamic-int8"
     dynamic_rows = None
+    chunk_rows = 0
 
     def reference(self, x: Tensor) -> Tensor:
         """x_hat W_hat^T + b (`dynamic_reference`): this method quantizes every call's input."""

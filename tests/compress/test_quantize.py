@@ -23,6 +23,7 @@ from lmforge.compress.quantize import (
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.models import Transformer
+from lmforge.models.quant import KERNEL_ROWS
 
 
 def _linear(d_in: int, d_out: int, bias: bool = True, seed: int = 0) -> nn.Linear:
@@ -62,15 +63,17 @@ def test_int4_formula(group_size):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_kernel_matches_reference(bias, dtype):
+    """More than KERNEL_ROWS rows (evaluation, training batches): weight-only."""
     lin = _linear(96, 80, bias)
     m = Int8Linear.from_linear(lin)
-    x = torch.randn(2, 5, 96).to(dtype)
+    rows = KERNEL_ROWS // 2 + 1
+    x = torch.randn(2, rows, 96).to(dtype)
     with torch.no_grad():
         want = x.float() @ dequantize_int8(m.weight, m.scales).T
         if bias:
             want = want + lin.bias
         got = m(x)
-    assert got.shape == (2, 5, 80) and got.dtype == dtype
+    assert got.shape == (2, rows, 80) and got.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got.float(), want, atol=tol * want.abs().max(), rtol=tol)
 
@@ -81,7 +84,7 @@ def test_int4_kernel_matches_reference(group_size, bias):
     lin = _linear(256, 48, bias)
     m = Int4Linear.from_linear(lin, group_size)
     q, s, z = quantize_int4(lin.weight, group_size)
-    x = torch.randn(3, 7, 256)
+    x = torch.randn(3, KERNEL_ROWS // 3 + 1, 256)  # more than KERNEL_ROWS rows: weight-only
     with torch.no_grad():
         want = x @ dequantize_int4(q, s, z).T + (lin.bias if bias else 0)
         got = m(x)
@@ -164,10 +167,14 @@ def test_state_dict_round_trip_rebuilds_kernels(method):
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
-def test_generate_decodes_through_the_quantized_modules(method):
-    """The cached decode step (the one every decode path uses) equals greedy on full forwards."""
+def test_generate_decodes_through_the_quantized_modules(method, monkeypatch):
+    """The cached decode step (the one every decode path uses) equals greedy on full forwards.
+
+    Each row gets its own activation scale here (`chunk_rows = 1`), so a row's output does not
+    depend on which rows share its kernel call (a prompt's rows, or a full forward's)."""
     from lmforge.generate import GenerationConfig, generate
 
+    monkeypatch.setattr(Int8Linear, "chunk_rows", 1)
     model = quantize_model(_llama(), method, group_size=32)
     prompt = torch.randint(0, 512, (1, 7), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """The decode kernels of the quantized linears (`lmforge.models.quant`) against their plain
-rules: at most DECODE_ROWS rows on the CPU take the fbgemm int8 kernel (activations quantized
-per tensor), and int8 under torch.compile takes the weight-only product-and-sum."""
+rules: up to KERNEL_ROWS rows on the CPU take the fbgemm int8 kernel, DECODE_ROWS rows a call
+(activations quantized per tensor over each piece), eager and under torch.compile alike (the
+`lmforge::int8_dynamic_linear` operator); more rows stay weight-only."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from torch import nn
 
 from lmforge.models.quant import (
     DECODE_ROWS,
+    KERNEL_ROWS,
     Int4Linear,
     Int8Linear,
     dequantize_int4,
     dequantize_int8,
+    int8_dynamic_linear,
     quantize_int4,
     quantize_int8,
     unpack_int4,
@@ -49,22 +52,57 @@ def test_int8_decode_rows_quantize_the_activations(bias, rows):
     assert 0 < err < 0.05
 
 
+def test_int8_prompt_rows_quantize_each_piece_of_decode_rows():
+    """A prompt of DECODE_ROWS < rows <= KERNEL_ROWS runs the kernel DECODE_ROWS rows a call:
+    each piece has its own activation scale (pieces of very different size show it)."""
+    lin = _linear(96, 80)
+    m = Int8Linear.from_linear(lin)
+    sizes = torch.tensor([0.01, 1.0, 30.0])
+    x = torch.randn(3, DECODE_ROWS, 96) * sizes[:, None, None]
+    x = torch.cat([x.reshape(-1, 96), torch.randn(3, 96)]).reshape(1, -1, 96)  # a short last piece
+    with torch.no_grad():
+        pieces = [_fake_quant(c) for c in x.reshape(-1, 96).split(DECODE_ROWS)]
+        want = torch.cat(pieces) @ dequantize_int8(m.weight, m.scales).T + lin.bias
+        got = m(x)
+        assert got.shape == (1, 3 * DECODE_ROWS + 3, 80)
+        torch.testing.assert_close(got[0], want, atol=1e-4 * want.abs().max(), rtol=1e-4)
+        torch.testing.assert_close(m.dynamic_reference(x), got, atol=1e-5, rtol=1e-5)
+        # one scale for the whole prompt would flatten the small piece to zero
+        whole = _fake_quant(x.reshape(-1, 96))[:DECODE_ROWS]
+        assert whole.abs().max() == 0 < got[0, :DECODE_ROWS].sub(lin.bias).abs().max()
+
+
 def test_int8_more_rows_stay_weight_only():
     lin = _linear(96, 80)
     m = Int8Linear.from_linear(lin)
-    x = torch.randn(DECODE_ROWS + 1, 96)
+    x = torch.randn(KERNEL_ROWS + 1, 96)
     with torch.no_grad():
         want = x @ dequantize_int8(m.weight, m.scales).T + lin.bias
         torch.testing.assert_close(m(x), want, atol=1e-4 * want.abs().max(), rtol=1e-4)
 
 
-def test_int8_product_and_sum_is_the_weight_only_rule():
-    lin = _linear(96, 80)
-    m = Int8Linear.from_linear(lin)
-    x = torch.randn(3, 1, 96)
+def test_the_operator_packs_an_unknown_weight_and_has_a_fake_kernel():
+    """`lmforge::int8_dynamic_linear` on a weight no module packed gives the kernel's rule, and
+    passes PyTorch's operator checks (schema, fake tensors) that torch.compile relies on."""
+    lin = _linear(64, 48)
+    q, s = quantize_int8(lin.weight)
+    x = torch.randn(2, 64)
     with torch.no_grad():
-        want = x @ dequantize_int8(m.weight, m.scales).T + lin.bias
-        torch.testing.assert_close(m._gemv(x), want, atol=1e-5 * want.abs().max(), rtol=1e-5)
+        want = _fake_quant(x) @ dequantize_int8(q, s).T + lin.bias
+        got = int8_dynamic_linear(x, q, s, lin.bias.detach(), DECODE_ROWS)
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max(), rtol=1e-4)
+    # a weight changed in place is packed again, not read from the earlier packing
+    q.neg_()
+    with torch.no_grad():
+        want = _fake_quant(x) @ dequantize_int8(q, s).T + lin.bias
+        got = int8_dynamic_linear(x, q, s, lin.bias.detach(), DECODE_ROWS)
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max(), rtol=1e-4)
+    args = (x, q, s, lin.bias.detach(), DECODE_ROWS)
+    torch.library.opcheck(
+        torch.ops.lmforge.int8_dynamic_linear.default,
+        args,
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 @pytest.mark.parametrize("group_size", [32, 64])
@@ -92,12 +130,28 @@ def test_int4_decode_rows_use_the_int8_copy(group_size):
 
 
 @pytest.mark.slow
-def test_int8_under_compile_is_weight_only():
-    """inductor compiles the product-and-sum (one small graph, some seconds)."""
-    lin = _linear(64, 32)
-    m = Int8Linear.from_linear(lin).eval()
-    x = torch.randn(1, 64)
+@pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
+def test_compiled_decode_runs_the_same_kernel(cls):
+    """Under torch.compile (one small graph, some seconds) a decode call goes through the
+    operator: the same numbers as eager."""
+    lin = _linear(128, 32)
+    m = cls.from_linear(lin).eval()
+    x = torch.randn(1, 128)
     with torch.no_grad():
-        want = x @ dequantize_int8(m.weight, m.scales).T + lin.bias
+        want = m(x)
         got = torch.compile(m, fullgraph=True)(x)
-    torch.testing.assert_close(got, want, atol=1e-5 * want.abs().max(), rtol=1e-5)
+        rule = m.dynamic_reference(x) if cls is Int8Linear else m.decode_reference(x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got, rule, atol=1e-4 * rule.abs().max(), rtol=1e-4)
+
+
+def test_dynamic_int8_passes_gradients_to_its_input():
+    """Saliency and other input gradients go through the activation rounding as identity
+    (straight-through): d sum(y) / dx = sum over outputs of W_hat."""
+    from lmforge.models.quant import DynamicInt8Linear
+
+    m = DynamicInt8Linear.from_linear(_linear(64, 32))
+    x = torch.randn(2, 64, requires_grad=True)
+    m(x).sum().backward()
+    want = dequantize_int8(m.weight, m.scales).sum(0).expand(2, -1)
+    torch.testing.assert_close(x.grad, want)
