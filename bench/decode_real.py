@@ -6,15 +6,18 @@
 Contenders, one process, interleaved repeats, medians (prefill included, as a user sees it):
     hf        Hugging Face `LlamaForCausalLM.generate` on the same weights
     eager     `lmforge.generate.generate` (the model's own decode step, no compilation)
-    compiled  the same with compile=True (its first call, compilation included, is printed)
-and the same at batch 8 (hf vs eager, and compiled with --compile-batch).
+    regional  the same with compile="regional" (one compiled block shared by the 30 layers)
+    whole     the same with compile="whole" (the step as one graph, frozen weights)
+(each compiled form's first call, compilation included, is printed) and the same at batch 8
+(hf vs eager, and the compiled forms with --compile-batch).
 
 Next to each rate: the bytes one decode step reads (every weight once, the LM head included,
 plus the KV cache at the average length) and the memory bandwidth measured in this run (sum of
 a 512 MiB float32 tensor, the same thread count), so rate x bytes / bandwidth is the fraction of
 the memory-bandwidth limit the contender reaches.
 
-    python bench/decode_real.py                       # 2 threads, batch 1 and 8, compile
+    python bench/decode_real.py                       # 2 threads, batch 1 and 8, both compiled forms
+    python bench/decode_real.py --compile-mode regional --threads 1 --batches 1
     python bench/decode_real.py --no-compile --repeats 2
 """
 
@@ -68,6 +71,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batches", default="1,8")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument(
+        "--compile-mode",
+        default="regional,whole",
+        help="compiled forms to time, comma-separated: regional, whole",
+    )
     p.add_argument("--compile-batch", action="store_true", help="also compile at batch > 1")
     args = p.parse_args()
     device = common.setup("cpu", args.threads)
@@ -99,18 +107,19 @@ def main() -> None:
             "hf": hf_run,
             "eager": lambda prompts=prompts: generate(ours, prompts, gen),
         }
-        if not args.no_compile and (batch == 1 or args.compile_batch):
+        modes = [] if args.no_compile else args.compile_mode.split(",")
+        for mode in modes if batch == 1 or args.compile_batch else []:
             t0, c0 = time.perf_counter(), cpu_seconds()
-            generate(ours, prompts, gen, compile=True)
+            generate(ours, prompts, gen, compile=mode)
             compile_s, compile_cpu = time.perf_counter() - t0, cpu_seconds() - c0
             print(
-                f"batch {batch}: compile=True first call {compile_s:.1f} s wall, "
+                f"batch {batch}: compile={mode!r} first call {compile_s:.1f} s wall, "
                 f"{compile_cpu:.1f} s CPU (compiling included; load average "
                 f"{os.getloadavg()[0]:.1f})",
                 flush=True,
             )
-            contenders["compiled"] = lambda prompts=prompts: generate(
-                ours, prompts, gen, compile=True
+            contenders[mode] = lambda prompts=prompts, mode=mode: generate(
+                ours, prompts, gen, compile=mode
             )
         outs = {name: fn() for name, fn in contenders.items()}
         same = {name: outs[name] == outs["hf"] for name in outs}

@@ -140,7 +140,9 @@ class RegionalStep:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        fn = type(call_block)(call_block.__code__.replace(), call_block.__globals__, "block_compiled")
+        fn = type(call_block)(
+            call_block.__code__.replace(), call_block.__globals__, "block_compiled"
+        )
         self._compiled = torch.compile(fn, fullgraph=True)
         self.checked = False
 
