@@ -138,12 +138,12 @@ class RegionalStep:
     eagerly around the blocks. Weights are not frozen (they are inputs), so nothing is rebuilt
     when they change."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, backend: str = "inductor") -> None:
         self.model = model
         fn = type(call_block)(
             call_block.__code__.replace(), call_block.__globals__, "block_compiled"
         )
-        self._compiled = torch.compile(fn, fullgraph=True)
+        self._compiled = torch.compile(fn, fullgraph=True, backend=backend)
         self.checked = False
 
     def new_generation(self) -> None:
