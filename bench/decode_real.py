@@ -26,13 +26,21 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
+import tempfile
 import time
 
-import common
-import torch
+# a cold compile, as on a first run: inductor's on-disk caches (compiled graphs and kernels,
+# shared by every process of the user) start empty unless --warm-cache is given; set before
+# torch is imported
+if "--warm-cache" not in sys.argv:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="decode_real_inductor_")
 
-from lmforge.generate import GenerationConfig, generate
-from lmforge.models import Transformer
+import common  # noqa: E402
+import torch  # noqa: E402
+
+from lmforge.generate import GenerationConfig, generate  # noqa: E402
+from lmforge.models import Transformer  # noqa: E402
 
 
 def llama_pair(seed: int = 0) -> tuple[Transformer, torch.nn.Module]:
@@ -76,10 +84,17 @@ def main() -> None:
         default="regional,whole",
         help="compiled forms to time, comma-separated: regional, whole",
     )
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="keep inductor's on-disk cache (default: a fresh one, so the first call compiles cold)",
+    )
     p.add_argument("--compile-batch", action="store_true", help="also compile at batch > 1")
     args = p.parse_args()
     device = common.setup("cpu", args.threads)
     print(f"load average before: {os.getloadavg()}")
+    cache = "warm (the user's own)" if args.warm_cache else "cold (fresh directory)"
+    print(f"inductor cache: {cache} {os.environ.get('TORCHINDUCTOR_CACHE_DIR', '')}")
     ours, hf = llama_pair()
     new, plen = args.new_tokens, args.prompt_len
     bw = common.read_bandwidth(repeats=7)
