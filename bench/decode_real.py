@@ -24,8 +24,10 @@ the memory-bandwidth limit the contender reaches.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -35,6 +37,7 @@ import time
 # torch is imported
 if "--warm-cache" not in sys.argv:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="decode_real_inductor_")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import common  # noqa: E402
 import torch  # noqa: E402
