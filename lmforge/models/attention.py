@@ -86,7 +86,7 @@ def attention(
             q,
             k,
             v,
-            attn_mask=None if mask is None else mask.to(q.dtype),
+            attn_mask=mask if mask is None or mask.dtype == q.dtype else mask.to(q.dtype),
             dropout_p=dropout_p,
             is_causal=causal,
             scale=scale,

@@ -255,7 +255,9 @@ class Stack(nn.Module):
         shared by every layer (regional compilation); each block gets its own `LayerView`.
         Returns the (B, 1, d_model) final hidden state."""
         mask = view.step_mask(self.cfg.sliding_window, self._bias_fn(), x.dtype)
-        rope = self.rope(view.pos, x.dtype) if self.rope is not None else None
+        rope = None
+        if self.rope is not None:  # (B, 1, 1, head_dim): broadcast over the heads once per step
+            rope = tuple(t[:, None] for t in self.rope(view.pos, x.dtype))
         mem_mask = None if memory_mask is None else padding_mask(memory_mask, x.dtype)
         prefixes = self.prefix(x.size(0)) if self.prefix is not None else None
         call = block_call or call_block
