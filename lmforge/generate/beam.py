@@ -57,7 +57,7 @@ def beam_search(
     model: nn.Module,
     input_ids: list[list[int]] | list[int] | torch.Tensor,
     gen: GenerationConfig,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> list[GenerationOutput]:
     """Beam search with `gen.num_beams` beams (1 is allowed and equals greedy decoding).
 
@@ -82,7 +82,7 @@ def beam_search(
 
 
 def _search(
-    model: nn.Module, prompts: list[list[int]], gen: GenerationConfig, compile: bool
+    model: nn.Module, prompts: list[list[int]], gen: GenerationConfig, compile: bool | str
 ) -> list[Finished]:
     device = model_device(model)
     vocab, nb = model.cfg.vocab_size, gen.num_beams

@@ -2,17 +2,21 @@
 
 The model's own decode step (`lmforge.models.transformer.Transformer.step`) keeps every
 per-step quantity on the device (the cache slot, each row's position, the keep-vector of padding
-slots, see `lmforge.models.cache.CacheView`), so torch.compile captures it as one graph
-(gpt-fast style). This module decides how it is compiled:
+slots, see `lmforge.models.cache.CacheView`), so torch.compile captures it without host syncs
+(gpt-fast style). Two ways to compile it (`compile="whole"` or `"regional"`; compile=True is
+`DEFAULT_MODE`):
 
-- fullgraph: one graph per model and batch size; only "dynamic" RoPE scaling (which reads the
-  largest position on the host) is compiled with graph breaks allowed;
-- the keys/values are views of the cache's first slot + 1 slots: their length is the one size
-  that changes between steps and is marked dynamic (one compilation for a whole generation, no
-  attention over unwritten slots);
-- inductor options (`COMPILE_OPTIONS`): frozen weights, the matrix products left to ATen/MKL
-  (no autotuning, whose first call took many minutes on a 30-layer model).
-"""
+- "whole" (`CompiledStep`): the step as one graph per model and batch size (only "dynamic"
+  RoPE scaling, which reads the largest position on the host, allows graph breaks), weights
+  frozen into it; the compile time grows with the number of layers;
+- "regional" (`RegionalStep`): one compiled block (`lmforge.models.block.call_block`) that
+  every layer of the same shape reuses, weights as graph inputs, the rest of the step eager;
+  the compile time is that of one block, whatever the depth.
+
+In both, the keys/values are views of the cache's first slot + 1 slots: their length is the one
+size that changes between steps and is marked dynamic (one compilation for a whole generation,
+no attention over unwritten slots); the matrix products are left to ATen/MKL (no autotuning,
+whose first call took many minutes on a 30-layer model)."""
 
 from __future__ import annotations
 
