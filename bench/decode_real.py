@@ -74,6 +74,23 @@ def step_bytes(model: Transformer, batch: int, context: float) -> float:
     return weights + kv
 
 
+def ops_per_step(model: Transformer, prompts: torch.Tensor) -> int:
+    """ATen operators one eager decode step dispatches (after a prefill of `prompts`): the
+    per-token host overhead that a compiled step removes."""
+    from profile_decode import OpCounter
+
+    from lmforge.generate.core import prefill
+    from lmforge.generate.inputs import start
+
+    begin = start(model, prompts.tolist(), GenerationConfig(max_new_tokens=2))
+    with torch.inference_mode():
+        cache = model.new_cache(prompts.size(0), begin.cache_len)
+        token = prefill(model, begin.ids, begin.mask, cache).argmax(-1)[:, None]
+        with OpCounter() as counter:
+            model.decode_step(token, cache)
+    return sum(counter.counts.values())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -107,6 +124,7 @@ def main() -> None:
     for batch in [int(b) for b in args.batches.split(",")]:
         torch.manual_seed(batch)
         prompts = torch.randint(0, ours.cfg.vocab_size, (batch, plen))
+        print(f"batch {batch}: {ops_per_step(ours, prompts)} ATen operators per eager decode step")
 
         def hf_run(prompts=prompts):
             with torch.no_grad():
