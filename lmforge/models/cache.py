@@ -321,8 +321,8 @@ class CacheView:
     ks, vs: per layer (B, H_kv, L, head_dim) views of the cache (the slots written so far and
     the new one); cross: the cached cross-attention keys/values (encoder-decoder).
 
-    It stands in for the `KVCache` inside the model's forward: `update` writes the new
-    keys/values at `slot` with index_copy_ and returns the whole views.
+    Each block gets its layer's part, a `LayerView` (`layer(i)`), which stands in for the
+    `KVCache` inside the block.
     """
 
     slot: Tensor
@@ -331,14 +331,6 @@ class CacheView:
     ks: list[Tensor]
     vs: list[Tensor]
     cross: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
-    rolling: bool = False
-    reposition: bool = False
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write (B, H_kv, 1, hd) keys/values at `slot`; return (B, H_kv, L, hd) keys/values."""
-        self.ks[layer].index_copy_(2, self.slot, k)
-        self.vs[layer].index_copy_(2, self.slot, v)
-        return self.ks[layer], self.vs[layer]
 
     def cross_kv(self, layer: int) -> tuple[Tensor, Tensor] | None:
         return self.cross[layer] if self.cross else None
@@ -379,11 +371,10 @@ class LayerView:
     k: Tensor
     v: Tensor
     cross: tuple[Tensor, Tensor] | None = None
-    rolling: bool = False
-    reposition: bool = False
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write (B, H_kv, 1, hd) keys/values at `slot`; return (B, H_kv, L, hd) keys/values."""
+        """Write (B, H_kv, 1, hd) keys/values at `slot` with index_copy_; return the
+        (B, H_kv, L, hd) keys/values."""
         self.k.index_copy_(2, self.slot, k)
         self.v.index_copy_(2, self.slot, v)
         return self.k, self.v
