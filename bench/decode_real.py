@@ -6,30 +6,44 @@
 Contenders, one process, interleaved repeats, medians (prefill included, as a user sees it):
     hf        Hugging Face `LlamaForCausalLM.generate` on the same weights
     eager     `lmforge.generate.generate` (the model's own decode step, no compilation)
-    compiled  the same with compile=True (its first call, compilation included, is printed)
-and the same at batch 8 (hf vs eager, and compiled with --compile-batch).
+    regional  the same with compile="regional" (one compiled block shared by the 30 layers)
+    whole     the same with compile="whole" (the step as one graph, frozen weights)
+(each compiled form's first call, compilation included, is printed) and the same at batch 8
+(hf vs eager, and the compiled forms with --compile-batch).
 
 Next to each rate: the bytes one decode step reads (every weight once, the LM head included,
 plus the KV cache at the average length) and the memory bandwidth measured in this run (sum of
 a 512 MiB float32 tensor, the same thread count), so rate x bytes / bandwidth is the fraction of
 the memory-bandwidth limit the contender reaches.
 
-    python bench/decode_real.py                       # 2 threads, batch 1 and 8, compile
+    python bench/decode_real.py                       # 2 threads, batch 1 and 8, both compiled forms
+    python bench/decode_real.py --compile-mode regional --threads 1 --batches 1
     python bench/decode_real.py --no-compile --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
+import sys
+import tempfile
 import time
 
-import common
-import torch
+# a cold compile, as on a first run: inductor's on-disk caches (compiled graphs and kernels,
+# shared by every process of the user) start empty unless --warm-cache is given; set before
+# torch is imported
+if "--warm-cache" not in sys.argv:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="decode_real_inductor_")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
-from lmforge.generate import GenerationConfig, generate
-from lmforge.models import Transformer
+import common  # noqa: E402
+import torch  # noqa: E402
+
+from lmforge.generate import GenerationConfig, generate  # noqa: E402
+from lmforge.models import Transformer  # noqa: E402
 
 
 def llama_pair(seed: int = 0) -> tuple[Transformer, torch.nn.Module]:
@@ -60,6 +74,23 @@ def step_bytes(model: Transformer, batch: int, context: float) -> float:
     return weights + kv
 
 
+def ops_per_step(model: Transformer, prompts: torch.Tensor) -> int:
+    """ATen operators one eager decode step dispatches (after a prefill of `prompts`): the
+    per-token host overhead that a compiled step removes."""
+    from profile_decode import OpCounter
+
+    from lmforge.generate.core import prefill
+    from lmforge.generate.inputs import start
+
+    begin = start(model, prompts.tolist(), GenerationConfig(max_new_tokens=2))
+    with torch.inference_mode():
+        cache = model.new_cache(prompts.size(0), begin.cache_len)
+        token = prefill(model, begin.ids, begin.mask, cache).argmax(-1)[:, None]
+        with OpCounter() as counter:
+            model.decode_step(token, cache)
+    return sum(counter.counts.values())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -68,10 +99,22 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batches", default="1,8")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument(
+        "--compile-mode",
+        default="regional,whole",
+        help="compiled forms to time, comma-separated: regional, whole",
+    )
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="keep inductor's on-disk cache (default: a fresh one, so the first call compiles cold)",
+    )
     p.add_argument("--compile-batch", action="store_true", help="also compile at batch > 1")
     args = p.parse_args()
     device = common.setup("cpu", args.threads)
     print(f"load average before: {os.getloadavg()}")
+    cache = "warm (the user's own)" if args.warm_cache else "cold (fresh directory)"
+    print(f"inductor cache: {cache} {os.environ.get('TORCHINDUCTOR_CACHE_DIR', '')}")
     ours, hf = llama_pair()
     new, plen = args.new_tokens, args.prompt_len
     bw = common.read_bandwidth(repeats=7)
@@ -81,6 +124,7 @@ def main() -> None:
     for batch in [int(b) for b in args.batches.split(",")]:
         torch.manual_seed(batch)
         prompts = torch.randint(0, ours.cfg.vocab_size, (batch, plen))
+        print(f"batch {batch}: {ops_per_step(ours, prompts)} ATen operators per eager decode step")
 
         def hf_run(prompts=prompts):
             with torch.no_grad():
@@ -99,18 +143,19 @@ def main() -> None:
             "hf": hf_run,
             "eager": lambda prompts=prompts: generate(ours, prompts, gen),
         }
-        if not args.no_compile and (batch == 1 or args.compile_batch):
+        modes = [] if args.no_compile else args.compile_mode.split(",")
+        for mode in modes if batch == 1 or args.compile_batch else []:
             t0, c0 = time.perf_counter(), cpu_seconds()
-            generate(ours, prompts, gen, compile=True)
+            generate(ours, prompts, gen, compile=mode)
             compile_s, compile_cpu = time.perf_counter() - t0, cpu_seconds() - c0
             print(
-                f"batch {batch}: compile=True first call {compile_s:.1f} s wall, "
+                f"batch {batch}: compile={mode!r} first call {compile_s:.1f} s wall, "
                 f"{compile_cpu:.1f} s CPU (compiling included; load average "
                 f"{os.getloadavg()[0]:.1f})",
                 flush=True,
             )
-            contenders["compiled"] = lambda prompts=prompts: generate(
-                ours, prompts, gen, compile=True
+            contenders[mode] = lambda prompts=prompts, mode=mode: generate(
+                ours, prompts, gen, compile=mode
             )
         outs = {name: fn() for name, fn in contenders.items()}
         same = {name: outs[name] == outs["hf"] for name in outs}

@@ -57,7 +57,7 @@ def beam_search(
     model: nn.Module,
     input_ids: list[list[int]] | list[int] | torch.Tensor,
     gen: GenerationConfig,
-    compile: bool = False,
+    compile: bool | str = False,
     on_step: Callable[[int], None] | None = None,
 ) -> list[GenerationOutput]:
     """Beam search with `gen.num_beams` beams (1 is allowed and equals greedy decoding).
@@ -89,7 +89,7 @@ def _search(
     model: nn.Module,
     prompts: list[list[int]],
     gen: GenerationConfig,
-    compile: bool,
+    compile: bool | str,
     on_step: Callable[[int], None] | None = None,
 ) -> list[Finished]:
     device = model_device(model)

@@ -52,7 +52,7 @@ class SamplingRun:
         input_ids: Prompts,
         gen: GenerationConfig,
         tokenizer: Any = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         check_model(model)
         if gen.num_beams > 1:
@@ -145,7 +145,7 @@ def generate_outputs(
     input_ids: Prompts,
     gen: GenerationConfig,
     tokenizer: Any = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> list[GenerationOutput]:
     """Like `generate`, with text (given a tokenizer), finish reasons and beam scores.
 
@@ -171,7 +171,7 @@ def generate(
     input_ids: Prompts,
     gen: GenerationConfig | None = None,
     tokenizer: Any = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> list[list[int]]:
     """Generate new tokens for each prompt.
 
@@ -181,9 +181,10 @@ def generate(
             tensor; for an encoder-decoder these are the source sequences.
         gen: decoding settings (default `GenerationConfig()`).
         tokenizer: needed only for stop strings.
-        compile: torch.compile the model's decode step (`compiled_step`: one graph, frozen
-            weights, autotuned matrix kernels; the first call per model and batch size
-            compiles, tens of seconds for a small model).
+        compile: torch.compile the model's decode step: True (the default mode), "whole" (one
+            graph, frozen weights) or "regional" (one compiled block shared by every layer),
+            see `lmforge.generate.static`; the first call per model and batch size compiles
+            (tens of seconds).
 
     Returns:
         The new tokens of every returned sequence (EOS not included), prompt-major: prompt i's
@@ -198,7 +199,7 @@ def generate_text(
     tokenizer: Any,
     prompts: list[str] | str,
     gen: GenerationConfig | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> list[str]:
     """Text in, text out: encode each prompt, generate, decode (cut before stop strings)."""
     gen = gen or GenerationConfig()

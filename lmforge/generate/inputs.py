@@ -153,4 +153,8 @@ def start(model: nn.Module, prompts: list[list[int]], gen: GenerationConfig) -> 
     first = decoder_start_id(cfg)
     ids = torch.full((len(prompts), 1), first, dtype=torch.long, device=device)
     encoder = EncoderState(src, src_mask, hidden)
-    return Start(ids, torch.ones_like(ids), encoder, gen.max_new_tokens, [[first]] * len(prompts))
+    # the start token and max_new_tokens - 1 fed-back tokens, plus one spare slot: a decode
+    # step's key/value views then never span the whole buffer (a view that does is contiguous,
+    # a different memory layout to a compiled step, which would compile again)
+    slots = gen.max_new_tokens + 1
+    return Start(ids, torch.ones_like(ids), encoder, slots, [[first]] * len(prompts))

@@ -2,17 +2,21 @@
 
 The model's own decode step (`lmforge.models.transformer.Transformer.step`) keeps every
 per-step quantity on the device (the cache slot, each row's position, the keep-vector of padding
-slots, see `lmforge.models.cache.CacheView`), so torch.compile captures it as one graph
-(gpt-fast style). This module decides how it is compiled:
+slots, see `lmforge.models.cache.CacheView`), so torch.compile captures it without host syncs
+(gpt-fast style). Two ways to compile it (`compile="whole"` or `"regional"`; compile=True is
+`DEFAULT_MODE`):
 
-- fullgraph: one graph per model and batch size; only "dynamic" RoPE scaling (which reads the
-  largest position on the host) is compiled with graph breaks allowed;
-- the keys/values are views of the cache's first slot + 1 slots: their length is the one size
-  that changes between steps and is marked dynamic (one compilation for a whole generation, no
-  attention over unwritten slots);
-- inductor options (`COMPILE_OPTIONS`): frozen weights, the matrix products left to ATen/MKL
-  (no autotuning, whose first call took many minutes on a 30-layer model).
-"""
+- "whole" (`CompiledStep`): the step as one graph per model and batch size (only "dynamic"
+  RoPE scaling, which reads the largest position on the host, allows graph breaks), weights
+  frozen into it; the compile time grows with the number of layers;
+- "regional" (`RegionalStep`): one compiled block (`lmforge.models.block.call_block`) that
+  every layer of the same shape reuses, weights as graph inputs, the rest of the step eager;
+  the compile time is that of one block, whatever the depth.
+
+In both, the keys/values are views of the cache's first slot + 1 slots: their length is the one
+size that changes between steps and is marked dynamic (one compilation for a whole generation,
+no attention over unwritten slots); the matrix products are left to ATen/MKL (no autotuning,
+whose first call took many minutes on a 30-layer model)."""
 
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lmforge.models.cache import CacheView
+from lmforge.errors import GenerationError
+from lmforge.models.block import call_block
+from lmforge.models.cache import CacheView, LayerView
 
 # inductor options of the compiled step:
 # - freezing: the weights are constants of the graph, packed once into the layout the matrix
@@ -39,6 +45,12 @@ COMPILE_OPTIONS = {"freezing": True}
 _COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Callable]] = (
     weakref.WeakKeyDictionary()
 )
+_REGIONAL: weakref.WeakKeyDictionary[nn.Module, RegionalStep] = weakref.WeakKeyDictionary()
+
+# how compile=True compiles the step: "whole" (the step as one graph, frozen weights) or
+# "regional" (one compiled block shared by every layer)
+COMPILE_MODES = ("whole", "regional")
+DEFAULT_MODE = "whole"
 
 
 def _step(
@@ -121,6 +133,59 @@ class CompiledStep:
         return logits
 
 
+class RegionalStep:
+    """`Transformer.step` with each block run by one compiled `call_block` (regional
+    compilation): the blocks of a stack share their code, and with inlined modules
+    (`torch._dynamo.config.inline_inbuilt_nn_modules`, on by default) a block's weights are
+    inputs of the graph, so one graph serves every layer of the same shape and the compile
+    time does not grow with depth. The embedding, mask, RoPE angles, final norm and LM head run
+    eagerly around the blocks. Weights are not frozen (they are inputs), so nothing is rebuilt
+    when they change."""
+
+    def __init__(self, model: nn.Module, backend: str = "inductor") -> None:
+        self.model = model
+        fn = type(call_block)(
+            call_block.__code__.replace(), call_block.__globals__, "block_compiled"
+        )
+        self._compiled = torch.compile(fn, fullgraph=True, backend=backend)
+        self.checked = False
+
+    def new_generation(self) -> None:
+        self.checked = False
+
+    def _block(self, block: nn.Module, x: Tensor, mask: Tensor, rope, cache: LayerView, *rest):
+        if not self.checked:  # the first step of a generation: mark the growing slot axis
+            torch._dynamo.mark_dynamic(mask, mask.dim() - 1)
+            torch._dynamo.mark_dynamic(cache.k, 2)
+            torch._dynamo.mark_dynamic(cache.v, 2)
+        return self._compiled(block, x, mask, rope, cache, *rest)
+
+    def __call__(
+        self,
+        ids: Tensor,
+        view: CacheView,
+        encoder_hidden: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+    ) -> Tensor:
+        args = (ids, view, encoder_hidden, encoder_mask)
+        if self.checked and _default_stance():
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return self.model.step(*args, block_call=self._block)
+        logits = self.model.step(*args, block_call=self._block)
+        self.checked = True
+        return logits
+
+
+def regional_step(model: nn.Module) -> RegionalStep:
+    """The regionally compiled decode step of `model` (one per model; weights are graph inputs,
+    so it is kept when they change); each call starts a new generation."""
+    hit = _REGIONAL.get(model)
+    if hit is None:
+        hit = _REGIONAL[model] = RegionalStep(model)
+    hit.new_generation()
+    return hit
+
+
 def compiled_step(model: nn.Module) -> CompiledStep:
     """The compiled decode step of `model`, reused while its weights are unchanged and rebuilt
     when they change (a frozen graph holds them as constants); each call of this function starts
@@ -134,7 +199,16 @@ def compiled_step(model: nn.Module) -> CompiledStep:
     return hit[1]
 
 
-def step_function(model: nn.Module, compile: bool) -> Callable | None:
+def step_function(model: nn.Module, compile: bool | str) -> Callable | None:
     """The step a decode loop hands to `Transformer.decode_step`: None (eager `model.step`) or
-    the compiled one."""
-    return compiled_step(model) if compile else None
+    a compiled one: compile=True is `DEFAULT_MODE`, or name the mode, "whole" (`CompiledStep`)
+    or "regional" (`RegionalStep`)."""
+    if not compile:
+        return None
+    mode = DEFAULT_MODE if compile is True else compile
+    if mode not in COMPILE_MODES:
+        raise GenerationError(
+            f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)} "
+            "(or compile=True for the default)."
+        )
+    return compiled_step(model) if mode == "whole" else regional_step(model)

@@ -75,7 +75,7 @@ def stream(
     tokenizer: Any,
     prompt: str,
     gen: GenerationConfig | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> Iterator[str]:
     """Generate from one text prompt, yielding text deltas as they become final.
 
@@ -90,7 +90,7 @@ def stream_ids(
     tokenizer: Any,
     prompt_ids: list[int],
     gen: GenerationConfig | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     on_stats: Callable[[GenerationStats], None] | None = None,
 ) -> Iterator[str]:
     """Like `stream`, from a prompt that is already token ids (a chat template's, say);

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
-from lmforge.models.cache import CacheView, KVCache
+from lmforge.models.cache import CacheView, KVCache, LayerView
 from lmforge.models.layers import HookPoint
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import apply_rope
@@ -86,7 +86,7 @@ def attention(
             q,
             k,
             v,
-            attn_mask=None if mask is None else mask.to(q.dtype),
+            attn_mask=mask if mask is None or mask.dtype == q.dtype else mask.to(q.dtype),
             dropout_p=dropout_p,
             is_causal=causal,
             scale=scale,
@@ -195,7 +195,7 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         rope_keys: tuple[Tensor, Tensor] | None = None,
         memory: Tensor | None = None,
-        cache: KVCache | CacheView | None = None,
+        cache: KVCache | CacheView | LayerView | None = None,
         need_weights: bool = False,
         prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:

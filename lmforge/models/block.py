@@ -13,6 +13,7 @@ cross-attention; the stack decides the mask and the positional signal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from lmforge.config import ModelConfig
 from lmforge.errors import GenerationError
 from lmforge.models.attention import Attention
-from lmforge.models.cache import CacheView, KVCache
+from lmforge.models.cache import CacheView, KVCache, LayerView
 from lmforge.models.layers import MLP, HookPoint, build_norm, dropout
 from lmforge.models.masks import AttentionMask
 from lmforge.models.positions import (
@@ -63,7 +64,7 @@ class Block(nn.Module):
         rope_keys: tuple[Tensor, Tensor] | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
-        cache: KVCache | CacheView | None = None,
+        cache: KVCache | CacheView | LayerView | None = None,
         need_weights: bool = False,
         prefix: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
@@ -242,27 +243,55 @@ class Stack(nn.Module):
         *,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
+        block_call: BlockCall | None = None,
     ) -> Tensor:
         """One decode step: x (B, 1, d_model), the embedded newest token of every row, through
         the same blocks as `forward`, against the cache `view` (see `CacheView`). Everything the
         step reads is a tensor: the mask comes from the keep-vector and the slot, positions from
         `view.pos`; there are no host syncs (except the largest position that "dynamic" RoPE
         scaling reads), so torch.compile(fullgraph=True) captures the step as one graph.
+
+        block_call: runs one block (`call_block`'s signature), e.g. a compiled `call_block`
+        shared by every layer (regional compilation); each block gets its own `LayerView`.
         Returns the (B, 1, d_model) final hidden state."""
         mask = view.step_mask(self.cfg.sliding_window, self._bias_fn(), x.dtype)
-        rope = self.rope(view.pos, x.dtype) if self.rope is not None else None
+        rope = None
+        if self.rope is not None:  # (B, 1, 1, head_dim): broadcast over the heads once per step
+            rope = tuple(t[:, None] for t in self.rope(view.pos, x.dtype))
         mem_mask = None if memory_mask is None else padding_mask(memory_mask, x.dtype)
         prefixes = self.prefix(x.size(0)) if self.prefix is not None else None
+        call = block_call or call_block
         for i, block in enumerate(self.layers):
-            x, _ = block(
-                x,
-                mask=mask,
-                rope=rope,
-                memory=memory,
-                memory_mask=mem_mask,
-                cache=view,
-                prefix=None if prefixes is None else prefixes[i],
-            )
+            prefix = None if prefixes is None else prefixes[i]
+            x = call(block, x, mask, rope, view.layer(i), memory, mem_mask, prefix)
         if self.norm is not None:
             x = self.norm(x)
         return x
+
+
+BlockCall = Callable[..., Tensor]
+
+
+def call_block(
+    block: Block,
+    x: Tensor,
+    mask: Tensor,
+    rope: tuple[Tensor, Tensor] | None,
+    cache: LayerView,
+    memory: Tensor | None = None,
+    memory_mask: Tensor | None = None,
+    prefix: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """One block of a decode step: (B, 1, d_model) -> (B, 1, d_model), against the layer's
+    own `LayerView` (no layer index is read, so a compiled copy of this function serves every
+    block of the same shape)."""
+    x, _ = block(
+        x,
+        mask=mask,
+        rope=rope,
+        memory=memory,
+        memory_mask=memory_mask,
+        cache=cache,
+        prefix=prefix,
+    )
+    return x

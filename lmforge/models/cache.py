@@ -321,8 +321,8 @@ class CacheView:
     ks, vs: per layer (B, H_kv, L, head_dim) views of the cache (the slots written so far and
     the new one); cross: the cached cross-attention keys/values (encoder-decoder).
 
-    It stands in for the `KVCache` inside the model's forward: `update` writes the new
-    keys/values at `slot` with index_copy_ and returns the whole views.
+    Each block gets its layer's part, a `LayerView` (`layer(i)`), which stands in for the
+    `KVCache` inside the block.
     """
 
     slot: Tensor
@@ -331,17 +331,13 @@ class CacheView:
     ks: list[Tensor]
     vs: list[Tensor]
     cross: list[tuple[Tensor, Tensor] | None] = field(default_factory=list)
-    rolling: bool = False
-    reposition: bool = False
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write (B, H_kv, 1, hd) keys/values at `slot`; return (B, H_kv, L, hd) keys/values."""
-        self.ks[layer].index_copy_(2, self.slot, k)
-        self.vs[layer].index_copy_(2, self.slot, v)
-        return self.ks[layer], self.vs[layer]
 
     def cross_kv(self, layer: int) -> tuple[Tensor, Tensor] | None:
         return self.cross[layer] if self.cross else None
+
+    def layer(self, i: int) -> LayerView:
+        """Layer i's part of the view (what one block reads and writes)."""
+        return LayerView(self.slot, self.ks[i], self.vs[i], self.cross_kv(i))
 
     def step_mask(self, window: int | None, bias_fn, dtype: torch.dtype) -> Tensor:
         """(B, 1|H, 1, L) additive mask of the new query at `slot` over the L slots:
@@ -362,3 +358,26 @@ class CacheView:
             )
         bias = bias_fn(self.slot, slots).to(dtype)  # (1, H, 1, L)
         return bias.masked_fill(~allowed, lowest)
+
+
+@dataclass
+class LayerView:
+    """One layer's part of a `CacheView`: the slot, its (B, H_kv, L, head_dim) keys and values
+    and its cross-attention keys/values. A block given this view reads no layer index from it
+    (`update` and `cross_kv` ignore the index they are passed), so one compiled block serves
+    every layer of a stack (regional compilation, `lmforge.generate.static`)."""
+
+    slot: Tensor
+    k: Tensor
+    v: Tensor
+    cross: tuple[Tensor, Tensor] | None = None
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write (B, H_kv, 1, hd) keys/values at `slot` with index_copy_; return the
+        (B, H_kv, L, hd) keys/values."""
+        self.k.index_copy_(2, self.slot, k)
+        self.v.index_copy_(2, self.slot, v)
+        return self.k, self.v
+
+    def cross_kv(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        return self.cross

@@ -134,9 +134,12 @@ def rotate_half(x: Tensor) -> Tensor:
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate each pair (x_i, x_{i+d/2}) by the angle p * theta_i.
 
-    x' = x * cos + rotate_half(x) * sin, with x of shape (B, H, T, d) and cos/sin (B, T, d).
+    x' = x * cos + rotate_half(x) * sin, with x of shape (B, H, T, d) and cos/sin (B, T, d), or
+    (B, 1, T, d) already broadcast over the heads (what a decode step passes to every layer).
     """
-    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+    if cos.dim() < x.dim():
+        cos, sin = cos[:, None], sin[:, None]
+    return x * cos + rotate_half(x) * sin
 
 
 # --------------------------------------------------------------------------- ALiBi

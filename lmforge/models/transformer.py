@@ -198,6 +198,7 @@ class Transformer(nn.Module):
         view: CacheView,
         encoder_hidden: Tensor | None = None,
         encoder_mask: Tensor | None = None,
+        block_call=None,
     ) -> Tensor:
         """The decode step: (B, 1) newest tokens -> (B, V) float32 next-token logits.
 
@@ -206,11 +207,15 @@ class Transformer(nn.Module):
         padding slots), so it has no host syncs and compiles as one graph. A soft prompt's
         virtual tokens sit in the cache at positions 0..n-1 and shift the real positions by n.
         encoder_hidden, encoder_mask: (B, S, d) and (B, S) of an encoder-decoder's source.
+        block_call: how each block is run (`lmforge.models.block.call_block` or a compiled copy
+        of it, see `Stack.step`).
         """
         n = self._decoder_prompt_len()
         pos = view.pos - n if n else view.pos  # (B, 1) real position of the new token
         x = self.embed(input_ids, pos)  # (B, 1, d)
-        x = self.decoder.step(x, view, memory=encoder_hidden, memory_mask=encoder_mask)
+        x = self.decoder.step(
+            x, view, memory=encoder_hidden, memory_mask=encoder_mask, block_call=block_call
+        )
         return self.heads(x, None).logits[:, -1].float()
 
     def decode_step(

@@ -174,7 +174,9 @@ class Engine:
         self._cancel: list[Ticket] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._owner: dict[int, Ticket] = {}  # row id -> ticket (engine thread; others test emptiness)
+        self._owner: dict[
+            int, Ticket
+        ] = {}  # row id -> ticket (engine thread; others test emptiness)
         self._load = {"active_rows": 0, "waiting_rows": 0}  # replaced whole, never mutated
         self.stats = {
             "completed_rows": 0,

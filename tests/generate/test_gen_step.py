@@ -167,3 +167,69 @@ def test_compiled_step_is_rebuilt_when_weights_change():
         model.heads.lm_head.weight.mul_(-1.0)  # tied to the embedding: both change
     expected = generate(model, PROMPTS, gen)
     assert generate(model, PROMPTS, gen, compile=True) == expected
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "alibi", "dynamic-rope"])
+def test_regional_step_is_one_graph_for_every_layer(name):
+    """Regional compilation: one compiled block serves every layer (their weights are graph
+    inputs, the layer's cache comes as a `LayerView`) and gives the eager step's logits."""
+    from torch._dynamo.utils import counters
+
+    from lmforge.generate.static import RegionalStep
+
+    preset, overrides = VARIANTS[name]
+    model = tiny(preset, n_layer=4, **overrides)
+    assert len(model.decoder.layers) == 4
+    ids, mask = pad(PROMPTS, 0, torch.device("cpu"))
+    torch._dynamo.reset()
+    counters.clear()
+    step = RegionalStep(model, backend="eager")
+    with torch.inference_mode():
+        caches = [model.new_cache(len(PROMPTS), ids.size(1) + 6) for _ in range(2)]
+        logits = [prefill(model, ids, mask, c) for c in caches]
+        for i in range(5):
+            if i == 1:
+                step.checked = True  # later steps skip the guards, as in a generation
+            token = logits[0].argmax(-1)[:, None]
+            logits = [
+                model.decode_step(token, caches[0]),
+                model.decode_step(token, caches[1], step=step),
+            ]
+            torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_regional_step_serves_encoder_decoders_and_beams():
+    """generate(compile="regional") through the model's cached `RegionalStep` (seeded here with
+    dynamo's eager backend, no inductor): cross-attention reads its keys/values from the
+    `LayerView`; beam search reorders the cache between steps."""
+    from lmforge.generate import static
+
+    t5 = tiny("t5-tiny", decoder_start_id=0)
+    gen = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    static._REGIONAL[t5] = static.RegionalStep(t5, backend="eager")
+    assert generate(t5, PROMPTS, gen, compile="regional") == generate(t5, PROMPTS, gen)
+    llama = tiny("llama-tiny")
+    static._REGIONAL[llama] = static.RegionalStep(llama, backend="eager")
+    beams = GenerationConfig(max_new_tokens=5, num_beams=3, temperature=0.0)
+    assert generate(llama, PROMPTS, beams, compile="regional") == generate(llama, PROMPTS, beams)
+
+
+def test_unknown_compile_mode_is_refused():
+    model = tiny("gpt-tiny")
+    with pytest.raises(Exception, match="unknown compile mode 'fast'"):
+        generate(model, PROMPTS, GenerationConfig(max_new_tokens=2), compile="fast")
+
+
+@pytest.mark.slow
+def test_regional_compile_gives_the_eager_tokens():
+    """compile="regional" with inductor (one small block graph) against eager decoding."""
+    model = tiny("llama-tiny", n_layer=3)
+    gen = GenerationConfig(max_new_tokens=8, temperature=0.0)
+    expected = generate(model, PROMPTS, gen)
+    assert generate(model, PROMPTS, gen, compile="regional") == expected
+    assert generate(model, PROMPTS, gen, compile="regional") == expected
+    with torch.no_grad():  # weights are graph inputs: an update is seen without a rebuild
+        model.heads.lm_head.weight.mul_(-1.0)
+        model.decoder.layers[1].mlp.down_proj.weight.mul_(2.0)
+    assert generate(model, PROMPTS, gen, compile="regional") == generate(model, PROMPTS, gen)

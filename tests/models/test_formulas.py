@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
 from lmforge.models.attention import attention
-from lmforge.models.layers import MLP, RMSNorm
+from lmforge.models.layers import MLP, RMSNorm, rms_norm_reference
 from lmforge.models.positions import (
     RotaryEmbedding,
     alibi_bias,
@@ -174,6 +174,17 @@ def test_rmsnorm_equals_formula():
     x = randn(3, 4, 16)
     expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * norm.weight
     torch.testing.assert_close(norm(x), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_fast_path_matches_the_reference(dtype):
+    """float32 takes the fused F.rms_norm, other dtypes the float32 reference: both agree with
+    `rms_norm_reference` (HF's order of operations)."""
+    norm = RMSNorm(64, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(randn(64))
+    x = (randn(2, 3, 64) * 7).to(dtype)
+    torch.testing.assert_close(norm(x), rms_norm_reference(x, norm.weight, 1e-5))
 
 
 def test_swiglu_equals_formula():
