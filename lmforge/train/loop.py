@@ -44,7 +44,7 @@ from lmforge.train.checkpoint import (
     step_dir,
     tied_names,
 )
-from lmforge.train.optim import build_optimizer, get_lr
+from lmforge.train.optim import build_optimizer, get_lr, masked_step
 from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text, clean_orphan_temps
 
@@ -120,10 +120,11 @@ def evaluate_loss(
         for batch in batches:
             with _autocast(device, amp):
                 out = objective(model, to_device(batch, device))
-            total += float(out.loss) * out.n_tokens
-            n += out.n_tokens
+            count = int(out.n_tokens)
+            total += float(out.loss) * count
+            n += count
             for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * out.n_tokens
+                sums[k] = sums.get(k, 0.0) + float(v) * count
     model.train(was_training)
     if n == 0:
         raise TrainingError("the held-out data produced no targets; add more validation text.")
@@ -289,6 +290,8 @@ class _Run:
         self.best: float | None = None  # best value of cfg.select_metric
         self.best_loss: float | None = None  # eval_loss of that evaluation
         self.saved_at = -1
+        self.skips = 0  # bad steps in a row (see `settle`)
+        self.bad_evals = 0  # evaluations in a row without improvement (see `patience`)
         self.run_id = uuid.uuid4().hex  # checkpoints carry it; pruning touches only this run's
         self.scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
         # set by _start: where and how the steps run
@@ -432,13 +435,15 @@ def fit(
 
 @dataclass
 class _Step:
-    """What one optimizer step left behind (tensors stay on the device until a log step)."""
+    """What one optimizer step left behind: tensors stay on the device until a log step."""
 
     loss: torch.Tensor
     grad_norm: torch.Tensor
-    metrics: dict[str, float]
+    bad: torch.Tensor  # 0-d bool: non-finite on some rank, so the update was not applied
+    metrics: dict[str, float | torch.Tensor]
     tokens: int
-    ok: bool  # False: non-finite on some rank, the update was not applied
+    lr: float
+    batch: int  # the data step it consumed
 
 
 def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: float) -> _Step:
@@ -446,14 +451,18 @@ def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: flo
 
     loss = mean over micro-batches of objective(model, batch); gradients are those of loss (each
     micro-batch's loss is divided by grad_accum; under DDP only the last one all-reduces). The
-    update is applied only when the loss (and, without fp16 loss scaling, the gradient norm)
-    is finite on every rank: one host sync per step.
+    update is skipped on the device when
+
+        bad = any rank: loss not finite, or (without fp16 loss scaling) grad norm not finite
+
+    so the host never waits for the device here: `run.step` counts the step provisionally and
+    `settle` takes it back on the next log step if it was bad.
     """
     cfg, info, scaler = run.cfg, run.info, run.scaler
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     loss = torch.zeros((), device=run.device)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | torch.Tensor] = {}
     tokens = 0
     for micro in range(cfg.grad_accum):
         batch = to_device(train_data.batch(run.data_step, micro, info.rank, info.world), run.device)
@@ -465,40 +474,62 @@ def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: flo
         loss += out.loss.detach().float() / cfg.grad_accum
         for k, v in out.metrics.items():
             metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
-        tokens += int(batch["input_ids"].numel()) * info.world
+        tokens += batch["input_ids"].numel() * info.world
     scaler.unscale_(run.optimizer)
     grad_norm = _grad_norm(run.params, cfg.grad_clip)
-    # under fp16 an overflowing gradient is the scaler's to skip, so only the loss is checked
-    finite = torch.isfinite(loss)
-    if not scaler.is_enabled():
-        finite = finite & torch.isfinite(grad_norm)
-    ok = not D.any_rank(not bool(finite), info)
-    run.data_step += 1
-    if ok:
+    bad = ~torch.isfinite(loss)
+    if scaler.is_enabled():  # fp16: the scaler skips a non-finite gradient itself
+        bad = D.any_rank_tensor(bad, info)
         scaler.step(run.optimizer)
-        run.step += 1
+    else:
+        bad = D.any_rank_tensor(bad | ~torch.isfinite(grad_norm), info)
+        masked_step(run.optimizer, bad)
     scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    return _Step(loss, grad_norm, metrics, tokens, ok)
+    step = _Step(loss, grad_norm, bad, metrics, tokens, lr, run.data_step)
+    run.data_step += 1
+    run.step += 1  # provisional until `settle`
+    return step
 
 
-def _skipped(run: _Run, step: _Step, in_a_row: int) -> dict[str, Any]:
+def settle(run: _Run, pending: list[_Step], write: Callable[[dict], None]) -> _Step | None:
+    """Read the flags of the steps trained since the last log step (one host sync for all of
+    them): a bad step is written as a skipped batch and taken back from `run.step`.
+
+    Raises TrainingError when `nonfinite="halt"` or after `max_skips` bad steps in a row.
+    Returns the last step whose update was applied (None when there is none).
+    """
+    flags = torch.stack([s.bad for s in pending]).tolist() if pending else []
+    run.step -= len(pending)
+    last = None
+    for step, bad in zip(pending, flags, strict=True):
+        if bad:
+            run.skips += 1
+            write(_skipped(run, step))
+        else:
+            run.skips, last = 0, step
+            run.step += 1
+    pending.clear()
+    return last
+
+
+def _skipped(run: _Run, step: _Step) -> dict[str, Any]:
     """The record of a skipped batch, or TrainingError when skipping may not go on."""
     what = f"loss {float(step.loss)} / gradient norm {float(step.grad_norm)}"
-    if run.cfg.nonfinite == "halt" or in_a_row >= run.cfg.max_skips:
+    if run.cfg.nonfinite == "halt" or run.skips >= run.cfg.max_skips:
         raise TrainingError(
-            f"non-finite {what} at step {run.step + 1} (batch {run.data_step - 1}), "
-            f"{in_a_row} time(s) in a row; lower lr or check that batch of the data."
+            f"non-finite {what} at step {run.step + 1} (batch {step.batch}), "
+            f"{run.skips} time(s) in a row; lower lr or check that batch of the data."
         )
-    return {"step": run.step, "skipped_batch": run.data_step - 1, "reason": what}
+    return {"step": run.step, "skipped_batch": step.batch, "reason": what}
 
 
-def log_record(run: _Run, step: _Step, lr: float, tokens_per_s: float) -> dict[str, Any]:
+def log_record(run: _Run, step: _Step, tokens_per_s: float) -> dict[str, Any]:
     """The metrics.jsonl record of a logging step (collective: losses are means over ranks)."""
     return {
         "step": run.step,
         "loss": D.all_mean(step.loss, run.info),
-        "lr": lr,
+        "lr": step.lr,
         "tokens_per_s": tokens_per_s,
         "grad_norm": float(step.grad_norm),
         "peak_mem_mb": peak_memory_mb(run.device),
@@ -522,6 +553,59 @@ def evaluate(
     return ev, better
 
 
+class _Log:
+    """Where a run reports: metrics.jsonl (rank 0), the progress bar, tokens/s since the last
+    record, the wall-time estimate, the caller's `on_log`, and loss.png."""
+
+    def __init__(self, run: _Run, on_log: Callable[[dict], None] | None, progress: bool):
+        main = run.info.is_main
+        self.path = run.out_dir / "metrics.jsonl"
+        self.file = open(self.path, "a", encoding="utf-8") if main else None
+        self.bar = tqdm(
+            total=run.cfg.max_steps, initial=run.step, disable=not (progress and main),
+            unit="step", dynamic_ncols=True,
+        )  # fmt: skip
+        self.clock = WallClock(run.step, run.cfg.max_steps) if main else None
+        self.on_log = on_log
+        self.tokens, self.since = 0, time.perf_counter()
+
+    def trained(self, step: _Step, done: int) -> None:
+        """After each step (host only): count its tokens, move the bar, say the estimate."""
+        self.tokens += step.tokens
+        self.bar.update(1)
+        if self.clock is not None and (estimate := self.clock.step_done(done)) is not None:
+            _note(estimate)
+
+    def record(self, run: _Run, step: _Step) -> dict[str, Any]:
+        """The record of `step` (collective), with the training tokens/s since the last one."""
+        self.bar.update(run.step - self.bar.n)  # bad steps taken back by `settle`
+        rate = self.tokens / max(time.perf_counter() - self.since, 1e-9)
+        self.tokens, self.since = 0, time.perf_counter()
+        record = log_record(run, step, rate)
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}")
+        return record
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.on_log is not None and "skipped_batch" not in record:
+            self.on_log(record)
+
+    def evaluated(self) -> None:
+        """After an evaluation: redraw loss.png; tokens/s measures training, not evaluation."""
+        if self.file is not None:
+            from lmforge.utils.plots import plot_losses
+
+            plot_losses(self.path, self.path.parent / "loss.png")
+        self.since = time.perf_counter()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
 def _fit(
     model: torch.nn.Module,
     objective: Objective,
@@ -539,10 +623,28 @@ def _fit(
     on_log: Callable[[dict], None] | None,
 ) -> TrainResult:
     run = _start(model, cfg, out_dir, info, device, resume, save_extra, export)
+    log = _Log(run, on_log, progress)
     try:
-        return _loop(run, objective, train_data, eval_data, on_log, progress)
+        return _loop(run, objective, train_data, eval_data, log)
     finally:
+        log.close()
         run.unwrap()
+
+
+def _every(done: int, every: int, cfg: TrainConfig) -> bool:
+    return done % every == 0 or done == cfg.max_steps
+
+
+def _log_step(run: _Run, stop: _StopSignal) -> bool:
+    """Whether the host reads the device after this step: a log, evaluation or checkpoint step,
+    the last step, or (one process) a received signal. Alike on every rank."""
+    cfg, n = run.cfg, run.step
+    return (
+        _every(n, cfg.log_every, cfg)
+        or n % cfg.eval_every == 0
+        or n % (cfg.save_every or cfg.eval_every) == 0
+        or (run.info.world == 1 and stop.received is not None)
+    )
 
 
 def _loop(
@@ -550,95 +652,78 @@ def _loop(
     objective: Objective,
     train_data: BatchSource,
     eval_data: Callable[[], Iterable[Batch]] | None,
-    on_log: Callable[[dict], None] | None,
-    progress: bool,
+    log: _Log,
 ) -> TrainResult:
-    """The training steps of a started run, with logging, evaluation and checkpoints."""
-    from lmforge.utils.plots import plot_losses
-
-    cfg, info, out_dir = run.cfg, run.info, run.out_dir
-    main = info.is_main
-    metrics_path = out_dir / "metrics.jsonl"
-    clock = WallClock(run.step, cfg.max_steps)
-    bad_evals, skips, stopped_early = 0, 0, False
-    last = _Step(torch.full((), float("nan")), torch.zeros(()), {}, 0, True)
-    tokens_since, t_since = 0, time.perf_counter()
-    bar = tqdm(
-        total=cfg.max_steps, initial=run.step, disable=not (progress and main), unit="step",
-        dynamic_ncols=True,
-    )  # fmt: skip
-    log = open(metrics_path, "a", encoding="utf-8") if main else None
-
-    def write(record: dict[str, Any]) -> None:
-        if log is not None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if on_log is not None and "skipped_batch" not in record:
-            on_log(record)
-
+    """Train steps; on log steps (the only host syncs) settle them, then log, evaluate and
+    checkpoint; stop early, on a signal, or at max_steps."""
+    cfg, info = run.cfg, run.info
+    pending: list[_Step] = []  # trained since the last log step
+    last: _Step | None = None  # the last step whose update was applied
     run.model.train()
-    try:
-        with _StopSignal() as stop:
-            while run.step < cfg.max_steps:
-                lr = get_lr(run.step, cfg)
-                step = train_step(run, objective, train_data, lr)
-                tokens_since += step.tokens
-                if not step.ok:
-                    skips += 1
-                    write(_skipped(run, step, skips))
-                    continue
-                skips, last, done = 0, step, run.step
-                bar.update(1)
-                if main and (estimate := clock.step_done(done)) is not None:
-                    _note(estimate)
-
-                record: dict[str, Any] | None = None
-                is_eval = eval_data is not None and (
-                    done % cfg.eval_every == 0 or done == cfg.max_steps
-                )
-                if done % cfg.log_every == 0 or done == cfg.max_steps:
-                    rate = tokens_since / max(time.perf_counter() - t_since, 1e-9)
-                    record = log_record(run, step, lr, rate)
-                    tokens_since, t_since = 0, time.perf_counter()
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}")
-                if is_eval:
-                    ev, better = evaluate(run, objective, eval_data)
-                    bad_evals = 0 if better else bad_evals + 1
-                    head = record or {"step": done, "loss": D.all_mean(step.loss, info), "lr": lr}
-                    record = {**head, **ev}
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{ev['eval_loss']:.3f}")
-                if record is not None:
-                    write(record)
-                if is_eval or done % (cfg.save_every or cfg.eval_every) == 0:
+    with _StopSignal() as stop:
+        while run.step < cfg.max_steps:
+            pending.append(train_step(run, objective, train_data, get_lr(run.step, cfg)))
+            log.trained(pending[-1], run.step)
+            if not _log_step(run, stop):
+                continue
+            if (new := settle(run, pending, log.write)) is not None:
+                last = new
+                _report(run, new, objective, eval_data, log)
+                if cfg.patience is not None and run.bad_evals >= cfg.patience:
+                    return _finish(run, last, eval_data is not None, log, stopped_early=True)
+            if D.any_rank(stop.received is not None, info):
+                if run.saved_at != run.step:
                     run.checkpoint()
-                if is_eval:
-                    if main:
-                        plot_losses(metrics_path, out_dir / "loss.png")
-                    t_since = time.perf_counter()  # tokens/s measures training, not evaluation
-                    if cfg.patience is not None and bad_evals >= cfg.patience:
-                        stopped_early = True
-                        break
-                if D.any_rank(stop.received is not None, info):
-                    if run.saved_at != run.step:
-                        run.checkpoint()
-                    return TrainResult(
-                        out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
-                        interrupted=True, best_score=run.best, signum=stop.received,
-                    )  # fmt: skip
-        if eval_data is None:
-            run.export_best()
-        if run.saved_at != run.step:
-            run.checkpoint()
-        if main:
-            plot_losses(metrics_path, out_dir / "loss.png")
-        return TrainResult(
-            out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
-            stopped_early=stopped_early, best_score=run.best,
-        )  # fmt: skip
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
+                return TrainResult(
+                    run.out_dir, run.step, _mean_loss(last, info), run.best_loss,
+                    interrupted=True, best_score=run.best, signum=stop.received,
+                )  # fmt: skip
+    return _finish(run, last, eval_data is not None, log, stopped_early=False)
+
+
+def _report(
+    run: _Run,
+    step: _Step,
+    objective: Objective,
+    eval_data: Callable[[], Iterable[Batch]] | None,
+    log: _Log,
+) -> None:
+    """After a settled step: its record (log steps), the evaluation and best model (eval
+    steps, counting `run.bad_evals`), a checkpoint (eval and save steps)."""
+    cfg, done = run.cfg, run.step
+    is_eval = eval_data is not None and _every(done, cfg.eval_every, cfg)
+    if is_eval or _every(done, cfg.log_every, cfg):
+        record = log.record(run, step)
+        if is_eval:
+            ev, better = evaluate(run, objective, eval_data)
+            run.bad_evals = 0 if better else run.bad_evals + 1
+            record.update(ev)
+            log.bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{ev['eval_loss']:.3f}")
+        log.write(record)
+    if is_eval or done % (cfg.save_every or cfg.eval_every) == 0:
+        run.checkpoint()
+    if is_eval:
+        log.evaluated()
+
+
+def _mean_loss(step: _Step | None, info: D.DistInfo) -> float:
+    """The loss of `step` averaged over ranks (collective); NaN when no update was applied."""
+    return D.all_mean(step.loss if step is not None else float("nan"), info)
+
+
+def _finish(
+    run: _Run, last: _Step | None, evaluated: bool, log: _Log, stopped_early: bool
+) -> TrainResult:
+    """The end of a run: the final model (when nothing was evaluated), a last checkpoint."""
+    if not evaluated:
+        run.export_best()
+    if run.saved_at != run.step:
+        run.checkpoint()
+    log.evaluated()
+    return TrainResult(
+        run.out_dir, run.step, _mean_loss(last, run.info), run.best_loss,
+        stopped_early=stopped_early, best_score=run.best,
+    )  # fmt: skip
 
 
 def _start(

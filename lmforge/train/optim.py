@@ -90,3 +90,20 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "linear":
         return cfg.lr - (cfg.lr - cfg.min_lr) * r
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * r))
+
+
+def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """`optimizer.step()` unless `skip` (a 0-d bool tensor) is true, in which case parameters,
+    moments and step counts stay as they were.
+
+    Fused AdamW takes the flag into its kernel (`found_inf`, the way a GradScaler hands it
+    over), so the host never reads it; any other optimizer reads it first (one host sync).
+    """
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+    elif not bool(skip):
+        optimizer.step()
