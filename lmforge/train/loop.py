@@ -44,7 +44,7 @@ from lmforge.train.checkpoint import (
     step_dir,
     tied_names,
 )
-from lmforge.train.optim import build_optimizer, get_lr, masked_step
+from lmforge.train.optim import build_optimizer, clip_scale, get_lr, masked_step
 from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text, clean_orphan_temps
 
@@ -246,9 +246,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
-    """Total gradient norm (clipped to `clip` when > 0), a tensor on the device (no host sync);
-    inf/NaN when a gradient is not finite."""
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    """Total gradient norm (the gradients clipped to `clip` in place when > 0), a tensor on the
+    device (no host sync); inf/NaN when a gradient is not finite."""
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
         norm = norm.full_tensor()
     return norm.detach()
@@ -300,6 +303,7 @@ class _Run:
         self.wrapped: torch.nn.Module = model  # the DDP wrapper or the (sharded) model
         self.step_fn: Callable[..., Any] = model  # `wrapped`, compiled with cfg.compile
         self.params: list[torch.Tensor] = []
+        self.fold_clip = False  # clip inside fused AdamW's kernel (`clip_scale`)
 
     def unwrap(self) -> None:
         """Drop the DDP wrapper (and its compiled form) while the process group still lives.
@@ -456,7 +460,8 @@ def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: flo
         bad = any rank: loss not finite, or (without fp16 loss scaling) grad norm not finite
 
     so the host never waits for the device here: `run.step` counts the step provisionally and
-    `settle` takes it back on the next log step if it was bad.
+    `settle` takes it back on the next log step if it was bad. With fused AdamW (and no fp16
+    loss scaling) the clipping factor goes into the optimizer's kernel too (`clip_scale`).
     """
     cfg, info, scaler = run.cfg, run.info, run.scaler
     for group in run.optimizer.param_groups:
@@ -475,15 +480,16 @@ def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: flo
         for k, v in out.metrics.items():
             metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
         tokens += batch["input_ids"].numel() * info.world
-    scaler.unscale_(run.optimizer)
-    grad_norm = _grad_norm(run.params, cfg.grad_clip)
+    scaler.unscale_(run.optimizer)  # fp16 only
+    grad_norm = _grad_norm(run.params, 0.0 if run.fold_clip else cfg.grad_clip)
     bad = ~torch.isfinite(loss)
     if scaler.is_enabled():  # fp16: the scaler skips a non-finite gradient itself
         bad = D.any_rank_tensor(bad, info)
         scaler.step(run.optimizer)
     else:
         bad = D.any_rank_tensor(bad | ~torch.isfinite(grad_norm), info)
-        masked_step(run.optimizer, bad)
+        scale = clip_scale(grad_norm, cfg.grad_clip) if run.fold_clip else None
+        masked_step(run.optimizer, bad, scale)
     scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     step = _Step(loss, grad_norm, bad, metrics, tokens, lr, run.data_step)
@@ -748,6 +754,11 @@ def _start(
     run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
     run.device, run.amp, run.wrapped = device, autocast_dtype(cfg.precision, device), wrapped
     run.scaler = grad_scaler(run.amp, device)
+    run.fold_clip = (  # fused AdamW divides by the clipping factor as it reads the gradients
+        getattr(optimizer, "_step_supports_amp_scaling", False)
+        and not run.scaler.is_enabled()
+        and cfg.grad_clip > 0
+    )
     run.step_fn = torch.compile(wrapped) if cfg.compile else wrapped
     run.params = [p for p in model.parameters() if p.requires_grad]
     metrics_path = out_dir / "metrics.jsonl"
