@@ -96,7 +96,7 @@ def main() -> None:
     ids = torch.randint(0, ours.cfg.vocab_size, (batch, args.seq_len + 1), generator=gen)
     batches = [(ids[:, :-1], ids[:, 1:])]
     steps = {
-        "lmforge": make_steps(ours, lmforge_loss(ours, 0), batches, 1, device, "fp32", True),
+        "lmforge": make_steps(ours, lmforge_loss(ours, 0), batches, 1, device, "fp32", True, True),
         "hf-sdpa": make_steps(hfs["hf-sdpa"], hf_loss(hfs["hf-sdpa"]), batches, 1, device,
                               "fp32", True),
     }  # fmt: skip
