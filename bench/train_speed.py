@@ -228,6 +228,9 @@ def run_pair(name: str, args, device: torch.device) -> dict:
                 ours, lmforge_loss(compiled, CHUNKED), batches, args.steps, device,
                 args.dtype, True, True,
             )  # fmt: skip
+    if args.contenders:  # a subset (hf-sdpa, the reference of the ratios, always runs)
+        keep = {*args.contenders.split(","), "hf-sdpa"}
+        contenders = {n: f for n, f in contenders.items() if n in keep}
     peak_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     peak_before = matmul_peak_flops(device, peak_dtype)
     times = common.alternate(contenders, device, args.repeats, args.warmup)
@@ -290,6 +293,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time lmforge's model compiled")
     ap.add_argument("--hf-eager", action="store_true", help="also time HF GPT-2 eager attention")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--contenders", default=None, help="comma-separated subset to time (default: all)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 

@@ -55,7 +55,8 @@ class TrainConfig:
         threads: CPU threads for PyTorch (None = PyTorch's default).
         strategy: "none", "ddp" (DistributedDataParallel) or "fsdp" (FSDP2), under torchrun.
         nonfinite: on a NaN/inf loss or gradient norm, "skip" the step (weights, optimizer and
-            schedule untouched, the batch is passed over) or "halt".
+            schedule untouched, the batch is passed over) or "halt". Decided on the device and
+            read on the next log step (no host sync per step).
         max_skips: halt after this many consecutive skipped steps.
         keep_last: training checkpoints kept (the newest k), besides the best model.
         save_every: write a training checkpoint every this many steps (default: eval_every).

@@ -1,16 +1,19 @@
 """The one training loop, used by pretraining and by every kind of fine-tuning.
 
-    run = _start(...)                                   # device, wrapper, optimizer, resume
+    run = _start(...)                                 # device, wrapper, optimizer, resume
     while run.step < max_steps:
-        lr = get_lr(run.step)                           # warm-up + cosine, a pure function
-        step = train_step(run, objective, data, lr)     # grad_accum micro-batches, clip, update
-        every log_every:  log_record(...) -> metrics.jsonl (step, loss, lr, tokens_per_s, ...)
-        every eval_every: evaluate(...) -> held-out loss; best model (by select_metric) -> out_dir
-        every save_every: run.checkpoint() -> checkpoints/step-NNNNNNNN
+        step = train_step(run, objective, data, get_lr(run.step))   # never reads the device
+        if not a log step: continue                   # log, eval, save or last step
+        settle(run, pending)     # the one host sync: which steps were non-finite (skipped)
+        _report(run, step)       # log_record -> metrics.jsonl; evaluate -> best model;
+                                 # run.checkpoint() -> checkpoints/step-NNNNNNNN
+        stop early (patience) or on a signal
 
-The process group is the caller's (`distributed.process_group`); the device is waited for once
-per step (may the update go on?) and losses are read back on logging steps only. Objectives and
-data differ between tasks; the loop does not.
+A step's loss, gradient norm and non-finite flag stay on the device: a non-finite step is
+skipped inside fused AdamW's kernel (`optim.masked_step`) and counted on the next log step, so
+on a GPU the host queues steps ahead of the device instead of waiting for each. The process
+group is the caller's (`distributed.process_group`). Objectives and data differ between tasks;
+the loop does not.
 """
 
 from __future__ import annotations
