@@ -22,9 +22,7 @@ import contextlib
 import json
 import math
 import signal
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,20 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lmforge.config.train import TrainConfig
-from lmforge.errors import LmforgeError, RunInterrupted
-from lmforge.models.io import save_weights
+from lmforge.errors import RunInterrupted
 from lmforge.objectives import LossOutput
 from lmforge.train import distributed as D
-from lmforge.train.checkpoint import (
-    clean_stale,
-    latest_checkpoint,
-    prune,
-    read_checkpoint,
-    save_checkpoint,
-    step_dir,
-    tied_names,
-)
+from lmforge.train.checkpoint import clean_stale
 from lmforge.train.optim import build_optimizer, clip_scale, get_lr, masked_step
+from lmforge.train.report import WallClock, note, peak_memory_mb, read_metrics, warmup_warning
+from lmforge.train.run import Run, TrainingError, select_score
 from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text, clean_orphan_temps
 
@@ -57,10 +48,6 @@ Objective = Callable[[torch.nn.Module, Batch], LossOutput]
 
 class BatchSource(Protocol):
     def batch(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> Batch: ...
-
-
-class TrainingError(LmforgeError):
-    """Training cannot go on (for example, the loss became NaN)."""
 
 
 @dataclass
@@ -172,82 +159,6 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def _note(message: str) -> None:
-    """One line on stderr that does not break the progress bar."""
-    tqdm.write(message, file=sys.stderr)
-
-
-class WallClock:
-    """Estimates a run's wall time from the speed of its first steps, said once before the
-    bulk of training: seconds per step are timed over `measure` steps after `warm` warm-up
-    steps (the first steps pay for allocation and compilation), then
-    remaining time = (max_steps - step) * seconds per step.
-    """
-
-    def __init__(self, start: int, max_steps: int, warm: int = 1, measure: int = 3) -> None:
-        self.max_steps = max_steps
-        self.begin = start + warm
-        self.end = start + warm + measure
-        self.t0: float | None = None
-
-    def step_done(self, step: int, now: float | None = None) -> str | None:
-        """Call after each optimizer step; returns the estimate once, at the end of the timing."""
-        now = time.perf_counter() if now is None else now
-        if step == self.begin:
-            self.t0 = now
-        if step != self.end or self.t0 is None or step >= self.max_steps:
-            return None
-        per_step = (now - self.t0) / (self.end - self.begin)
-        left = (self.max_steps - step) * per_step
-        return (
-            f"estimated time: {_duration(left)} for the {self.max_steps - step} steps left "
-            f"({per_step:.2f} s/step over steps {self.begin + 1}-{self.end}; evaluations and "
-            "checkpoints come on top)"
-        )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def warmup_warning(cfg: TrainConfig) -> str | None:
-    """The warning for a schedule whose warm-up never ends (max_steps < warmup_steps)."""
-    if cfg.max_steps >= cfg.warmup_steps:
-        return None
-    peak = cfg.lr * cfg.max_steps / cfg.warmup_steps
-    return (
-        f"warning: max_steps={cfg.max_steps} is below warmup_steps={cfg.warmup_steps}, so the "
-        f"learning rate only climbs to {peak:.2g} of lr={cfg.lr:g} and never decays; lower "
-        f"warmup_steps (say {max(1, cfg.max_steps // 10)}) or raise max_steps."
-    )
-
-
-def _read_metrics(path: Path, upto: int) -> list[str]:
-    if not path.exists():
-        return []
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= upto:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError):
-            continue
-    return keep
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocations on a GPU, resident set size on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
     """Total gradient norm (the gradients clipped to `clip` in place when > 0), a tensor on the
     device (no host sync); inf/NaN when a gradient is not finite."""
@@ -265,136 +176,6 @@ def grad_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.Grad
     scaler (a no-op) for bf16 and fp32. A step whose scaled gradients overflow is skipped by the
     scaler and the scale halved; it doubles after 2000 clean steps."""
     return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-
-
-class _Run:
-    """State of one `fit` call shared by its helpers (rank, paths, counters)."""
-
-    def __init__(
-        self,
-        model,
-        optimizer,
-        cfg: TrainConfig,
-        out_dir: Path,
-        info: D.DistInfo,
-        save_extra,
-        export,
-    ):
-        self.model, self.optimizer, self.cfg, self.out_dir, self.info = (
-            model,
-            optimizer,
-            cfg,
-            out_dir,
-            info,
-        )
-        self.save_extra = save_extra
-        self.export = export
-        self.ckpt_root = out_dir / "checkpoints"
-        self.skip = tied_names(model)
-        self.step = 0  # optimizer steps done
-        self.data_step = 0  # batches consumed (a skipped step consumes one without a step)
-        self.best: float | None = None  # best value of cfg.select_metric
-        self.best_loss: float | None = None  # eval_loss of that evaluation
-        self.saved_at = -1
-        self.skips = 0  # bad steps in a row (see `settle`)
-        self.bad_evals = 0  # evaluations in a row without improvement (see `patience`)
-        self.run_id = uuid.uuid4().hex  # checkpoints carry it; pruning touches only this run's
-        self.scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
-        # set by _start: where and how the steps run
-        self.device = torch.device("cpu")
-        self.amp: torch.dtype | None = None
-        self.wrapped: torch.nn.Module = model  # the DDP wrapper or the (sharded) model
-        self.step_fn: Callable[..., Any] = model  # `wrapped`, compiled with cfg.compile
-        self.params: list[torch.Tensor] = []
-        self.fold_clip = False  # clip inside fused AdamW's kernel (`clip_scale`)
-
-    def unwrap(self) -> None:
-        """Drop the DDP wrapper (and its compiled form) while the process group still lives.
-
-        An exception leaving `fit` keeps this run alive in its traceback; a DDP reducer freed
-        only after the group is destroyed can hang that rank on exit."""
-        self.wrapped = self.step_fn = self.model
-
-    def checkpoint(self) -> None:
-        """Save a full checkpoint (collective: every rank takes part, rank 0 writes)."""
-        model_state = D.full_model_state(self.model)
-        optim_state = D.full_optimizer_state(self.model, self.optimizer)
-        rngs = _gather_rng(self.info)
-        if self.info.is_main:
-            state = {
-                "step": self.step,
-                "data_step": self.data_step,
-                "best_eval_loss": self.best_loss,
-                "best_score": self.best,
-                "run_id": self.run_id,
-                "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            }
-            save_checkpoint(
-                step_dir(self.ckpt_root, self.step),
-                self.model.cfg,
-                model_state,
-                optim_state,
-                state,
-                rngs,
-                self.skip,
-            )
-            prune(self.ckpt_root, self.cfg.keep_last, self.run_id)
-        D.barrier(self.info)
-        self.saved_at = self.step
-
-    def export_best(self) -> None:
-        """Write the current weights as the run dir's model (collective unless `export` is set)."""
-        if self.export is not None:  # e.g. base weights + adapter files for a PEFT model
-            if self.info.is_main:
-                self.export(self.out_dir)
-            D.barrier(self.info)
-            return
-        model_state = D.full_model_state(self.model)
-        if self.info.is_main:
-            save_weights(
-                self.model.cfg,
-                {k: v for k, v in model_state.items() if k not in self.skip},
-                self.out_dir,
-            )
-            if self.save_extra is not None:
-                self.save_extra(self.out_dir)
-        D.barrier(self.info)
-
-    def resume(self) -> bool:
-        path = latest_checkpoint(self.ckpt_root)
-        if path is None:
-            return False
-        ck = read_checkpoint(path)
-        D.load_full_state(self.model, self.optimizer, ck.model_state, ck.optim_state)
-        rng = ck.rng_for(self.info.rank)
-        if rng is not None:
-            torch.set_rng_state(rng)
-        if "cuda_rng" in ck.rng_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state(ck.rng_states["cuda_rng"])
-        self.step = ck.state["step"]
-        self.data_step = ck.state.get("data_step", self.step)
-        self.best_loss = ck.state.get("best_eval_loss")
-        self.best = ck.state.get("best_score", self.best_loss)
-        self.saved_at = self.step
-        self.run_id = ck.state.get("run_id", self.run_id)
-        if self.scaler.is_enabled() and ck.state.get("grad_scaler"):
-            self.scaler.load_state_dict(ck.state["grad_scaler"])
-        return True
-
-
-def _select(ev: dict[str, float], cfg: TrainConfig) -> float:
-    """The number that ranks evaluations: ev[cfg.select_metric]."""
-    if cfg.select_metric not in ev:
-        raise TrainingError(
-            f"select_metric '{cfg.select_metric}' is not among the evaluation's numbers "
-            f"({', '.join(sorted(ev))}); pick one of them."
-        )
-    return ev[cfg.select_metric]
-
-
-def _gather_rng(info: D.DistInfo) -> list[torch.Tensor]:
-    """Every rank's CPU random state (on the GPU for the trip through NCCL)."""
-    return D.all_gather_cpu(torch.get_rng_state(), info)
 
 
 def fit(
@@ -453,7 +234,7 @@ class _Step:
     batch: int  # the data step it consumed
 
 
-def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: float) -> _Step:
+def train_step(run: Run, objective: Objective, train_data: BatchSource, lr: float) -> _Step:
     """One optimizer step: forward/backward over `grad_accum` micro-batches, clip, update.
 
     loss = mean over micro-batches of objective(model, batch); gradients are those of loss (each
@@ -501,7 +282,7 @@ def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: flo
     return step
 
 
-def settle(run: _Run, pending: list[_Step], write: Callable[[dict], None]) -> _Step | None:
+def settle(run: Run, pending: list[_Step], write: Callable[[dict], None]) -> _Step | None:
     """Read the flags of the steps trained since the last log step (one host sync for all of
     them): a bad step is written as a skipped batch and taken back from `run.step`.
 
@@ -522,7 +303,7 @@ def settle(run: _Run, pending: list[_Step], write: Callable[[dict], None]) -> _S
     return last
 
 
-def _skipped(run: _Run, step: _Step) -> dict[str, Any]:
+def _skipped(run: Run, step: _Step) -> dict[str, Any]:
     """The record of a skipped batch, or TrainingError when skipping may not go on."""
     what = f"loss {float(step.loss)} / gradient norm {float(step.grad_norm)}"
     if run.cfg.nonfinite == "halt" or run.skips >= run.cfg.max_skips:
@@ -533,7 +314,7 @@ def _skipped(run: _Run, step: _Step) -> dict[str, Any]:
     return {"step": run.step, "skipped_batch": step.batch, "reason": what}
 
 
-def log_record(run: _Run, step: _Step, tokens_per_s: float) -> dict[str, Any]:
+def log_record(run: Run, step: _Step, tokens_per_s: float) -> dict[str, Any]:
     """The metrics.jsonl record of a logging step (collective: losses are means over ranks)."""
     return {
         "step": run.step,
@@ -547,12 +328,12 @@ def log_record(run: _Run, step: _Step, tokens_per_s: float) -> dict[str, Any]:
 
 
 def evaluate(
-    run: _Run, objective: Objective, eval_data: Callable[[], Iterable[Batch]]
+    run: Run, objective: Objective, eval_data: Callable[[], Iterable[Batch]]
 ) -> tuple[dict[str, float], bool]:
     """Held-out numbers; when they are the best so far (by cfg.select_metric), the weights are
     exported as the run's model. Returns (numbers, improved)."""
     ev = evaluate_loss(run.model, objective, eval_data(), run.device, run.amp)
-    score = _select(ev, run.cfg)
+    score = select_score(ev, run.cfg)
     better = run.best is None or (
         score < run.best if run.cfg.select_mode == "min" else score > run.best
     )
@@ -566,7 +347,7 @@ class _Log:
     """Where a run reports: metrics.jsonl (rank 0), the progress bar, tokens/s since the last
     record, the wall-time estimate, the caller's `on_log`, and loss.png."""
 
-    def __init__(self, run: _Run, on_log: Callable[[dict], None] | None, progress: bool):
+    def __init__(self, run: Run, on_log: Callable[[dict], None] | None, progress: bool):
         main = run.info.is_main
         self.path = run.out_dir / "metrics.jsonl"
         self.file = open(self.path, "a", encoding="utf-8") if main else None
@@ -583,9 +364,9 @@ class _Log:
         self.tokens += step.tokens
         self.bar.update(1)
         if self.clock is not None and (estimate := self.clock.step_done(done)) is not None:
-            _note(estimate)
+            note(estimate)
 
-    def record(self, run: _Run, step: _Step) -> dict[str, Any]:
+    def record(self, run: Run, step: _Step) -> dict[str, Any]:
         """The record of `step` (collective), with the training tokens/s since the last one."""
         self.bar.update(run.step - self.bar.n)  # bad steps taken back by `settle`
         rate = self.tokens / max(time.perf_counter() - self.since, 1e-9)
@@ -644,7 +425,7 @@ def _every(done: int, every: int, cfg: TrainConfig) -> bool:
     return done % every == 0 or done == cfg.max_steps
 
 
-def _log_step(run: _Run, stop: _StopSignal) -> bool:
+def _log_step(run: Run, stop: _StopSignal) -> bool:
     """Whether the host reads the device after this step: a log, evaluation or checkpoint step,
     the last step, or (one process) a received signal. Alike on every rank."""
     cfg, n = run.cfg, run.step
@@ -657,7 +438,7 @@ def _log_step(run: _Run, stop: _StopSignal) -> bool:
 
 
 def _loop(
-    run: _Run,
+    run: Run,
     objective: Objective,
     train_data: BatchSource,
     eval_data: Callable[[], Iterable[Batch]] | None,
@@ -691,7 +472,7 @@ def _loop(
 
 
 def _report(
-    run: _Run,
+    run: Run,
     step: _Step,
     objective: Objective,
     eval_data: Callable[[], Iterable[Batch]] | None,
@@ -721,7 +502,7 @@ def _mean_loss(step: _Step | None, info: D.DistInfo) -> float:
 
 
 def _finish(
-    run: _Run, last: _Step | None, evaluated: bool, log: _Log, stopped_early: bool
+    run: Run, last: _Step | None, evaluated: bool, log: _Log, stopped_early: bool
 ) -> TrainResult:
     """The end of a run: the final model (when nothing was evaluated), a last checkpoint."""
     if not evaluated:
@@ -744,7 +525,7 @@ def _start(
     resume: bool,
     save_extra: Callable[[Path], None] | None,
     export: Callable[[Path], None] | None,
-) -> _Run:
+) -> Run:
     """Model on its device and wrapped, optimizer, loss scaler; the run dir cleaned of killed
     writes; the newest checkpoint loaded (`resume`); metrics.jsonl cut back to it."""
     if cfg.deterministic:
@@ -754,7 +535,7 @@ def _start(
     model.to(device)
     wrapped = D.wrap(model, info)
     optimizer = build_optimizer(model, cfg)
-    run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
+    run = Run(model, optimizer, cfg, out_dir, info, save_extra, export)
     run.device, run.amp, run.wrapped = device, autocast_dtype(cfg.precision, device), wrapped
     run.scaler = grad_scaler(run.amp, device)
     run.fold_clip = (  # fused AdamW divides by the clipping factor as it reads the gradients
@@ -772,9 +553,9 @@ def _start(
     D.barrier(info)
     resumed = resume and run.resume()
     if info.is_main:
-        history = _read_metrics(metrics_path, run.step) if resumed else []
+        history = read_metrics(metrics_path, run.step) if resumed else []
         atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
         atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
         if (warning := warmup_warning(cfg)) is not None:
-            _note(warning)
+            note(warning)
     return run
