@@ -35,15 +35,17 @@ class WallClock:
     def step_done(self, step: int, now: float | None = None) -> str | None:
         """Call after each optimizer step; returns the estimate once, at the end of the timing."""
         now = time.perf_counter() if now is None else now
-        if step == self.begin:
+        if step == self.begin and self.t0 is None:
             self.t0 = now
         if step != self.end or self.t0 is None or step >= self.max_steps:
             return None
-        per_step = (now - self.t0) / (self.end - self.begin)
+        begin, end = self.begin, self.end
+        self.begin = self.end = -1  # said once (a skipped step can bring `step` back to end)
+        per_step = (now - self.t0) / (end - begin)
         left = (self.max_steps - step) * per_step
         return (
             f"estimated time: {duration(left)} for the {self.max_steps - step} steps left "
-            f"({per_step:.2f} s/step over steps {self.begin + 1}-{self.end}; evaluations and "
+            f"({per_step:.2f} s/step over steps {begin + 1}-{end}; evaluations and "
             "checkpoints come on top)"
         )
 
