@@ -11,12 +11,18 @@ zero_grad, on the same random token batches, with the same AdamW settings and pa
 
     lmforge         the step `lmforge.train.fit` takes by default: its objective
                     (`causal_lm_loss`: full logits, as `chunked_ce_vocab` = 0) and
-                    `build_optimizer`'s fused AdamW
-    lmforge-plain   the same model with the levers off: full logits and the per-parameter
-                    AdamW loop (`--levers`)
+                    `build_optimizer`'s fused AdamW, with the gradient clipping inside the
+                    AdamW kernel (`clip_scale` as its grad_scale)
+    lmforge-plain   the same model with the levers off: full logits, clip_grad_norm_ and the
+                    per-parameter AdamW loop (`--levers`)
+    lmforge-clip-apart  fused AdamW after a separate clip_grad_norm_ pass (`--levers`)
+    lmforge-1thread the lmforge step with one intra-op thread (`--levers`; the `threads` key)
+    lmforge-sdpa-math   the lmforge step with SDPA's math backend instead of the CPU flash
+                    kernel PyTorch picks (`--levers`)
     lmforge-chunked fused AdamW and the chunked LM-head cross-entropy (`chunked_ce_vocab=32768`;
                     `--levers`, vocabularies of 32,768 and more)
-    lmforge+compile the lmforge step with the model under torch.compile (`--compile`)
+    lmforge+compile the lmforge step with the model under torch.compile (`--compile`: the
+                    `compile` train key); with `--levers` also lmforge-chunked+compile
     hf-sdpa         Hugging Face with SDPA attention; its logits go to F.cross_entropy (float32)
                     and it steps with fused AdamW, the Hugging Face Trainer's default
                     (`adamw_torch_fused`) on torch >= 2.8
@@ -52,7 +58,7 @@ from torch import Tensor, nn
 from lmforge.config import ModelConfig
 from lmforge.objectives.lm import CausalLMLoss, cross_entropy
 from lmforge.train.flops import matmul_peak_flops, train_flops_per_token
-from lmforge.train.optim import fused_supported, param_groups
+from lmforge.train.optim import clip_scale, fused_supported, masked_step, param_groups
 
 LR, BETAS, EPS, WEIGHT_DECAY, CLIP = 3e-4, (0.9, 0.95), 1e-8, 0.1, 1.0
 PAIRS = {"gpt-mini": 8, "smollm2-135m": 4}  # pair -> default batch size (sequences of 256)
@@ -74,6 +80,27 @@ def hf_loss(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda x, y: cross_entropy(model(input_ids=x).logits, y)
 
 
+def one_thread():
+    """Run with one intra-op thread (the thread-count lever), restoring the count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def sdpa_math():
+    """Run attention through SDPA's math backend (the SDPA-backend lever)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+LEVER_CONTEXTS = {"lmforge-1thread": one_thread, "lmforge-sdpa-math": sdpa_math}
+
+
 def make_steps(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -82,9 +109,14 @@ def make_steps(
     device: torch.device,
     dtype: str,
     fused: bool,
+    fold_clip: bool = False,
+    context: Callable | None = None,
 ) -> Callable[[], float]:
     """A closure running `n_steps` full training steps; returns the last loss. `fused`: the
-    fused AdamW kernel (where PyTorch has one for these parameters), else the per-parameter loop."""
+    fused AdamW kernel (where PyTorch has one for these parameters), else the per-parameter loop.
+    `fold_clip` (with `fused`): clip inside the AdamW kernel as `lmforge.train.fit` does
+    (`clip_scale` as its grad_scale), else `clip_grad_norm_` first. `context`: a generator
+    function the steps run inside (a lever: one thread, an SDPA backend)."""
     groups = param_groups(model, WEIGHT_DECAY)
     params = [p for g in groups for p in g["params"]]
     fused = fused and fused_supported(params)
@@ -97,17 +129,25 @@ def make_steps(
         foreach=False if not fused else None,
     )
     cycle = itertools.cycle(batches)
+    fold_clip = fold_clip and fused
+    no_skip = torch.zeros((), dtype=torch.bool, device=device)
+    enter = contextlib.contextmanager(context) if context is not None else contextlib.nullcontext
 
     def run() -> float:
         loss = torch.zeros(())
-        for _ in range(n_steps):
-            x, y = next(cycle)
-            with autocast(device, dtype):
-                loss = loss_fn(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, CLIP)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        with enter():
+            for _ in range(n_steps):
+                x, y = next(cycle)
+                with autocast(device, dtype):
+                    loss = loss_fn(x, y)
+                loss.backward()
+                if fold_clip:
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+                    masked_step(opt, no_skip, clip_scale(norm, CLIP))
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, CLIP)
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
     return run
@@ -135,16 +175,19 @@ def run_pair(name: str, args, device: torch.device) -> dict:
     ours, hfs = build_pair(name, args, device)
     batch_size = args.batch_size or PAIRS[name]
     chunk_vocab = CausalLMLoss().chunk_vocab  # the default objective's
-    # name -> (model to step, loss, fused AdamW)
-    models: dict[str, tuple[nn.Module, Callable, bool]] = {
-        "lmforge": (ours, lambda m: lmforge_loss(m, chunk_vocab), True)
+    # name -> (model to step, loss, fused AdamW, clipping inside it)
+    models: dict[str, tuple[nn.Module, Callable, bool, bool]] = {
+        "lmforge": (ours, lambda m: lmforge_loss(m, chunk_vocab), True, True)
     }
     if args.levers:
-        models["lmforge-plain"] = (ours, lambda m: lmforge_loss(m, 0), False)
+        models["lmforge-plain"] = (ours, lambda m: lmforge_loss(m, 0), False, False)
+        models["lmforge-clip-apart"] = (ours, lambda m: lmforge_loss(m, chunk_vocab), True, False)
+        for lever in LEVER_CONTEXTS:
+            models[lever] = models["lmforge"]
         if ours.cfg.vocab_size >= CHUNKED:
-            models["lmforge-chunked"] = (ours, lambda m: lmforge_loss(m, CHUNKED), True)
+            models["lmforge-chunked"] = (ours, lambda m: lmforge_loss(m, CHUNKED), True, True)
     for hf_name, hf in hfs.items():
-        models[hf_name] = (hf, hf_loss, True)
+        models[hf_name] = (hf, hf_loss, True, False)
 
     vocab = ours.cfg.vocab_size
     gen = torch.Generator().manual_seed(1)
@@ -161,7 +204,7 @@ def run_pair(name: str, args, device: torch.device) -> dict:
     x0, y0 = batches[0]
     losses0 = {}
     for label in ("lmforge", "hf-sdpa"):
-        model, loss_of, _ = models[label]
+        model, loss_of, _, _ = models[label]
         model.eval()
         with torch.no_grad(), autocast(device, args.dtype):
             losses0[label] = float(loss_of(model)(x0, y0))
@@ -169,15 +212,25 @@ def run_pair(name: str, args, device: torch.device) -> dict:
     print("- step-0 loss: " + ", ".join(f"{n} {v:.6f}" for n, v in losses0.items()))
 
     contenders = {}
-    for label, (model, loss_of, fused) in models.items():
+    for label, (model, loss_of, fused, fold) in models.items():
         contenders[label] = make_steps(
-            model, loss_of(model), batches, args.steps, device, args.dtype, fused
-        )
-    if args.compile:
-        contenders["lmforge+compile"] = make_steps(
-            ours, lmforge_loss(torch.compile(ours), chunk_vocab), batches, args.steps, device,
-            args.dtype, True,
+            model, loss_of(model), batches, args.steps, device, args.dtype, fused, fold,
+            LEVER_CONTEXTS.get(label),
         )  # fmt: skip
+    if args.compile:  # the model under torch.compile, as the `compile` train key does
+        compiled = torch.compile(ours)
+        contenders["lmforge+compile"] = make_steps(
+            ours, lmforge_loss(compiled, chunk_vocab), batches, args.steps, device,
+            args.dtype, True, True,
+        )  # fmt: skip
+        if args.levers and ours.cfg.vocab_size >= CHUNKED:
+            contenders["lmforge-chunked+compile"] = make_steps(
+                ours, lmforge_loss(compiled, CHUNKED), batches, args.steps, device,
+                args.dtype, True, True,
+            )  # fmt: skip
+    if args.contenders:  # a subset (hf-sdpa, the reference of the ratios, always runs)
+        keep = {*args.contenders.split(","), "hf-sdpa"}
+        contenders = {n: f for n, f in contenders.items() if n in keep}
     peak_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     peak_before = matmul_peak_flops(device, peak_dtype)
     times = common.alternate(contenders, device, args.repeats, args.warmup)
@@ -240,6 +293,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time lmforge's model compiled")
     ap.add_argument("--hf-eager", action="store_true", help="also time HF GPT-2 eager attention")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--contenders", default=None, help="comma-separated subset to time (default: all)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 

@@ -21,11 +21,13 @@ IGNORE = -100  # label value excluded from the loss (padding, prompt tokens)
 
 @dataclass
 class LossOutput:
-    """loss: scalar to minimise; n_tokens: targets it averages over; metrics: extra numbers
-    to log (float values, summed as token-weighted means by the loop)."""
+    """loss: scalar to minimise; n_tokens: targets it averages over (an int, or a 0-d tensor
+    where counting would make the host wait for the device: `int(out.n_tokens)` reads it);
+    metrics: extra numbers to log (floats or 0-d tensors, summed as token-weighted means by
+    the loop)."""
 
     loss: Tensor
-    n_tokens: int
+    n_tokens: int | Tensor
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -90,7 +92,7 @@ class CausalLMLoss:
 
     def __call__(self, model, batch: dict[str, Tensor]) -> LossOutput:
         labels = batch["labels"]
-        n = int((labels != IGNORE).sum())
+        n = (labels != IGNORE).sum()  # a tensor: counting it here would be a host sync
         heads = chunkable_heads(model, self.chunk_vocab)
         mask = batch.get("attention_mask")
         if heads is None:

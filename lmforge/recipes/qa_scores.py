@@ -43,7 +43,8 @@ def score_qa_or_choice(model, info: dict[str, Any], records, features, batches) 
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(**model_inputs(batch)).logits
         out = span_or_choice_loss(task, logits, batch)
-        total, n = total + float(out.loss) * out.n_tokens, n + out.n_tokens
+        count = int(out.n_tokens)
+        total, n = total + float(out.loss) * count, n + count
         if task == "qa":
             s, e = span_logits(logits, batch["attention_mask"])
             starts += s.tolist()

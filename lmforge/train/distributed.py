@@ -147,6 +147,16 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def any_rank_tensor(flag: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """`flag` (a 0-d bool tensor) or-ed over ranks, left on the device: the host never waits
+    for it (the all-reduce runs on the collective device, the GPU under NCCL)."""
+    if not info.enabled or info.world == 1:
+        return flag
+    t = flag.to(comm_device(info), torch.float32).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.to(flag.device).reshape(()) > 0
+
+
 def all_gather_cpu(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     """Every rank's copy of a CPU tensor (same shape on all ranks), gathered through the
     collective device and returned on the CPU."""

@@ -1,16 +1,19 @@
 """The one training loop, used by pretraining and by every kind of fine-tuning.
 
-    run = _start(...)                                   # device, wrapper, optimizer, resume
+    run = _start(...)                                 # device, wrapper, optimizer, resume
     while run.step < max_steps:
-        lr = get_lr(run.step)                           # warm-up + cosine, a pure function
-        step = train_step(run, objective, data, lr)     # grad_accum micro-batches, clip, update
-        every log_every:  log_record(...) -> metrics.jsonl (step, loss, lr, tokens_per_s, ...)
-        every eval_every: evaluate(...) -> held-out loss; best model (by select_metric) -> out_dir
-        every save_every: run.checkpoint() -> checkpoints/step-NNNNNNNN
+        step = train_step(run, objective, data, get_lr(run.step))   # never reads the device
+        if not a log step: continue                   # log, eval, save or last step
+        settle(run, pending)     # the one host sync: which steps were non-finite (skipped)
+        _report(run, step)       # log_record -> metrics.jsonl; evaluate -> best model;
+                                 # run.checkpoint() -> checkpoints/step-NNNNNNNN
+        stop early (patience) or on a signal
 
-The process group is the caller's (`distributed.process_group`); the device is waited for once
-per step (may the update go on?) and losses are read back on logging steps only. Objectives and
-data differ between tasks; the loop does not.
+A step's loss, gradient norm and non-finite flag stay on the device: a non-finite step is
+skipped inside fused AdamW's kernel (`optim.masked_step`) and counted on the next log step, so
+on a GPU the host queues steps ahead of the device instead of waiting for each. The process
+group is the caller's (`distributed.process_group`). Objectives and data differ between tasks;
+the loop does not.
 """
 
 from __future__ import annotations
@@ -19,9 +22,7 @@ import contextlib
 import json
 import math
 import signal
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,20 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lmforge.config.train import TrainConfig
-from lmforge.errors import LmforgeError, RunInterrupted
-from lmforge.models.io import save_weights
+from lmforge.errors import RunInterrupted
 from lmforge.objectives import LossOutput
 from lmforge.train import distributed as D
-from lmforge.train.checkpoint import (
-    clean_stale,
-    latest_checkpoint,
-    prune,
-    read_checkpoint,
-    save_checkpoint,
-    step_dir,
-    tied_names,
-)
-from lmforge.train.optim import build_optimizer, get_lr
+from lmforge.train.checkpoint import clean_stale
+from lmforge.train.optim import build_optimizer, clip_scale, get_lr, masked_step
+from lmforge.train.report import WallClock, note, peak_memory_mb, read_metrics, warmup_warning
+from lmforge.train.run import Run, TrainingError, select_score
 from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text, clean_orphan_temps
 
@@ -54,10 +48,6 @@ Objective = Callable[[torch.nn.Module, Batch], LossOutput]
 
 class BatchSource(Protocol):
     def batch(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> Batch: ...
-
-
-class TrainingError(LmforgeError):
-    """Training cannot go on (for example, the loss became NaN)."""
 
 
 @dataclass
@@ -120,10 +110,11 @@ def evaluate_loss(
         for batch in batches:
             with _autocast(device, amp):
                 out = objective(model, to_device(batch, device))
-            total += float(out.loss) * out.n_tokens
-            n += out.n_tokens
+            count = int(out.n_tokens)
+            total += float(out.loss) * count
+            n += count
             for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * out.n_tokens
+                sums[k] = sums.get(k, 0.0) + float(v) * count
     model.train(was_training)
     if n == 0:
         raise TrainingError("the held-out data produced no targets; add more validation text.")
@@ -168,86 +159,13 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
-def _note(message: str) -> None:
-    """One line on stderr that does not break the progress bar."""
-    tqdm.write(message, file=sys.stderr)
-
-
-class WallClock:
-    """Estimates a run's wall time from the speed of its first steps, said once before the
-    bulk of training: seconds per step are timed over `measure` steps after `warm` warm-up
-    steps (the first steps pay for allocation and compilation), then
-    remaining time = (max_steps - step) * seconds per step.
-    """
-
-    def __init__(self, start: int, max_steps: int, warm: int = 1, measure: int = 3) -> None:
-        self.max_steps = max_steps
-        self.begin = start + warm
-        self.end = start + warm + measure
-        self.t0: float | None = None
-
-    def step_done(self, step: int, now: float | None = None) -> str | None:
-        """Call after each optimizer step; returns the estimate once, at the end of the timing."""
-        now = time.perf_counter() if now is None else now
-        if step == self.begin:
-            self.t0 = now
-        if step != self.end or self.t0 is None or step >= self.max_steps:
-            return None
-        per_step = (now - self.t0) / (self.end - self.begin)
-        left = (self.max_steps - step) * per_step
-        return (
-            f"estimated time: {_duration(left)} for the {self.max_steps - step} steps left "
-            f"({per_step:.2f} s/step over steps {self.begin + 1}-{self.end}; evaluations and "
-            "checkpoints come on top)"
-        )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def warmup_warning(cfg: TrainConfig) -> str | None:
-    """The warning for a schedule whose warm-up never ends (max_steps < warmup_steps)."""
-    if cfg.max_steps >= cfg.warmup_steps:
-        return None
-    peak = cfg.lr * cfg.max_steps / cfg.warmup_steps
-    return (
-        f"warning: max_steps={cfg.max_steps} is below warmup_steps={cfg.warmup_steps}, so the "
-        f"learning rate only climbs to {peak:.2g} of lr={cfg.lr:g} and never decays; lower "
-        f"warmup_steps (say {max(1, cfg.max_steps // 10)}) or raise max_steps."
-    )
-
-
-def _read_metrics(path: Path, upto: int) -> list[str]:
-    if not path.exists():
-        return []
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= upto:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError):
-            continue
-    return keep
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocations on a GPU, resident set size on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def _grad_norm(params: list[torch.Tensor], clip: float) -> torch.Tensor:
-    """Total gradient norm (clipped to `clip` when > 0), a tensor on the device (no host sync);
-    inf/NaN when a gradient is not finite."""
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    """Total gradient norm (the gradients clipped to `clip` in place when > 0), a tensor on the
+    device (no host sync); inf/NaN when a gradient is not finite."""
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
         norm = norm.full_tensor()
     return norm.detach()
@@ -258,133 +176,6 @@ def grad_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.Grad
     scaler (a no-op) for bf16 and fp32. A step whose scaled gradients overflow is skipped by the
     scaler and the scale halved; it doubles after 2000 clean steps."""
     return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-
-
-class _Run:
-    """State of one `fit` call shared by its helpers (rank, paths, counters)."""
-
-    def __init__(
-        self,
-        model,
-        optimizer,
-        cfg: TrainConfig,
-        out_dir: Path,
-        info: D.DistInfo,
-        save_extra,
-        export,
-    ):
-        self.model, self.optimizer, self.cfg, self.out_dir, self.info = (
-            model,
-            optimizer,
-            cfg,
-            out_dir,
-            info,
-        )
-        self.save_extra = save_extra
-        self.export = export
-        self.ckpt_root = out_dir / "checkpoints"
-        self.skip = tied_names(model)
-        self.step = 0  # optimizer steps done
-        self.data_step = 0  # batches consumed (a skipped step consumes one without a step)
-        self.best: float | None = None  # best value of cfg.select_metric
-        self.best_loss: float | None = None  # eval_loss of that evaluation
-        self.saved_at = -1
-        self.run_id = uuid.uuid4().hex  # checkpoints carry it; pruning touches only this run's
-        self.scaler: torch.amp.GradScaler = torch.amp.GradScaler("cpu", enabled=False)
-        # set by _start: where and how the steps run
-        self.device = torch.device("cpu")
-        self.amp: torch.dtype | None = None
-        self.wrapped: torch.nn.Module = model  # the DDP wrapper or the (sharded) model
-        self.step_fn: Callable[..., Any] = model  # `wrapped`, compiled with cfg.compile
-        self.params: list[torch.Tensor] = []
-
-    def unwrap(self) -> None:
-        """Drop the DDP wrapper (and its compiled form) while the process group still lives.
-
-        An exception leaving `fit` keeps this run alive in its traceback; a DDP reducer freed
-        only after the group is destroyed can hang that rank on exit."""
-        self.wrapped = self.step_fn = self.model
-
-    def checkpoint(self) -> None:
-        """Save a full checkpoint (collective: every rank takes part, rank 0 writes)."""
-        model_state = D.full_model_state(self.model)
-        optim_state = D.full_optimizer_state(self.model, self.optimizer)
-        rngs = _gather_rng(self.info)
-        if self.info.is_main:
-            state = {
-                "step": self.step,
-                "data_step": self.data_step,
-                "best_eval_loss": self.best_loss,
-                "best_score": self.best,
-                "run_id": self.run_id,
-                "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            }
-            save_checkpoint(
-                step_dir(self.ckpt_root, self.step),
-                self.model.cfg,
-                model_state,
-                optim_state,
-                state,
-                rngs,
-                self.skip,
-            )
-            prune(self.ckpt_root, self.cfg.keep_last, self.run_id)
-        D.barrier(self.info)
-        self.saved_at = self.step
-
-    def export_best(self) -> None:
-        """Write the current weights as the run dir's model (collective unless `export` is set)."""
-        if self.export is not None:  # e.g. base weights + adapter files for a PEFT model
-            if self.info.is_main:
-                self.export(self.out_dir)
-            D.barrier(self.info)
-            return
-        model_state = D.full_model_state(self.model)
-        if self.info.is_main:
-            save_weights(
-                self.model.cfg,
-                {k: v for k, v in model_state.items() if k not in self.skip},
-                self.out_dir,
-            )
-            if self.save_extra is not None:
-                self.save_extra(self.out_dir)
-        D.barrier(self.info)
-
-    def resume(self) -> bool:
-        path = latest_checkpoint(self.ckpt_root)
-        if path is None:
-            return False
-        ck = read_checkpoint(path)
-        D.load_full_state(self.model, self.optimizer, ck.model_state, ck.optim_state)
-        rng = ck.rng_for(self.info.rank)
-        if rng is not None:
-            torch.set_rng_state(rng)
-        if "cuda_rng" in ck.rng_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state(ck.rng_states["cuda_rng"])
-        self.step = ck.state["step"]
-        self.data_step = ck.state.get("data_step", self.step)
-        self.best_loss = ck.state.get("best_eval_loss")
-        self.best = ck.state.get("best_score", self.best_loss)
-        self.saved_at = self.step
-        self.run_id = ck.state.get("run_id", self.run_id)
-        if self.scaler.is_enabled() and ck.state.get("grad_scaler"):
-            self.scaler.load_state_dict(ck.state["grad_scaler"])
-        return True
-
-
-def _select(ev: dict[str, float], cfg: TrainConfig) -> float:
-    """The number that ranks evaluations: ev[cfg.select_metric]."""
-    if cfg.select_metric not in ev:
-        raise TrainingError(
-            f"select_metric '{cfg.select_metric}' is not among the evaluation's numbers "
-            f"({', '.join(sorted(ev))}); pick one of them."
-        )
-    return ev[cfg.select_metric]
-
-
-def _gather_rng(info: D.DistInfo) -> list[torch.Tensor]:
-    """Every rank's CPU random state (on the GPU for the trip through NCCL)."""
-    return D.all_gather_cpu(torch.get_rng_state(), info)
 
 
 def fit(
@@ -432,28 +223,35 @@ def fit(
 
 @dataclass
 class _Step:
-    """What one optimizer step left behind (tensors stay on the device until a log step)."""
+    """What one optimizer step left behind: tensors stay on the device until a log step."""
 
     loss: torch.Tensor
     grad_norm: torch.Tensor
-    metrics: dict[str, float]
+    bad: torch.Tensor  # 0-d bool: non-finite on some rank, so the update was not applied
+    metrics: dict[str, float | torch.Tensor]
     tokens: int
-    ok: bool  # False: non-finite on some rank, the update was not applied
+    lr: float
+    batch: int  # the data step it consumed
 
 
-def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: float) -> _Step:
+def train_step(run: Run, objective: Objective, train_data: BatchSource, lr: float) -> _Step:
     """One optimizer step: forward/backward over `grad_accum` micro-batches, clip, update.
 
     loss = mean over micro-batches of objective(model, batch); gradients are those of loss (each
     micro-batch's loss is divided by grad_accum; under DDP only the last one all-reduces). The
-    update is applied only when the loss (and, without fp16 loss scaling, the gradient norm)
-    is finite on every rank: one host sync per step.
+    update is skipped on the device when
+
+        bad = any rank: loss not finite, or (without fp16 loss scaling) grad norm not finite
+
+    so the host never waits for the device here: `run.step` counts the step provisionally and
+    `settle` takes it back on the next log step if it was bad. With fused AdamW (and no fp16
+    loss scaling) the clipping factor goes into the optimizer's kernel too (`clip_scale`).
     """
     cfg, info, scaler = run.cfg, run.info, run.scaler
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     loss = torch.zeros((), device=run.device)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | torch.Tensor] = {}
     tokens = 0
     for micro in range(cfg.grad_accum):
         batch = to_device(train_data.batch(run.data_step, micro, info.rank, info.world), run.device)
@@ -465,40 +263,63 @@ def train_step(run: _Run, objective: Objective, train_data: BatchSource, lr: flo
         loss += out.loss.detach().float() / cfg.grad_accum
         for k, v in out.metrics.items():
             metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
-        tokens += int(batch["input_ids"].numel()) * info.world
-    scaler.unscale_(run.optimizer)
-    grad_norm = _grad_norm(run.params, cfg.grad_clip)
-    # under fp16 an overflowing gradient is the scaler's to skip, so only the loss is checked
-    finite = torch.isfinite(loss)
-    if not scaler.is_enabled():
-        finite = finite & torch.isfinite(grad_norm)
-    ok = not D.any_rank(not bool(finite), info)
-    run.data_step += 1
-    if ok:
+        tokens += batch["input_ids"].numel() * info.world
+    scaler.unscale_(run.optimizer)  # fp16 only
+    grad_norm = _grad_norm(run.params, 0.0 if run.fold_clip else cfg.grad_clip)
+    bad = ~torch.isfinite(loss)
+    if scaler.is_enabled():  # fp16: the scaler skips a non-finite gradient itself
+        bad = D.any_rank_tensor(bad, info)
         scaler.step(run.optimizer)
-        run.step += 1
+    else:
+        bad = D.any_rank_tensor(bad | ~torch.isfinite(grad_norm), info)
+        scale = clip_scale(grad_norm, cfg.grad_clip) if run.fold_clip else None
+        masked_step(run.optimizer, bad, scale)
     scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    return _Step(loss, grad_norm, metrics, tokens, ok)
+    step = _Step(loss, grad_norm, bad, metrics, tokens, lr, run.data_step)
+    run.data_step += 1
+    run.step += 1  # provisional until `settle`
+    return step
 
 
-def _skipped(run: _Run, step: _Step, in_a_row: int) -> dict[str, Any]:
+def settle(run: Run, pending: list[_Step], write: Callable[[dict], None]) -> _Step | None:
+    """Read the flags of the steps trained since the last log step (one host sync for all of
+    them): a bad step is written as a skipped batch and taken back from `run.step`.
+
+    Raises TrainingError when `nonfinite="halt"` or after `max_skips` bad steps in a row.
+    Returns the last step whose update was applied (None when there is none).
+    """
+    flags = torch.stack([s.bad for s in pending]).tolist() if pending else []
+    run.step -= len(pending)
+    last = None
+    for step, bad in zip(pending, flags, strict=True):
+        if bad:
+            run.skips += 1
+            write(_skipped(run, step))
+        else:
+            run.skips, last = 0, step
+            run.step += 1
+    pending.clear()
+    return last
+
+
+def _skipped(run: Run, step: _Step) -> dict[str, Any]:
     """The record of a skipped batch, or TrainingError when skipping may not go on."""
     what = f"loss {float(step.loss)} / gradient norm {float(step.grad_norm)}"
-    if run.cfg.nonfinite == "halt" or in_a_row >= run.cfg.max_skips:
+    if run.cfg.nonfinite == "halt" or run.skips >= run.cfg.max_skips:
         raise TrainingError(
-            f"non-finite {what} at step {run.step + 1} (batch {run.data_step - 1}), "
-            f"{in_a_row} time(s) in a row; lower lr or check that batch of the data."
+            f"non-finite {what} at step {run.step + 1} (batch {step.batch}), "
+            f"{run.skips} time(s) in a row; lower lr or check that batch of the data."
         )
-    return {"step": run.step, "skipped_batch": run.data_step - 1, "reason": what}
+    return {"step": run.step, "skipped_batch": step.batch, "reason": what}
 
 
-def log_record(run: _Run, step: _Step, lr: float, tokens_per_s: float) -> dict[str, Any]:
+def log_record(run: Run, step: _Step, tokens_per_s: float) -> dict[str, Any]:
     """The metrics.jsonl record of a logging step (collective: losses are means over ranks)."""
     return {
         "step": run.step,
         "loss": D.all_mean(step.loss, run.info),
-        "lr": lr,
+        "lr": step.lr,
         "tokens_per_s": tokens_per_s,
         "grad_norm": float(step.grad_norm),
         "peak_mem_mb": peak_memory_mb(run.device),
@@ -507,12 +328,12 @@ def log_record(run: _Run, step: _Step, lr: float, tokens_per_s: float) -> dict[s
 
 
 def evaluate(
-    run: _Run, objective: Objective, eval_data: Callable[[], Iterable[Batch]]
+    run: Run, objective: Objective, eval_data: Callable[[], Iterable[Batch]]
 ) -> tuple[dict[str, float], bool]:
     """Held-out numbers; when they are the best so far (by cfg.select_metric), the weights are
     exported as the run's model. Returns (numbers, improved)."""
     ev = evaluate_loss(run.model, objective, eval_data(), run.device, run.amp)
-    score = _select(ev, run.cfg)
+    score = select_score(ev, run.cfg)
     better = run.best is None or (
         score < run.best if run.cfg.select_mode == "min" else score > run.best
     )
@@ -520,6 +341,59 @@ def evaluate(
         run.best, run.best_loss = score, ev["eval_loss"]
         run.export_best()
     return ev, better
+
+
+class _Log:
+    """Where a run reports: metrics.jsonl (rank 0), the progress bar, tokens/s since the last
+    record, the wall-time estimate, the caller's `on_log`, and loss.png."""
+
+    def __init__(self, run: Run, on_log: Callable[[dict], None] | None, progress: bool):
+        main = run.info.is_main
+        self.path = run.out_dir / "metrics.jsonl"
+        self.file = open(self.path, "a", encoding="utf-8") if main else None
+        self.bar = tqdm(
+            total=run.cfg.max_steps, initial=run.step, disable=not (progress and main),
+            unit="step", dynamic_ncols=True,
+        )  # fmt: skip
+        self.clock = WallClock(run.step, run.cfg.max_steps) if main else None
+        self.on_log = on_log
+        self.tokens, self.since = 0, time.perf_counter()
+
+    def trained(self, step: _Step, done: int) -> None:
+        """After each step (host only): count its tokens, move the bar, say the estimate."""
+        self.tokens += step.tokens
+        self.bar.update(1)
+        if self.clock is not None and (estimate := self.clock.step_done(done)) is not None:
+            note(estimate)
+
+    def record(self, run: Run, step: _Step) -> dict[str, Any]:
+        """The record of `step` (collective), with the training tokens/s since the last one."""
+        self.bar.update(run.step - self.bar.n)  # bad steps taken back by `settle`
+        rate = self.tokens / max(time.perf_counter() - self.since, 1e-9)
+        self.tokens, self.since = 0, time.perf_counter()
+        record = log_record(run, step, rate)
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}")
+        return record
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.on_log is not None and "skipped_batch" not in record:
+            self.on_log(record)
+
+    def evaluated(self) -> None:
+        """After an evaluation: redraw loss.png; tokens/s measures training, not evaluation."""
+        if self.file is not None:
+            from lmforge.utils.plots import plot_losses
+
+            plot_losses(self.path, self.path.parent / "loss.png")
+        self.since = time.perf_counter()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _fit(
@@ -539,106 +413,107 @@ def _fit(
     on_log: Callable[[dict], None] | None,
 ) -> TrainResult:
     run = _start(model, cfg, out_dir, info, device, resume, save_extra, export)
+    log = _Log(run, on_log, progress)
     try:
-        return _loop(run, objective, train_data, eval_data, on_log, progress)
+        return _loop(run, objective, train_data, eval_data, log)
     finally:
+        log.close()
         run.unwrap()
 
 
+def _every(done: int, every: int, cfg: TrainConfig) -> bool:
+    return done % every == 0 or done == cfg.max_steps
+
+
+def _log_step(run: Run, stop: _StopSignal) -> bool:
+    """Whether the host reads the device after this step: a log, evaluation or checkpoint step,
+    the last step, or (one process) a received signal. Alike on every rank."""
+    cfg, n = run.cfg, run.step
+    return (
+        _every(n, cfg.log_every, cfg)
+        or n % cfg.eval_every == 0
+        or n % (cfg.save_every or cfg.eval_every) == 0
+        or (run.info.world == 1 and stop.received is not None)
+    )
+
+
 def _loop(
-    run: _Run,
+    run: Run,
     objective: Objective,
     train_data: BatchSource,
     eval_data: Callable[[], Iterable[Batch]] | None,
-    on_log: Callable[[dict], None] | None,
-    progress: bool,
+    log: _Log,
 ) -> TrainResult:
-    """The training steps of a started run, with logging, evaluation and checkpoints."""
-    from lmforge.utils.plots import plot_losses
-
-    cfg, info, out_dir = run.cfg, run.info, run.out_dir
-    main = info.is_main
-    metrics_path = out_dir / "metrics.jsonl"
-    clock = WallClock(run.step, cfg.max_steps)
-    bad_evals, skips, stopped_early = 0, 0, False
-    last = _Step(torch.full((), float("nan")), torch.zeros(()), {}, 0, True)
-    tokens_since, t_since = 0, time.perf_counter()
-    bar = tqdm(
-        total=cfg.max_steps, initial=run.step, disable=not (progress and main), unit="step",
-        dynamic_ncols=True,
-    )  # fmt: skip
-    log = open(metrics_path, "a", encoding="utf-8") if main else None
-
-    def write(record: dict[str, Any]) -> None:
-        if log is not None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if on_log is not None and "skipped_batch" not in record:
-            on_log(record)
-
+    """Train steps; on log steps (the only host syncs) settle them, then log, evaluate and
+    checkpoint; stop early, on a signal, or at max_steps."""
+    cfg, info = run.cfg, run.info
+    pending: list[_Step] = []  # trained since the last log step
+    last: _Step | None = None  # the last step whose update was applied
     run.model.train()
-    try:
-        with _StopSignal() as stop:
-            while run.step < cfg.max_steps:
-                lr = get_lr(run.step, cfg)
-                step = train_step(run, objective, train_data, lr)
-                tokens_since += step.tokens
-                if not step.ok:
-                    skips += 1
-                    write(_skipped(run, step, skips))
-                    continue
-                skips, last, done = 0, step, run.step
-                bar.update(1)
-                if main and (estimate := clock.step_done(done)) is not None:
-                    _note(estimate)
-
-                record: dict[str, Any] | None = None
-                is_eval = eval_data is not None and (
-                    done % cfg.eval_every == 0 or done == cfg.max_steps
-                )
-                if done % cfg.log_every == 0 or done == cfg.max_steps:
-                    rate = tokens_since / max(time.perf_counter() - t_since, 1e-9)
-                    record = log_record(run, step, lr, rate)
-                    tokens_since, t_since = 0, time.perf_counter()
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{rate:.0f}")
-                if is_eval:
-                    ev, better = evaluate(run, objective, eval_data)
-                    bad_evals = 0 if better else bad_evals + 1
-                    head = record or {"step": done, "loss": D.all_mean(step.loss, info), "lr": lr}
-                    record = {**head, **ev}
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{ev['eval_loss']:.3f}")
-                if record is not None:
-                    write(record)
-                if is_eval or done % (cfg.save_every or cfg.eval_every) == 0:
+    with _StopSignal() as stop:
+        while run.step < cfg.max_steps:
+            pending.append(train_step(run, objective, train_data, get_lr(run.step, cfg)))
+            log.trained(pending[-1], run.step)
+            if not _log_step(run, stop):
+                continue
+            if (new := settle(run, pending, log.write)) is not None:
+                last = new
+                _report(run, new, objective, eval_data, log)
+                if cfg.patience is not None and run.bad_evals >= cfg.patience:
+                    return _finish(run, last, eval_data is not None, log, stopped_early=True)
+            if D.any_rank(stop.received is not None, info):
+                if run.saved_at != run.step:
                     run.checkpoint()
-                if is_eval:
-                    if main:
-                        plot_losses(metrics_path, out_dir / "loss.png")
-                    t_since = time.perf_counter()  # tokens/s measures training, not evaluation
-                    if cfg.patience is not None and bad_evals >= cfg.patience:
-                        stopped_early = True
-                        break
-                if D.any_rank(stop.received is not None, info):
-                    if run.saved_at != run.step:
-                        run.checkpoint()
-                    return TrainResult(
-                        out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
-                        interrupted=True, best_score=run.best, signum=stop.received,
-                    )  # fmt: skip
-        if eval_data is None:
-            run.export_best()
-        if run.saved_at != run.step:
-            run.checkpoint()
-        if main:
-            plot_losses(metrics_path, out_dir / "loss.png")
-        return TrainResult(
-            out_dir, run.step, D.all_mean(last.loss, info), run.best_loss,
-            stopped_early=stopped_early, best_score=run.best,
-        )  # fmt: skip
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
+                return TrainResult(
+                    run.out_dir, run.step, _mean_loss(last, info), run.best_loss,
+                    interrupted=True, best_score=run.best, signum=stop.received,
+                )  # fmt: skip
+    return _finish(run, last, eval_data is not None, log, stopped_early=False)
+
+
+def _report(
+    run: Run,
+    step: _Step,
+    objective: Objective,
+    eval_data: Callable[[], Iterable[Batch]] | None,
+    log: _Log,
+) -> None:
+    """After a settled step: its record (log steps), the evaluation and best model (eval
+    steps, counting `run.bad_evals`), a checkpoint (eval and save steps)."""
+    cfg, done = run.cfg, run.step
+    is_eval = eval_data is not None and _every(done, cfg.eval_every, cfg)
+    if is_eval or _every(done, cfg.log_every, cfg):
+        record = log.record(run, step)
+        if is_eval:
+            ev, better = evaluate(run, objective, eval_data)
+            run.bad_evals = 0 if better else run.bad_evals + 1
+            record.update(ev)
+            log.bar.set_postfix(loss=f"{record['loss']:.3f}", eval=f"{ev['eval_loss']:.3f}")
+        log.write(record)
+    if is_eval or done % (cfg.save_every or cfg.eval_every) == 0:
+        run.checkpoint()
+    if is_eval:
+        log.evaluated()
+
+
+def _mean_loss(step: _Step | None, info: D.DistInfo) -> float:
+    """The loss of `step` averaged over ranks (collective); NaN when no update was applied."""
+    return D.all_mean(step.loss if step is not None else float("nan"), info)
+
+
+def _finish(
+    run: Run, last: _Step | None, evaluated: bool, log: _Log, stopped_early: bool
+) -> TrainResult:
+    """The end of a run: the final model (when nothing was evaluated), a last checkpoint."""
+    if not evaluated:
+        run.export_best()
+    if run.saved_at != run.step:
+        run.checkpoint()
+    log.evaluated()
+    return TrainResult(
+        run.out_dir, run.step, _mean_loss(last, run.info), run.best_loss,
+        stopped_early=stopped_early, best_score=run.best,
+    )  # fmt: skip
 
 
 def _start(
@@ -650,7 +525,7 @@ def _start(
     resume: bool,
     save_extra: Callable[[Path], None] | None,
     export: Callable[[Path], None] | None,
-) -> _Run:
+) -> Run:
     """Model on its device and wrapped, optimizer, loss scaler; the run dir cleaned of killed
     writes; the newest checkpoint loaded (`resume`); metrics.jsonl cut back to it."""
     if cfg.deterministic:
@@ -660,9 +535,14 @@ def _start(
     model.to(device)
     wrapped = D.wrap(model, info)
     optimizer = build_optimizer(model, cfg)
-    run = _Run(model, optimizer, cfg, out_dir, info, save_extra, export)
+    run = Run(model, optimizer, cfg, out_dir, info, save_extra, export)
     run.device, run.amp, run.wrapped = device, autocast_dtype(cfg.precision, device), wrapped
     run.scaler = grad_scaler(run.amp, device)
+    run.fold_clip = (  # fused AdamW divides by the clipping factor as it reads the gradients
+        getattr(optimizer, "_step_supports_amp_scaling", False)
+        and not run.scaler.is_enabled()
+        and cfg.grad_clip > 0
+    )
     run.step_fn = torch.compile(wrapped) if cfg.compile else wrapped
     run.params = [p for p in model.parameters() if p.requires_grad]
     metrics_path = out_dir / "metrics.jsonl"
@@ -673,9 +553,9 @@ def _start(
     D.barrier(info)
     resumed = resume and run.resume()
     if info.is_main:
-        history = _read_metrics(metrics_path, run.step) if resumed else []
+        history = read_metrics(metrics_path, run.step) if resumed else []
         atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
         atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
         if (warning := warmup_warning(cfg)) is not None:
-            _note(warning)
+            note(warning)
     return run

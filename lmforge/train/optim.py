@@ -90,3 +90,38 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "linear":
         return cfg.lr - (cfg.lr - cfg.min_lr) * r
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * r))
+
+
+def clip_scale(norm: torch.Tensor, clip: float) -> torch.Tensor:
+    """The divisor that clips gradients of total norm `norm` to `clip`:
+
+        scale = max(1, (norm + 1e-6) / clip),   g / scale = g * min(1, clip / (norm + 1e-6))
+
+    which is `torch.nn.utils.clip_grad_norm_`'s factor, inverted for fused AdamW's `grad_scale`
+    (the kernel divides each gradient by it as it reads it: no pass of its own)."""
+    return torch.clamp((norm + 1e-6) / clip, min=1.0)
+
+
+def masked_step(
+    optimizer: torch.optim.Optimizer, skip: torch.Tensor, grad_scale: torch.Tensor | None = None
+) -> None:
+    """`optimizer.step()` on the gradients divided by `grad_scale` (None = as they are), unless
+    `skip` (a 0-d bool tensor) is true: then parameters, moments and step counts stay as they
+    were.
+
+    Fused AdamW takes both into its kernel (`grad_scale`, `found_inf`: the way a GradScaler
+    hands them over), so the host never reads them; any other optimizer reads `skip` first
+    (one host sync) and takes no `grad_scale`.
+    """
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.grad_scale = grad_scale  # type: ignore[attr-defined]
+        optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
+        return
+    if grad_scale is not None:
+        raise ValueError("grad_scale needs fused AdamW; clip the gradients in place instead.")
+    if not bool(skip):
+        optimizer.step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lmforge.config import ModelConfig
@@ -65,3 +66,28 @@ def test_fused_is_refused_for_mixed_devices_and_integer_tensors():
     assert not fused_supported([])
     assert not fused_supported([torch.zeros(2, dtype=torch.int64)])
     assert not fused_supported([torch.zeros(2), torch.zeros(2, device="meta")])
+
+
+def test_clipping_inside_fused_adamw_matches_clip_grad_norm():
+    """g / clip_scale(norm, c) in fused AdamW's kernel = clip_grad_norm_(c) then the plain
+    per-parameter AdamW loop, over steps whose gradients are clipped (norm > c) and not."""
+    from lmforge.train.optim import clip_scale, masked_step
+
+    torch.manual_seed(0)
+    fused_params = [torch.nn.Parameter(torch.randn(30, 20)), torch.nn.Parameter(torch.randn(20))]
+    plain_params = [torch.nn.Parameter(p.detach().clone()) for p in fused_params]
+    fused = torch.optim.AdamW(fused_params, lr=0.05, weight_decay=0.1, fused=True)
+    plain = torch.optim.AdamW(plain_params, lr=0.05, weight_decay=0.1, foreach=False)
+    norms = []
+    for size in (5.0, 0.01, 3.0, 0.02):  # clipped, not clipped, clipped, not clipped
+        grads = [torch.randn_like(p) * size for p in fused_params]
+        for p, q, g in zip(fused_params, plain_params, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in fused_params])
+        masked_step(fused, torch.tensor(False), clip_scale(norm, 1.0))
+        norms.append(float(torch.nn.utils.clip_grad_norm_(plain_params, 1.0)))
+        plain.step()
+        assert float(norm) == pytest.approx(norms[-1], rel=1e-6)
+    assert min(norms) < 1.0 < max(norms)
+    for p, q in zip(fused_params, plain_params, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)

@@ -28,3 +28,10 @@ def test_warmup_longer_than_the_run_is_warned():
     assert warmup_warning(TrainConfig(max_steps=100, warmup_steps=50)) is None
     text = warmup_warning(TrainConfig(max_steps=20, warmup_steps=50, lr=1e-3))
     assert "max_steps=20 is below warmup_steps=50" in text and "0.0004" in text
+
+
+def test_the_estimate_is_said_once_even_when_a_skipped_step_brings_the_count_back():
+    clock = WallClock(start=0, max_steps=100, warm=1, measure=3)
+    said = [clock.step_done(s, now=float(s)) for s in (1, 2, 3, 4, 3, 4, 5)]
+    assert [x is not None for x in said] == [False, False, False, True, False, False, False]
+    assert "over steps 2-4" in said[3]
