@@ -94,7 +94,9 @@ async def client(i: int, args, api, texts: list[str], results: list[dict]) -> No
         t0 = time.perf_counter()
         record = {"client": i, "error": None, "tokens": 0, "first": None}
         try:
-            kwargs = dict(model=args.model, max_tokens=args.max_tokens, temperature=0.8, seed=j)
+            kwargs = dict(
+                model=args.model, max_tokens=args.max_tokens, temperature=args.temperature, seed=j
+            )
             if args.endpoint == "chat":
                 call = api.chat.completions.create
                 kwargs["messages"] = [{"role": "user", "content": text}]
@@ -170,6 +172,7 @@ def main() -> None:
     p.add_argument("--prompt-words", type=int, default=24, help="longest prompt, in words")
     p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
     p.add_argument("--stream", action="store_true", help="stream, and measure time to first token")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object only")
     args = p.parse_args()
