@@ -43,7 +43,7 @@ class ChatSession:
             message (retrieved passages, KG facts); `sources` holds the last one's citations.
         draft: a draft model with the same tokenizer: speculative decoding, `draft_k` tokens
             proposed per round; `last_acceptance` holds the latest reply's acceptance rate.
-        compile: torch.compile the decode step.
+        compile: torch.compile the decode step (True or "whole", "regional"; False = eager).
     """
 
     def __init__(
@@ -55,7 +55,7 @@ class ChatSession:
         transform: Callable[[str], Any] | None = None,
         draft: nn.Module | None = None,
         draft_k: int = 4,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.draft, self.draft_k, self.compile = draft, draft_k, compile
@@ -145,7 +145,7 @@ def chat(
     gen: GenerationConfig | None = None,
     draft: str | Path | None = None,
     draft_k: int = 4,
-    compile: bool = False,
+    compile: bool | str = False,
     read: Callable[[str], str] = input,
     write: Callable[[str], object] | None = None,
     stats: bool = False,

@@ -104,7 +104,7 @@ def decode(
     tokenizer: Tokenizer,
     draft: nn.Module | None = None,
     draft_k: int = 4,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> tuple[list[GenerationOutput], GenerationStats, float | None]:
     """Decode one prompt the way `gen` asks: speculative with a `draft` model (k = `draft_k`),
     beam search when `gen.num_beams` > 1, else greedy or sampled.
@@ -156,7 +156,7 @@ def generate_from_dir(
     frequency_penalty: float = 0.0,
     seed: int | None = None,
     stop: list[str] | None = None,
-    compile: bool = False,
+    compile: bool | str = False,
     draft: str | Path | None = None,
     draft_k: int = 4,
     chat: bool = False,

@@ -137,6 +137,17 @@ def test_generate_draft_acceptance_and_the_python_beams(monkeypatch, capsys, dir
     assert out == PROMPT + beams[: beams.index(cut)]
 
 
+@pytest.mark.slow
+def test_generate_compiled_regional_prints_the_eager_text(monkeypatch, capsys, dirs):
+    """--compile --compile-mode regional (one compiled block for every layer) decodes the same
+    greedy text as eager decoding."""
+    lm, _ = dirs
+    eager, _ = generate_cli(monkeypatch, capsys, lm, "--temperature", "0")
+    out, _ = generate_cli(monkeypatch, capsys, lm, "--temperature", "0", "--compile",
+                          "--compile-mode", "regional")  # fmt: skip
+    assert out == eager
+
+
 BAD = [
     (["--repetition-penalty", "nan"], "--repetition-penalty must be a finite number"),
     (["--presence-penalty", "3"], "--presence-penalty must be in [-2, 2]"),
@@ -151,6 +162,8 @@ BAD = [
     (["--draft", "{lm}", "--repetition-penalty", "1.2"], "drop --num-beams and the penalties"),
     (["--draft", "{empty}"], "is not a model dir (no config.json)"),
     (["--draft", "{other}"], "has a different tokenizer"),
+    (["--compile", "--compile-mode", "fast"], "--compile-mode is 'fast'; use 'whole' or"),
+    (["--compile-mode", "regional"], "--compile-mode sets how --compile compiles; add --compile"),
 ]
 
 
