@@ -87,6 +87,17 @@ def _default_stance() -> bool:
     return stance is not None and stance.stance == "default" and stance.backend is None
 
 
+def _call(step: CompiledStep | RegionalStep, fn, *args) -> Tensor:
+    """Run `fn(*args)`, the compiled code of `step`; once a generation's first call has checked
+    the guards (and compiled what was new), later calls skip guard evaluation."""
+    if step.checked and _default_stance():
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            return fn(*args)
+    logits = fn(*args)
+    step.checked = True
+    return logits
+
+
 class CompiledStep:
     """`Transformer.step` compiled for one model; call as `step(ids, view, enc, enc_mask)`.
 
@@ -125,12 +136,7 @@ class CompiledStep:
         # compilation happens inside a call (the first, or one with new shapes); the options
         # are inductor settings, patched in for the call only
         with self._patch():
-            if self.checked and _default_stance():
-                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                    return self._compiled(*args)
-            logits = self._compiled(*args)
-        self.checked = True
-        return logits
+            return _call(self, self._compiled, *args)
 
 
 class RegionalStep:
@@ -167,13 +173,7 @@ class RegionalStep:
         encoder_hidden: Tensor | None = None,
         encoder_mask: Tensor | None = None,
     ) -> Tensor:
-        args = (ids, view, encoder_hidden, encoder_mask)
-        if self.checked and _default_stance():
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                return self.model.step(*args, block_call=self._block)
-        logits = self.model.step(*args, block_call=self._block)
-        self.checked = True
-        return logits
+        return _call(self, self.model.step, ids, view, encoder_hidden, encoder_mask, self._block)
 
 
 def regional_step(model: nn.Module) -> RegionalStep:
