@@ -87,18 +87,27 @@ def _default_stance() -> bool:
     return stance is not None and stance.stance == "default" and stance.backend is None
 
 
-def _call(step: CompiledStep | RegionalStep, fn, *args) -> Tensor:
-    """Run `fn(*args)`, the compiled code of `step`; once a generation's first call has checked
-    the guards (and compiled what was new), later calls skip guard evaluation."""
-    if step.checked and _default_stance():
-        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            return fn(*args)
-    logits = fn(*args)
-    step.checked = True
-    return logits
+class _Step:
+    """What both compiled steps share: `checked` is set once a generation's first call has
+    evaluated the guards (and compiled what was new); later calls skip guard evaluation."""
+
+    def __init__(self) -> None:
+        self.checked = False
+
+    def new_generation(self) -> None:
+        self.checked = False
+
+    def _run(self, fn, *args) -> Tensor:
+        """`fn(*args)`, the step's compiled code, with guards skipped once checked."""
+        if self.checked and _default_stance():
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return fn(*args)
+        logits = fn(*args)
+        self.checked = True
+        return logits
 
 
-class CompiledStep:
+class CompiledStep(_Step):
     """`Transformer.step` compiled for one model; call as `step(ids, view, enc, enc_mask)`.
 
     After the first call of a generation (`new_generation()` resets this) has run every guard
@@ -109,6 +118,7 @@ class CompiledStep:
     def __init__(self, model: nn.Module) -> None:
         import torch._inductor.config as inductor_config
 
+        super().__init__()
         self.model = model
         fullgraph = not (model.cfg.pos == "rope" and model.cfg.rope_scaling == "dynamic")
         # a fresh code object: torch.compile caches per code object, and a stale entry (frozen
@@ -116,10 +126,6 @@ class CompiledStep:
         fn = type(_step)(_step.__code__.replace(), _step.__globals__, "step_compiled")
         self._compiled = torch.compile(fn, fullgraph=fullgraph)
         self._patch = lambda: inductor_config.patch(COMPILE_OPTIONS)
-        self.checked = False
-
-    def new_generation(self) -> None:
-        self.checked = False
 
     def __call__(
         self,
@@ -136,10 +142,10 @@ class CompiledStep:
         # compilation happens inside a call (the first, or one with new shapes); the options
         # are inductor settings, patched in for the call only
         with self._patch():
-            return _call(self, self._compiled, *args)
+            return self._run(self._compiled, *args)
 
 
-class RegionalStep:
+class RegionalStep(_Step):
     """`Transformer.step` with each block run by one compiled `call_block` (regional
     compilation): the blocks of a stack share their code, and with inlined modules
     (`torch._dynamo.config.inline_inbuilt_nn_modules`, on by default) a block's weights are
@@ -149,15 +155,12 @@ class RegionalStep:
     when they change."""
 
     def __init__(self, model: nn.Module, backend: str = "inductor") -> None:
+        super().__init__()
         self.model = model
         fn = type(call_block)(
             call_block.__code__.replace(), call_block.__globals__, "block_compiled"
         )
         self._compiled = torch.compile(fn, fullgraph=True, backend=backend)
-        self.checked = False
-
-    def new_generation(self) -> None:
-        self.checked = False
 
     def _block(self, block: nn.Module, x: Tensor, mask: Tensor, rope, cache: LayerView, *rest):
         if not self.checked:  # the first step of a generation: mark the growing slot axis
@@ -173,7 +176,7 @@ class RegionalStep:
         encoder_hidden: Tensor | None = None,
         encoder_mask: Tensor | None = None,
     ) -> Tensor:
-        return _call(self, self.model.step, ids, view, encoder_hidden, encoder_mask, self._block)
+        return self._run(self.model.step, ids, view, encoder_hidden, encoder_mask, self._block)
 
 
 def regional_step(model: nn.Module) -> RegionalStep:

@@ -230,12 +230,10 @@ class Engine:
         return ticket
 
     def _batch_idle(self) -> bool:
-        """No row decoding or waiting in the batch and no ticket on its way there."""
+        """No row in the batch (every row has an owner from the moment it is added) and no
+        ticket on its way there."""
         with self._cond:
-            posted = bool(self._new)
-        return (
-            not posted and not self._owner and not self.batcher.active and not self.batcher.waiting
-        )
+            return not self._new and not self._owner
 
     def lane_load(self) -> dict[str, dict[str, int]]:
         """Each lane's load and counts, for /health."""

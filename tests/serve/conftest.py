@@ -6,10 +6,9 @@ from __future__ import annotations
 import openai
 import pytest
 import torch
-from serve_helpers import API_KEY, CONTEXT, MAX_BATCH, MODEL
+from serve_helpers import API_KEY, MAX_BATCH, MODEL, tiny_model
 
-from lmforge.config import ModelConfig
-from lmforge.models import Transformer, load_model, save_model
+from lmforge.models import load_model, save_model
 from lmforge.serve import BackgroundServer, Limits, build_app
 from lmforge.tokenizer import Tokenizer, train_tokenizer
 
@@ -33,15 +32,7 @@ def model_dir(tmp_path_factory):
     ]
     tok = train_tokenizer(lines, vocab_size=300)
     tok.save(out)
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_preset(
-        "gpt-tiny",
-        vocab_size=tok.vocab_size,
-        max_seq_len=CONTEXT,
-        bos_id=tok.bos_id,
-        pad_id=tok.pad_id,
-    )
-    save_model(Transformer(cfg), out)
+    save_model(tiny_model(tok, 0), out)
     return out
 
 

@@ -6,12 +6,30 @@ import json
 import urllib.error
 import urllib.request
 
+import torch
+
+from lmforge.config import ModelConfig
 from lmforge.generate import GenerationConfig, TextStream, generate
+from lmforge.models import Transformer
 
 API_KEY = "test-key"
 CONTEXT = 512
 MAX_BATCH = 8
 MODEL = "tiny-chat"
+
+
+def tiny_model(tok, seed: int, **over) -> Transformer:
+    """A random-initialised gpt-tiny (seeded) for `tok`, with the served context."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig.from_preset(
+        "gpt-tiny",
+        vocab_size=tok.vocab_size,
+        max_seq_len=CONTEXT,
+        bos_id=tok.bos_id,
+        pad_id=tok.pad_id,
+        **over,
+    )
+    return Transformer(cfg)
 
 
 def http(

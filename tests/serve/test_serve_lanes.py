@@ -14,31 +14,17 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import torch
-from serve_helpers import API_KEY, CONTEXT, MODEL, health, prompt_ids, reference_texts
+from serve_helpers import API_KEY, CONTEXT, MODEL, health, prompt_ids, reference_texts, tiny_model
 from test_serve_errors import check_envelope
 
-from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, GenerationError
 from lmforge.generate import GenerationConfig, generate, generate_outputs
-from lmforge.models import Transformer, save_model
+from lmforge.models import save_model
 from lmforge.serve import BackgroundServer, Limits, build_app
 from lmforge.tokenizer import Tokenizer, chat_stops, encode_chat, train_tokenizer
 
 PROMPTS = ["The quick", "brown fox", "Line 7: the lazy", "你好", "jumps over the dog"]
 CHAT = [{"role": "user", "content": "the quick brown fox"}]
-
-
-def _tiny(tok: Tokenizer, seed: int, **over) -> Transformer:
-    torch.manual_seed(seed)
-    cfg = ModelConfig.from_preset(
-        "gpt-tiny",
-        vocab_size=tok.vocab_size,
-        max_seq_len=CONTEXT,
-        bos_id=tok.bos_id,
-        pad_id=tok.pad_id,
-        **over,
-    )
-    return Transformer(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +33,7 @@ def other_draft(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("draft") / "other"
     tok = Tokenizer.load(model_dir)
     tok.save(out)
-    save_model(_tiny(tok, 1, n_layer=1), out)
+    save_model(tiny_model(tok, 1, n_layer=1), out)
     return out
 
 
@@ -215,7 +201,7 @@ def test_a_bad_draft_is_refused_with_one_sentence(model_dir, tmp_path):
     other = tmp_path / "other-tokenizer"
     tok = train_tokenizer([f"entirely different words {i} zebra" for i in range(40)], 280)
     tok.save(other)
-    save_model(_tiny(tok, 2), other)
+    save_model(tiny_model(tok, 2), other)
     with pytest.raises(GenerationError, match="different tokenizer"):
         build_app(model_dir, device="cpu", draft=other)
 
