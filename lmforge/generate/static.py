@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from lmforge.errors import GenerationError
 from lmforge.models.block import call_block
 from lmforge.models.cache import CacheView, LayerView
+from lmforge.models.quant import QuantizedLinear
 
 # inductor options of the compiled step:
 # - freezing: the weights are constants of the graph, packed once into the layout the matrix
@@ -125,7 +126,12 @@ class CompiledStep(_Step):
         # weights of before) must not be found
         fn = type(_step)(_step.__code__.replace(), _step.__globals__, "step_compiled")
         self._compiled = torch.compile(fn, fullgraph=fullgraph)
-        self._patch = lambda: inductor_config.patch(COMPILE_OPTIONS)
+        options = COMPILE_OPTIONS
+        if any(isinstance(m, QuantizedLinear) for m in model.modules()):
+            # frozen, an int8 weight's conversion to float is folded into a float constant:
+            # the graph would read four times the bytes (and hold them)
+            options = {**COMPILE_OPTIONS, "freezing": False}
+        self._patch = lambda: inductor_config.patch(options)
 
     def __call__(
         self,

@@ -23,9 +23,12 @@ The fast path is PyTorch's own fbgemm/x86 kernel `quantized.linear_dynamic` (`to
 which measured faster at batch 1 than fp32 MKL and than the native weight-only kernels
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`: several times slower than fp32 here);
 int4 decodes through an int8 copy of its weight derived at load (see `Int4Linear`). Under
-torch.compile the same kernel runs as the operator `lmforge::int8_dynamic_linear`, so eager and
-compiled decoding give the same numbers (the compiled decode step measured faster than inductor's
-own fused weight-only product-and-sum, BENCHMARKS.md "Quantized decode, round 3").
+torch.compile the same kernel runs as the operator `lmforge::int8_dynamic_linear`, except for
+one row (a batch-1 decode step): there inductor's own fused weight-only product-and-sum
+(`Int8Linear.gemv`, the int8 weight converted inside the reduction loop) read the weight about
+twice as fast as the kernel and is taken, so a compiled batch-1 step is weight-only (no
+activation rounding) while eager rounds the activations (BENCHMARKS.md "Quantized decode,
+round 4"); from two rows on the kernel was faster and compiled equals eager.
 Each module also has the plain rule (`dequantized_weight()` then `F.linear`), used for many rows,
 while autograd records (QLoRA training: the base is frozen, gradients flow to the input) and on
 devices the kernels do not cover; the tests check every kernel against its plain rule.
@@ -59,6 +62,10 @@ DECODE_ROWS = 8
 #: and training batches) dequantize the weight once and multiply in floating point, which is as
 #: fast from about 512 rows on (BENCHMARKS.md, "Quantized decode, round 3")
 KERNEL_ROWS = 256
+#: rows up to which int8 / int4 under torch.compile skip the kernel for inductor's fused
+#: weight-only product-and-sum, which reads the int8 weight at about twice the kernel's speed at
+#: one row and loses from two rows on (BENCHMARKS.md "Quantized decode, round 4")
+GEMV_ROWS = 1
 EMBED = "embed.tok"
 
 
@@ -243,6 +250,8 @@ class Int8Linear(QuantizedLinear):
       the `lmforge::int8_dynamic_linear` operator): fbgemm's `quantized.linear_dynamic`, the
       activations quantized too (per tensor over each piece of `DECODE_ROWS` rows, 7 bits,
       `reduce_range`); `dynamic_reference` is its plain rule;
+    - under torch.compile, up to `gemv_rows` rows (a batch-1 decode step): weight-only, one
+      fused product-and-sum over the int8 weight (`gemv`);
     - more rows (training, evaluation batches), autograd and devices other than the CPU:
       weight-only, the dequantized weight through `F.linear` (`reference`).
     """
@@ -253,6 +262,8 @@ class Int8Linear(QuantizedLinear):
     dynamic_rows: int | None = KERNEL_ROWS
     #: rows sharing one activation scale (0: all rows of a call)
     chunk_rows: int = DECODE_ROWS
+    #: rows up to which a compiled call is weight-only (`gemv`) instead of the fbgemm kernel
+    gemv_rows: int = GEMV_ROWS
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
@@ -298,11 +309,20 @@ class Int8Linear(QuantizedLinear):
     def _dynamic(self, rows: int) -> bool:
         return self.dynamic_rows is None or rows <= self.dynamic_rows
 
+    def gemv(self, x: Tensor) -> Tensor:
+        """Weight-only y = (sum_k x_k q_nk) s_n + b_n as one reduction over the int8 weight
+        (the plain rule `reference`, summed in another order): under torch.compile inductor
+        fuses the int8-to-float conversion into the loop, so the weight is read as int8 once."""
+        y = (x.unsqueeze(-2) * self.weight.to(x.dtype)).sum(-1) * self.scales.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features
         if torch.compiler.is_compiling():
             if self._use_reference(x) or not self._dynamic(rows):
                 return self.reference(x)
+            if rows <= self.gemv_rows:
+                return self.gemv(x)
             return int8_dynamic_linear(x, self.weight, self.scales, self.bias, self.chunk_rows)
         if self._use_reference(x) or self._packed is None or not self._dynamic(rows):
             return self.reference(x)
@@ -320,8 +340,10 @@ class Int4Linear(QuantizedLinear):
     fbgemm int8 kernel of `Int8Linear` on a copy derived at load (`repack()`, not stored): the
     int4 weight dequantized and rounded again to int8 per output channel (W8 = int8(W_hat)),
     the activations quantized per tensor over each piece of `DECODE_ROWS` rows. Its plain rule
-    is `decode_reference`. More rows, autograd and other devices use the weight-only rule
-    (`reference`).
+    is `decode_reference`; a compiled one-row call is the copy's weight-only `gemv`
+    (x W8^T + b: inductor's product-and-sum straight from the packed 4-bit bytes measured
+    twice as slow as from the int8 copy). More rows, autograd and other devices use the
+    weight-only rule (`reference`).
     """
 
     method = "int4"
@@ -396,6 +418,7 @@ class DynamicInt8Linear(Int8Linear):
     method = "dynamic-int8"
     dynamic_rows = None
     chunk_rows = 0
+    gemv_rows = 0
 
     def reference(self, x: Tensor) -> Tensor:
         """x_hat W_hat^T + b (`dynamic_reference`): this method quantizes every call's input."""

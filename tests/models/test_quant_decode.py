@@ -1,7 +1,8 @@
 """The decode kernels of the quantized linears (`lmforge.models.quant`) against their plain
 rules: up to KERNEL_ROWS rows on the CPU take the fbgemm int8 kernel, DECODE_ROWS rows a call
 (activations quantized per tensor over each piece), eager and under torch.compile alike (the
-`lmforge::int8_dynamic_linear` operator); more rows stay weight-only."""
+`lmforge::int8_dynamic_linear` operator), except a compiled one-row call, which is weight-only
+(`Int8Linear.gemv`); more rows stay weight-only."""
 
 from __future__ import annotations
 
@@ -131,18 +132,34 @@ def test_int4_decode_rows_use_the_int8_copy(group_size):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
-def test_compiled_decode_runs_the_same_kernel(cls):
-    """Under torch.compile (one small graph, some seconds) a decode call goes through the
-    operator: the same numbers as eager."""
+def test_compiled_decode_is_weight_only_at_one_row_and_the_kernel_above(cls):
+    """Under torch.compile (small graphs, some seconds): one row (a batch-1 decode step) is
+    inductor's fused weight-only product-and-sum, equal to the plain weight-only rule of the
+    weight the kernel reads; more rows go through the operator, the same numbers as eager."""
     lin = _linear(128, 32)
     m = cls.from_linear(lin).eval()
-    x = torch.randn(1, 128)
+    dec = m if cls is Int8Linear else m._decode  # int4 decodes through its int8 copy
+    compiled = torch.compile(m, fullgraph=True, dynamic=False)
     with torch.no_grad():
-        want = m(x)
-        got = torch.compile(m, fullgraph=True)(x)
-        rule = m.dynamic_reference(x) if cls is Int8Linear else m.decode_reference(x)
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        x = torch.randn(1, 128)
+        got = compiled(x)
+        weight_only = x @ dequantize_int8(dec.weight, dec.scales).T + lin.bias
+        torch.testing.assert_close(got, weight_only, atol=1e-5, rtol=1e-5)
+        assert not torch.equal(got, m(x))  # eager quantizes the activations, this does not
+        x = torch.randn(DECODE_ROWS, 128)
+        got = compiled(x)
+        rule = dec.dynamic_reference(x)
+        torch.testing.assert_close(got, m(x), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(got, rule, atol=1e-4 * rule.abs().max(), rtol=1e-4)
+
+
+def test_int8_gemv_is_the_weight_only_rule():
+    """`gemv` (what a compiled one-row call runs) is y = x (q s)^T + b, eager too."""
+    for bias in (True, False):
+        m = Int8Linear.from_linear(_linear(96, 40, bias)).eval()
+        x = torch.randn(3, 1, 96)
+        with torch.no_grad():
+            torch.testing.assert_close(m.gemv(x), m.reference(x), atol=1e-5, rtol=1e-5)
 
 
 def test_dynamic_int8_passes_gradients_to_its_input():
@@ -155,3 +172,34 @@ def test_dynamic_int8_passes_gradients_to_its_input():
     m(x).sum().backward()
     want = dequantize_int8(m.weight, m.scales).sum(0).expand(2, -1)
     torch.testing.assert_close(x.grad, want)
+
+
+@pytest.mark.slow
+def test_compiled_int8_model_gives_the_weight_only_tokens():
+    """A whole int8 model compiled both ways (its decode steps weight-only, its prompt through
+    the kernel) gives the greedy tokens of the same model with every quantized linear replaced
+    by an fp32 linear holding its dequantized weight (tens of seconds of compiling)."""
+    import copy
+
+    from lmforge.compress import quantize_model
+    from lmforge.config import ModelConfig
+    from lmforge.generate import GenerationConfig, generate
+    from lmforge.models import Transformer
+    from lmforge.models.quant import quantized_modules
+
+    torch.manual_seed(0)
+    fp32 = Transformer(ModelConfig.from_preset("llama-tiny", n_layer=2)).eval()
+    model = quantize_model(copy.deepcopy(fp32), "int8")
+    plain = copy.deepcopy(model)
+    for name, q in quantized_modules(plain).items():
+        lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
+        lin.weight.data = q.dequantized_weight()
+        if q.bias is not None:
+            lin.bias.data = q.bias.data.clone()
+        parent, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent) if parent else plain, child, lin)
+    prompt = [[5, 6, 7, 8, 9, 10, 11]]
+    gen = GenerationConfig(max_new_tokens=8, temperature=0.0)
+    want = generate(plain, prompt, gen)
+    for mode in ("whole", "regional"):
+        assert generate(model, prompt, gen, compile=mode) == want, mode
