@@ -59,6 +59,7 @@ def lm_head_cross_entropy(
     ignore_index: int = IGNORE,
     label_smoothing: float = 0.0,
     rows: int | None = None,
+    zero_if_empty: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy of the logits `hidden @ weight.T` against `labels`, chunk by chunk
     (module docstring), and the number of scored rows whose argmax is the label.
@@ -69,9 +70,11 @@ def lm_head_cross_entropy(
         labels: (N,) target ids; `ignore_index` rows are not scored.
         label_smoothing: e in [0, 1), as `F.cross_entropy`'s.
         rows: rows per chunk (default: `chunk_rows(V)`).
+        zero_if_empty: when no row is scored, a zero loss with zero gradients instead of NaN
+            (N' is taken as max(N', 1); deciding on the host would wait for the device).
     Returns:
-        (loss, hits): the scalar float32 loss (NaN when no row is scored, as `F.cross_entropy`)
-        and a long scalar without gradient.
+        (loss, hits): the scalar float32 loss (NaN when no row is scored, as `F.cross_entropy`,
+        unless `zero_if_empty`) and a long scalar without gradient.
     """
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
         raise ValueError(
@@ -82,8 +85,9 @@ def lm_head_cross_entropy(
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     dtype = torch.get_autocast_dtype(hidden.device.type) if _autocasting(hidden) else None
     return _LMHeadCrossEntropy.apply(
-        hidden, weight, labels, ignore_index, float(label_smoothing), rows, need_grad, dtype
-    )
+        hidden, weight, labels, ignore_index, float(label_smoothing), rows, need_grad, dtype,
+        zero_if_empty,
+    )  # fmt: skip
 
 
 def _wide(z: Tensor) -> Tensor:
@@ -99,12 +103,12 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
     """Loss and both gradients in one chunked pass; backward only scales the stored gradients."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index, smoothing, rows, need_grad, dtype):
+    def forward(ctx, hidden, weight, labels, ignore_index, smoothing, rows, need_grad, dtype, zero):
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden if dtype is None else hidden.to(dtype)
             w = weight if dtype is None else weight.to(dtype)
             loss, hits, grad_h, grad_w = _chunks(
-                h, w, labels, ignore_index, smoothing, rows, need_grad
+                h, w, labels, ignore_index, smoothing, rows, need_grad, zero
             )
         ctx.mark_non_differentiable(hits)
         ctx.grads = (
@@ -120,7 +124,8 @@ class _LMHeadCrossEntropy(torch.autograd.Function):
         if grad_h is None:
             raise RuntimeError("lm_head_cross_entropy was called without gradients enabled.")
         g = grad_loss.to(grad_h.dtype)
-        return grad_h.mul_(g), grad_w.mul_(g.to(grad_w.dtype)), None, None, None, None, None, None
+        grads = (grad_h.mul_(g), grad_w.mul_(g.to(grad_w.dtype)))
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def _chunks(
@@ -131,11 +136,14 @@ def _chunks(
     smoothing: float,
     rows: int,
     need_grad: bool,
+    zero_if_empty: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     n_rows, vocab = h.size(0), w.size(0)
     scored = labels != ignore_index
     total = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
     n = scored.sum().to(total.dtype)
+    if zero_if_empty:
+        n = n.clamp(min=1)
     hits = torch.zeros((), dtype=torch.long, device=h.device)
     grad_h = torch.empty_like(h) if need_grad else None
     acc = torch.promote_types(w.dtype, torch.float32)

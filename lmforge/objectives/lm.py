@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -38,6 +39,37 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
+def scored_cross_entropy(
+    logits: Tensor, labels: Tensor, weight: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cross-entropy over the positions whose label is not IGNORE, without a host sync.
+
+        L = sum_i w_{y_i} CE(z_i, y_i) / max(sum_i w_{y_i}, tiny)   (w = 1 without class weights)
+
+    The same as `F.cross_entropy(..., weight, ignore_index=IGNORE)`, except that a batch with no
+    scored position gives a zero loss that still has a graph (not NaN), decided on the device.
+
+    Args:
+        logits: (..., C); labels: (...) class ids or IGNORE; weight: (C,) class weights or None.
+    Returns:
+        (loss, n, hits): the float32 loss, the number of scored positions and the number of them
+        whose argmax is the label (0-d tensors; `int(n)` reads n on the host).
+    """
+    z, y = logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1)
+    scored = y != IGNORE
+    total = F.cross_entropy(z, y, weight=weight, ignore_index=IGNORE, reduction="sum")
+    n = scored.sum()
+    denom = n if weight is None else (weight[y.clamp(min=0)] * scored).sum()
+    loss = total / denom.clamp(min=torch.finfo(torch.float32).tiny)
+    hits = ((z.argmax(-1) == y) & scored).sum()
+    return loss, n, hits
+
+
+def share(hits: Tensor, n: Tensor) -> Tensor:
+    """hits / n as a float tensor, 0 when n is 0 (no host sync)."""
+    return hits.float() / n.clamp(min=1)
+
+
 #: Vocabulary size from which the LM objectives apply the LM head in chunks of rows
 #: (`lmforge.objectives.chunked`) instead of materialising the whole batch's logits; 0 (the
 #: train key's default) = never.
@@ -66,14 +98,17 @@ def chunkable_heads(model: nn.Module, chunk_vocab: int):
     return inner.heads
 
 
-def chunked_lm_loss(heads, hidden: Tensor, labels: Tensor, rows: int | None = None):
+def chunked_lm_loss(
+    heads, hidden: Tensor, labels: Tensor, rows: int | None = None, zero_if_empty: bool = False
+):
     """(loss, hits) of `heads`' LM head over (B, T, d) hidden states, chunk by chunk."""
     if heads.logit_scale != 1.0:
         hidden = hidden * heads.logit_scale
     d = hidden.size(-1)
     return lm_head_cross_entropy(
-        hidden.reshape(-1, d), heads.lm_head.weight, labels.reshape(-1), rows=rows
-    )
+        hidden.reshape(-1, d), heads.lm_head.weight, labels.reshape(-1), rows=rows,
+        zero_if_empty=zero_if_empty,
+    )  # fmt: skip
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmforge.objectives.lm import IGNORE, LossOutput, cross_entropy
+from lmforge.objectives.lm import LossOutput, scored_cross_entropy, share
 
 
 def mlm_nsp_loss(model, batch: dict[str, Tensor]) -> LossOutput:
@@ -21,28 +21,22 @@ def mlm_nsp_loss(model, batch: dict[str, Tensor]) -> LossOutput:
     without an "nsp" head (or a batch without `nsp_labels`) trains on MLM alone.
 
     Metrics: `mlm_loss`, `mlm_acc` (share of selected tokens predicted exactly), and with NSP
-    `nsp_loss`, `nsp_acc`. `n_tokens` is the number of selected tokens.
+    `nsp_loss`, `nsp_acc` (0-d tensors: nothing is read on the host). `n_tokens` is the number
+    of selected tokens; a batch with none gives a zero MLM loss.
     """
     out = model(
         batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
         token_type_ids=batch.get("token_type_ids"),
     )
-    labels = batch["labels"]
-    selected = labels != IGNORE
-    n = int(selected.sum())
-    if n:
-        mlm = cross_entropy(out.logits, labels)
-        mlm_acc = float((out.logits.argmax(-1)[selected] == labels[selected]).float().mean())
-    else:  # nothing selected in this batch: a zero that still has a graph
-        mlm, mlm_acc = out.logits.sum() * 0.0, 0.0
-    metrics = {"mlm_loss": float(mlm.detach()), "mlm_acc": mlm_acc}
+    mlm, n, hits = scored_cross_entropy(out.logits, batch["labels"])  # no host sync
+    metrics = {"mlm_loss": mlm.detach(), "mlm_acc": share(hits, n)}
     loss = mlm
     if out.nsp_logits is not None and "nsp_labels" in batch:
         nsp_labels = batch["nsp_labels"]
         nsp = F.cross_entropy(out.nsp_logits.float(), nsp_labels)
-        metrics["nsp_loss"] = float(nsp.detach())
-        metrics["nsp_acc"] = float((out.nsp_logits.argmax(-1) == nsp_labels).float().mean())
+        metrics["nsp_loss"] = nsp.detach()
+        metrics["nsp_acc"] = (out.nsp_logits.argmax(-1) == nsp_labels).float().mean()
         loss = mlm + nsp
     return LossOutput(loss, n, metrics)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmforge.objectives.lm import IGNORE, LossOutput, cross_entropy
+from lmforge.objectives.lm import LossOutput, scored_cross_entropy, share
 
 
 def multi_positive_contrastive_loss(
@@ -57,7 +57,7 @@ class FusionObjective:
         if self.task == "classify":
             y = batch["labels"]
             loss = F.cross_entropy(out.logits.float(), y)
-            acc = float((out.logits.argmax(-1) == y).float().mean())
+            acc = (out.logits.argmax(-1) == y).float().mean()
             return LossOutput(loss, int(y.numel()), {"accuracy": acc})
         if self.task == "retrieve":
             g = batch["groups"]
@@ -72,12 +72,7 @@ class FusionObjective:
                 )
                 hit = g[sim.argmax(-1)] == g
             return LossOutput((i2t + t2i) / 2, int(g.numel()),
-                              {"batch_recall1": float(hit.float().mean())})  # fmt: skip
+                              {"batch_recall1": hit.float().mean()})  # fmt: skip
         labels = batch["labels"]  # (B, T): caption tokens, IGNORE elsewhere
-        logits, target = out.logits[:, :-1], labels[:, 1:]
-        n = int((target != IGNORE).sum())
-        loss = cross_entropy(logits, target) if n else logits.sum() * 0.0
-        pred = logits.argmax(-1)
-        scored = target != IGNORE
-        acc = float((pred[scored] == target[scored]).float().mean()) if n else 0.0
-        return LossOutput(loss, n, {"token_acc": acc})
+        loss, n, hits = scored_cross_entropy(out.logits[:, :-1], labels[:, 1:])  # no host sync
+        return LossOutput(loss, n, {"token_acc": share(hits, n)})

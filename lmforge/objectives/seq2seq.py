@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lmforge.objectives.lm import IGNORE, LossOutput, cross_entropy
+from lmforge.objectives.lm import LossOutput, scored_cross_entropy, share
 
 
 def seq2seq_loss(model, batch: dict[str, Tensor]) -> LossOutput:
@@ -23,8 +23,5 @@ def seq2seq_loss(model, batch: dict[str, Tensor]) -> LossOutput:
         decoder_input_ids=batch["decoder_input_ids"],
         decoder_attention_mask=batch.get("decoder_attention_mask"),
     )
-    labels = batch["labels"]
-    valid = labels != IGNORE
-    loss = cross_entropy(out.logits, labels)
-    acc = float((out.logits.argmax(-1)[valid] == labels[valid]).float().mean())
-    return LossOutput(loss, int(valid.sum()), {"token_acc": acc})
+    loss, n, hits = scored_cross_entropy(out.logits, batch["labels"])  # no host sync
+    return LossOutput(loss, n, {"token_acc": share(hits, n)})

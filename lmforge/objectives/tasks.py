@@ -30,7 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmforge.objectives.lm import CHUNK_VOCAB, IGNORE, LossOutput, chunkable_heads, chunked_lm_loss
+from lmforge.objectives.lm import (
+    CHUNK_VOCAB,
+    IGNORE,
+    LossOutput,
+    chunkable_heads,
+    chunked_lm_loss,
+    scored_cross_entropy,
+    share,
+)
 
 INPUT_KEYS = (
     "input_ids",
@@ -41,18 +49,23 @@ INPUT_KEYS = (
 )
 
 
-def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+def distillation_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, mask: Tensor | None = None
+) -> Tensor:
     """T^2 KL(softmax(z_t / T) || softmax(z_s / T)), the mean over rows (positions).
 
     KL(p || q) = sum_i p_i (log p_i - log q_i), computed in float32 from log-softmaxes.
     Args:
-        student_logits, teacher_logits: (N, C) logits of the same N positions.
+        student_logits, teacher_logits: (..., C) logits of the same positions.
         temperature: T > 0; higher T softens both distributions.
+        mask: (...) bool, the positions averaged over (all when None; none gives 0).
     """
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    kl = (t.exp() * (t - s)).sum(-1)  # (N,)
-    return kl.mean() * temperature**2
+    kl = (t.exp() * (t - s)).sum(-1)  # (...,)
+    if mask is None:
+        return kl.mean() * temperature**2
+    return (kl * mask).sum() / mask.sum().clamp(min=1) * temperature**2
 
 
 def balanced_weights(label_ids: Sequence[int], num_labels: int) -> list[float]:
@@ -123,42 +136,37 @@ class TaskObjective:
             if heads is not None:
                 return self._sft_chunked(model, heads, batch)
         out = model(**model_inputs(batch))
-        labels = batch["labels"]
-        logits = out.logits
-        if self.task == "classify":
-            scored = torch.ones_like(labels, dtype=torch.bool)
-        else:
-            scored = labels != IGNORE  # (B, T)
-        z, y = logits[scored], labels[scored]  # (N, C), (N,)
-        n = int(y.numel())
+        labels, logits = batch["labels"], out.logits
+        # no boolean indexing and no counts read on the host: a training step never waits
+        # for the device here (the held-out rates below may)
         weight = None
         if self.class_weights is not None:
-            weight = self.class_weights.to(device=z.device, dtype=torch.float32)
-        ce = F.cross_entropy(z.float(), y, weight=weight) if n else z.sum() * 0.0
-        pred = z.argmax(-1)
-        hits = float((pred == y).float().mean()) if n else 0.0
-        metrics = {"accuracy" if self.task == "classify" else "token_acc": hits}
+            weight = self.class_weights.to(device=logits.device, dtype=torch.float32)
+        ce, n, hits = scored_cross_entropy(logits, labels, weight)
+        metrics = {"accuracy" if self.task == "classify" else "token_acc": share(hits, n)}
         loss = ce
         if self.teacher is not None:
-            kd = distillation_loss(z, self._teacher_logits(batch)[scored], self.temperature)
+            kd = distillation_loss(logits, self._teacher_logits(batch), self.temperature,
+                                   labels != IGNORE)  # fmt: skip
             loss = (1 - self.alpha) * ce + self.alpha * kd
-            metrics.update(ce=float(ce.detach()), kd=float(kd.detach()))
-        if not model.training and n:
-            if self.task == "classify":
-                metrics.update(self._class_rates(pred, y, n))
-            elif self.task == "tokens" and self.span_fn is not None:
-                metrics.update(self._span_rates(logits.argmax(-1), labels, n))
+            metrics.update(ce=ce.detach(), kd=kd.detach())
+        if not model.training:
+            scored = labels != IGNORE
+            z, y = logits[scored], labels[scored]  # (N, C), (N,)
+            if y.numel() and self.task == "classify":
+                metrics.update(self._class_rates(z.argmax(-1), y, y.numel()))
+            elif y.numel() and self.task == "tokens" and self.span_fn is not None:
+                metrics.update(self._span_rates(logits.argmax(-1), labels, y.numel()))
         return LossOutput(loss, n, metrics)
 
     def _sft_chunked(self, model, heads, batch: dict[str, Tensor]) -> LossOutput:
-        """The sft loss and token accuracy with the LM head applied in chunks."""
+        """The sft loss and token accuracy with the LM head applied in chunks (no host sync:
+        a batch without response tokens gives a zero loss)."""
         labels = batch["labels"]
-        n = int((labels != IGNORE).sum())
+        n = (labels != IGNORE).sum()
         out = model(**model_inputs(batch), lm_logits=False)
-        if not n:  # as the full path: a zero loss that still reaches every parameter
-            return LossOutput(out.hidden.sum() * 0.0, 0, {"token_acc": 0.0})
-        loss, hits = chunked_lm_loss(heads, out.hidden, labels)
-        return LossOutput(loss, n, {"token_acc": float(hits) / n})
+        loss, hits = chunked_lm_loss(heads, out.hidden, labels, zero_if_empty=True)
+        return LossOutput(loss, n, {"token_acc": share(hits, n)})
 
     # ----------------------------------------------------------------- held-out scores
     def _class_rates(self, pred: Tensor, y: Tensor, n: int) -> dict[str, float]:
@@ -228,11 +236,11 @@ def span_or_choice_loss(task: str, logits: Tensor, batch: dict[str, Tensor]) -> 
         start, end = span_logits(logits, batch.get("attention_mask"))
         loss = (F.cross_entropy(start, labels[:, 0]) + F.cross_entropy(end, labels[:, 1])) / 2
         hits = (start.argmax(-1) == labels[:, 0]) & (end.argmax(-1) == labels[:, 1])
-        return LossOutput(loss, int(labels.size(0)), {"span_acc": float(hits.float().mean())})
+        return LossOutput(loss, int(labels.size(0)), {"span_acc": hits.float().mean()})
     z = choice_scores(logits, batch["choice_mask"])
     loss = F.cross_entropy(z, labels)
     hits = z.argmax(-1) == labels
-    return LossOutput(loss, int(labels.size(0)), {"accuracy": float(hits.float().mean())})
+    return LossOutput(loss, int(labels.size(0)), {"accuracy": hits.float().mean()})
 
 
 def _ratio(a: float, b: float) -> float:
