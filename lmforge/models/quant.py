@@ -204,7 +204,13 @@ def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None, chunk_rows
 # ----------------------------------------------------------------------------- modules
 class QuantizedLinear(nn.Module):
     """Common shape of the quantized linears: `in_features`, `out_features`, a float `bias`
-    (frozen Parameter or None), `dequantized_weight()` and `from_linear`."""
+    (frozen Parameter or None), `dequantized_weight()` and `from_linear`.
+
+    The stored tensors (integer weights, scales, zero points) are frozen Parameters, not
+    buffers: the same state dict, but torch.compile checks a buffer's tensor guards before every
+    call of a compiled step, even with guard evaluation skipped (1.27 ms a token for the
+    SmolLM2-135M shape in int8, 0.29 ms as Parameters; BENCHMARKS.md "Quantized decode, round 4").
+    """
 
     method: str = ""
 
@@ -215,6 +221,11 @@ class QuantizedLinear(nn.Module):
         self.register_parameter("bias", b)
         # the kernels' own layouts are rebuilt from the stored tensors after every load
         self.register_load_state_dict_post_hook(lambda module, _: module.repack())
+
+    def _store(self, **tensors: Tensor) -> None:
+        """Set stored tensors as frozen Parameters (integer ones cannot require gradients)."""
+        for name, t in tensors.items():
+            setattr(self, name, nn.Parameter(t, requires_grad=False))
 
     def dequantized_weight(self) -> Tensor:
         raise NotImplementedError
@@ -240,8 +251,8 @@ class QuantizedLinear(nn.Module):
 class Int8Linear(QuantizedLinear):
     """Int8 weights, per output channel: y = x (q s)^T + b (see the module docstring).
 
-    Buffers: `weight` (d_out, d_in) int8, `scales` (d_out,) float32. The fbgemm/x86 packed
-    weight is derived by `repack()` and is not stored.
+    Stored (frozen Parameters): `weight` (d_out, d_in) int8, `scales` (d_out,) float32. The
+    fbgemm/x86 packed weight is derived by `repack()` and is not stored.
 
     Which arithmetic runs (the fastest measured on CPU, BENCHMARKS.md "Quantized decode,
     round 3"):
@@ -267,14 +278,17 @@ class Int8Linear(QuantizedLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.ones(out_features))
+        self._store(
+            weight=torch.zeros(out_features, in_features, dtype=torch.int8),
+            scales=torch.ones(out_features),
+        )
         self._packed: Any = None
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> Int8Linear:
         m = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        m.weight, m.scales = quantize_int8(lin.weight)
+        q, scales = quantize_int8(lin.weight)
+        m._store(weight=q, scales=scales)
         if lin.bias is not None:
             m.bias.data = lin.bias.detach().float().clone()
         return m.to(lin.weight.device)  # .to() packs the weight for its device (_apply)
@@ -286,7 +300,7 @@ class Int8Linear(QuantizedLinear):
         self._packed = _prepack(self.weight, self.scales, self.bias)
         _remember(self.weight, self._packed)
 
-    def _apply(self, fn, recurse=True):  # .to(device): the packed weight follows the buffers
+    def _apply(self, fn, recurse=True):  # .to(device): the packed weight follows the stored tensors
         out = super()._apply(fn, recurse)
         self.repack()
         return out
@@ -332,7 +346,7 @@ class Int8Linear(QuantizedLinear):
 class Int4Linear(QuantizedLinear):
     """Weight-only int4, group-wise: y = x ((q - 8) s + z)^T + b (see the module docstring).
 
-    Buffers: `weight` (d_out, d_in // 2) uint8 (two values a byte, `pack_int4`), `scales` and
+    Stored (frozen Parameters): `weight` (d_out, d_in // 2) uint8 (two values a byte, `pack_int4`), `scales` and
     `zeros` (d_out, d_in // group_size) float32.
 
     PyTorch's own int4 CPU kernel (`_weight_int4pack_mm_for_cpu`) measured 10-15x slower than
@@ -355,18 +369,18 @@ class Int4Linear(QuantizedLinear):
         check_int4_shape(in_features, group_size)
         self.group_size = group_size
         groups = in_features // group_size
-        self.register_buffer(
-            "weight", torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8)
+        self._store(
+            weight=torch.full((out_features, in_features // 2), 0x88, dtype=torch.uint8),
+            scales=torch.ones(out_features, groups),
+            zeros=torch.zeros(out_features, groups),
         )
-        self.register_buffer("scales", torch.ones(out_features, groups))
-        self.register_buffer("zeros", torch.zeros(out_features, groups))
         self._decode: Int8Linear | None = None
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, group_size: int = 128) -> Int4Linear:
         m = cls(lin.in_features, lin.out_features, lin.bias is not None, group_size)
-        q, m.scales, m.zeros = quantize_int4(lin.weight, group_size)
-        m.weight = pack_int4(q)
+        q, scales, zeros = quantize_int4(lin.weight, group_size)
+        m._store(weight=pack_int4(q), scales=scales, zeros=zeros)
         if lin.bias is not None:
             m.bias.data = lin.bias.detach().float().clone()
         return m.to(lin.weight.device)  # .to() packs the weight for its device (_apply)
@@ -376,14 +390,15 @@ class Int4Linear(QuantizedLinear):
             self._decode = None
             return
         dec = Int8Linear(self.in_features, self.out_features, self.bias is not None)
-        dec.weight, dec.scales = quantize_int8(self.dequantized_weight())
+        q, scales = quantize_int8(self.dequantized_weight())
+        dec._store(weight=q, scales=scales)
         if self.bias is not None:
             dec.bias.data = self.bias.detach().float().clone()
         dec.repack()
         # a plain attribute, not a submodule: it is derived, never saved or counted
         self.__dict__["_decode"] = dec
 
-    def _apply(self, fn, recurse=True):  # .to(device): the derived copy follows the buffers
+    def _apply(self, fn, recurse=True):  # .to(device): the derived copy follows the stored tensors
         out = super()._apply(fn, recurse)
         self.repack()
         return out
@@ -413,7 +428,7 @@ class Int4Linear(QuantizedLinear):
 class DynamicInt8Linear(Int8Linear):
     """Dynamic int8: the int8 weights of `Int8Linear`, the activations quantized at every call
     (any number of rows): the method for encoders (BERT classifiers), whose matmuls are large
-    enough that integer arithmetic pays. Same buffers as `Int8Linear`."""
+    enough that integer arithmetic pays. Same stored tensors as `Int8Linear`."""
 
     method = "dynamic-int8"
     dynamic_rows = None

@@ -87,7 +87,7 @@ class LoRALinear(nn.Module):
         if is_quantized(base):
             # QLoRA: the frozen quantized layer computes x W_hat^T + b itself
             self.base_layer = base
-            w = base.bias if base.bias is not None else next(iter(base.buffers()))
+            w = base.bias if base.bias is not None else base.scales
             w = torch.empty(0, device=w.device)  # float32 A and B
         else:
             self.base_layer = None
