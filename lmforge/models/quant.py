@@ -209,7 +209,7 @@ class QuantizedLinear(nn.Module):
     The stored tensors (integer weights, scales, zero points) are frozen Parameters, not
     buffers: the same state dict, but torch.compile checks a buffer's tensor guards before every
     call of a compiled step, even with guard evaluation skipped (1.27 ms a token for the
-    SmolLM2-135M shape in int8, 0.29 ms as Parameters; BENCHMARKS.md "Quantized decode, round 4").
+    SmolLM2-135M shape in int8, 0.37 ms as Parameters; BENCHMARKS.md "Quantized decode, round 4").
     """
 
     method: str = ""
@@ -300,7 +300,7 @@ class Int8Linear(QuantizedLinear):
         self._packed = _prepack(self.weight, self.scales, self.bias)
         _remember(self.weight, self._packed)
 
-    def _apply(self, fn, recurse=True):  # .to(device): the packed weight follows the stored tensors
+    def _apply(self, fn, recurse=True):  # .to(device): the packed weight follows the weights
         out = super()._apply(fn, recurse)
         self.repack()
         return out
@@ -346,8 +346,8 @@ class Int8Linear(QuantizedLinear):
 class Int4Linear(QuantizedLinear):
     """Weight-only int4, group-wise: y = x ((q - 8) s + z)^T + b (see the module docstring).
 
-    Stored (frozen Parameters): `weight` (d_out, d_in // 2) uint8 (two values a byte, `pack_int4`), `scales` and
-    `zeros` (d_out, d_in // group_size) float32.
+    Stored (frozen Parameters): `weight` (d_out, d_in // 2) uint8 (two values a byte,
+    `pack_int4`), `scales` and `zeros` (d_out, d_in // group_size) float32.
 
     PyTorch's own int4 CPU kernel (`_weight_int4pack_mm_for_cpu`) measured 10-15x slower than
     fp32 MKL at batch 1 here, so up to `KERNEL_ROWS` rows on the CPU (eager or compiled) run the
@@ -355,8 +355,8 @@ class Int4Linear(QuantizedLinear):
     int4 weight dequantized and rounded again to int8 per output channel (W8 = int8(W_hat)),
     the activations quantized per tensor over each piece of `DECODE_ROWS` rows. Its plain rule
     is `decode_reference`; a compiled one-row call is the copy's weight-only `gemv`
-    (x W8^T + b: inductor's product-and-sum straight from the packed 4-bit bytes measured
-    twice as slow as from the int8 copy). More rows, autograd and other devices use the
+    (x W8^T + b: inductor's product-and-sum straight from the packed 4-bit bytes measured at
+    best twice as slow as from the int8 copy). More rows, autograd and other devices use the
     weight-only rule (`reference`).
     """
 
@@ -398,7 +398,7 @@ class Int4Linear(QuantizedLinear):
         # a plain attribute, not a submodule: it is derived, never saved or counted
         self.__dict__["_decode"] = dec
 
-    def _apply(self, fn, recurse=True):  # .to(device): the derived copy follows the stored tensors
+    def _apply(self, fn, recurse=True):  # .to(device): the derived copy follows the weights
         out = super()._apply(fn, recurse)
         self.repack()
         return out
