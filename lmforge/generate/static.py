@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from lmforge.errors import GenerationError
 from lmforge.models.block import call_block
 from lmforge.models.cache import CacheView, LayerView
-from lmforge.models.quant import QuantizedLinear
+from lmforge.models.quant import quantized_modules
 
 # inductor options of the compiled step:
 # - freezing: the weights are constants of the graph, packed once into the layout the matrix
@@ -127,7 +127,7 @@ class CompiledStep(_Step):
         fn = type(_step)(_step.__code__.replace(), _step.__globals__, "step_compiled")
         self._compiled = torch.compile(fn, fullgraph=fullgraph)
         options = COMPILE_OPTIONS
-        if any(isinstance(m, QuantizedLinear) for m in model.modules()):
+        if quantized_modules(model):
             # frozen, an int8 weight's conversion to float is folded into a float constant:
             # the graph would read four times the bytes (and hold them)
             options = {**COMPILE_OPTIONS, "freezing": False}

@@ -196,8 +196,7 @@ def test_compiled_int8_model_gives_the_weight_only_tokens():
         lin.weight.data = q.dequantized_weight()
         if q.bias is not None:
             lin.bias.data = q.bias.data.clone()
-        parent, _, child = name.rpartition(".")
-        setattr(plain.get_submodule(parent) if parent else plain, child, lin)
+        plain.set_submodule(name, lin)
     prompt = [[5, 6, 7, 8, 9, 10, 11]]
     gen = GenerationConfig(max_new_tokens=8, temperature=0.0)
     want = generate(plain, prompt, gen)
