@@ -38,8 +38,12 @@ from lmforge.models.quant import quantized_modules
 #   for every frozen linear, and a 30-layer model has 211 of them: its first call took many
 #   minutes on 2 cores (more than 42 minutes on a loaded box), while at batch 1 MKL won most
 #   of those autotunes anyway (BENCHMARKS.md "Decode speed, round 2"). Inductor still fuses
-#   every elementwise step (norms, RoPE, activations, residuals) around the MKL calls.
-COMPILE_OPTIONS = {"freezing": True}
+#   every elementwise step (norms, RoPE, activations, residuals) around the MKL calls;
+# - no size asserts: the generated wrapper would check the sizes and strides of every input
+#   (each weight included) on every call, about 550 checks a token on a 30-layer model; the
+#   first call of a generation runs dynamo's guards, which check the same things.
+COMPILE_OPTIONS = {"freezing": True, "size_asserts": False}
+REGIONAL_OPTIONS = {"size_asserts": False}
 
 # one compiled step per model: torch.compile keys its cache on the function's code, and a
 # frozen graph holds the weights as constants, so each model gets its own function object
@@ -140,9 +144,10 @@ class CompiledStep(_Step):
         encoder_hidden: Tensor | None = None,
         encoder_mask: Tensor | None = None,
     ) -> Tensor:
-        for t in (*view.ks, *view.vs):
-            torch._dynamo.mark_dynamic(t, 2)
-        torch._dynamo.mark_dynamic(view.keep, 1)
+        if not self.checked:  # the first step of a generation: mark the growing slot axis
+            for t in (*view.ks, *view.vs):
+                torch._dynamo.mark_dynamic(t, 2)
+            torch._dynamo.mark_dynamic(view.keep, 1)
         args = (self.model, ids, view.slot, view.pos, view.keep, view.ks, view.vs)
         args += (view.cross, encoder_hidden, encoder_mask)
         # compilation happens inside a call (the first, or one with new shapes); the options
@@ -166,7 +171,8 @@ class RegionalStep(_Step):
         fn = type(call_block)(
             call_block.__code__.replace(), call_block.__globals__, "block_compiled"
         )
-        self._compiled = torch.compile(fn, fullgraph=True, backend=backend)
+        options = REGIONAL_OPTIONS if backend == "inductor" else None
+        self._compiled = torch.compile(fn, fullgraph=True, backend=backend, options=options)
 
     def _block(self, block: nn.Module, x: Tensor, mask: Tensor, rope, cache: LayerView, *rest):
         if not self.checked:  # the first step of a generation: mark the growing slot axis

@@ -293,11 +293,19 @@ class KVCache:
                 "ask for fewer new tokens or a shorter prompt."
             )
         cross = list(self._cross)
-        if rows != slice(None):
-            cross = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in cross]
+        if rows == slice(None):  # narrow: the cheapest view on the host, taken ~60 times a step
+            return CacheView(
+                slot=self.slot,
+                pos=self.next_pos,
+                keep=self.keep.narrow(1, 0, end),
+                ks=[k.narrow(2, 0, end) for k in self.ks],
+                vs=[v.narrow(2, 0, end) for v in self.vs],
+                cross=cross,
+            )
+        cross = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in cross]
         return CacheView(
             slot=self.slot,
-            pos=self.next_pos if rows == slice(None) else self.next_pos[rows],
+            pos=self.next_pos[rows],
             keep=self.keep[rows, :end],
             ks=[k[rows, :, :end] for k in self.ks],
             vs=[v[rows, :, :end] for v in self.vs],

@@ -131,6 +131,22 @@ def test_step_has_no_host_syncs():
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_step_view_of_every_row_equals_the_view_of_a_row_range():
+    """`step_view()` (narrowed views) and `step_view(rows)` (indexed views) see the same
+    tensors, and both are views: what a step writes lands in the cache."""
+    model = tiny("llama-tiny")
+    ids, mask = pad(PROMPTS, 0, torch.device("cpu"))
+    with torch.inference_mode():
+        cache = model.new_cache(len(PROMPTS), ids.size(1) + 2)
+        prefill(model, ids, mask, cache)
+        every, ranged = cache.step_view(), cache.step_view(slice(0, len(PROMPTS)))
+        for a, b in zip([every.keep, *every.ks, *every.vs], [ranged.keep, *ranged.ks, *ranged.vs]):
+            assert torch.equal(a, b) and a.shape[-2 if a.dim() == 4 else -1] == ids.size(1) + 1
+        every.ks[0][:, :, -1] = 7.0
+        assert bool((cache.ks[0][:, :, ids.size(1)] == 7.0).all())
+        torch.testing.assert_close(every.pos, ranged.pos)
+
+
 @pytest.mark.slow
 def test_compiled_step_gives_the_eager_tokens():
     """torch.compile of the step with inductor (one small graph; tens of seconds on 2 cores)."""
