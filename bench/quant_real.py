@@ -55,13 +55,15 @@ GGUF_BYTES_PER_32 = {"f32": 128, "q8_0": 34, "q4_0": 18}
 
 def bytes_per_token(model: nn.Module) -> int:
     """Weights one decode step reads: every linear (quantized buffers or float weight, scales
-    included) and every norm; the embedding only as a head when the head is tied to it."""
+    included) and every norm; the embedding only as a head when the head is tied to it. An int4
+    linear that decodes through its derived int8 copy (`Int4Linear._decode`) reads the copy."""
     total = 0
     for m in model.modules():
         if isinstance(m, nn.Embedding):
             continue
-        for name, t in list(m.named_parameters(recurse=False)) + list(
-            m.named_buffers(recurse=False)
+        read = getattr(m, "_decode", None) or m
+        for name, t in list(read.named_parameters(recurse=False)) + list(
+            read.named_buffers(recurse=False)
         ):
             if name.startswith("_") or t.dtype == torch.bool:
                 continue  # derived kernel layouts are counted through their stored twins

@@ -9,9 +9,10 @@ slots, see `lmforge.models.cache.CacheView`), so torch.compile captures it witho
 - "whole" (`CompiledStep`): the step as one graph per model and batch size (only "dynamic"
   RoPE scaling, which reads the largest position on the host, allows graph breaks), weights
   frozen into it; the compile time grows with the number of layers;
-- "regional" (`RegionalStep`): one compiled block (`lmforge.models.block.call_block`) that
-  every layer of the same shape reuses, weights as graph inputs, the rest of the step eager;
-  the compile time is that of one block, whatever the depth.
+- "regional" (`RegionalStep`): one compiled run of a few consecutive blocks
+  (`lmforge.models.block.call_blocks`, up to `REGION_LAYERS`) that every such run of the stack
+  reuses, weights as graph inputs, the rest of the step eager; the compile time is that of one
+  run, whatever the depth.
 
 In both, the keys/values are views of the cache's first slot + 1 slots: their length is the one
 size that changes between steps and is marked dynamic (one compilation for a whole generation,
@@ -20,6 +21,7 @@ whose first call took many minutes on a 30-layer model)."""
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 
@@ -27,8 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import GenerationError
-from lmforge.models.block import call_block
-from lmforge.models.cache import CacheView, LayerView
+from lmforge.models.block import call_blocks
+from lmforge.models.cache import CacheView
 from lmforge.models.quant import quantized_modules
 
 # inductor options of the compiled step:
@@ -102,7 +104,7 @@ class _Step:
     def new_generation(self) -> None:
         self.checked = False
 
-    def _run(self, fn, *args) -> Tensor:
+    def _checked_call(self, fn, *args) -> Tensor:
         """`fn(*args)`, the step's compiled code, with guards skipped once checked."""
         if self.checked and _default_stance():
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
@@ -153,33 +155,57 @@ class CompiledStep(_Step):
         # compilation happens inside a call (the first, or one with new shapes); the options
         # are inductor settings, patched in for the call only
         with self._patch():
-            return self._run(self._compiled, *args)
+            return self._checked_call(self._compiled, *args)
+
+
+# how many consecutive blocks one compiled region runs, at most: each region call costs about
+# 0.1 ms on the host (guards, graph inputs, the generated wrapper), and a region's compile time
+# grows with its length (SmolLM2-135M shape, 30 layers, 2 cores: regions of 1 block compiled in
+# ~31 s and decoded ~25% slower than one graph for the whole step; regions of 5 and 10 blocks
+# compiled in ~38 s and ~51 s and decoded as fast as the whole step, which took ~108 s)
+REGION_LAYERS = 6
+
+
+def region_span(n_layer: int, most: int = REGION_LAYERS) -> int:
+    """Blocks per compiled region: the largest divisor of `n_layer` up to `most` (every region
+    the same length, so one compiled graph serves them all), unless that divisor is below half
+    of `most`: then `most` itself, and the last, shorter region is a second graph."""
+    most = min(n_layer, most)
+    best = max(d for d in range(1, most + 1) if n_layer % d == 0)
+    return best if 2 * best >= most else most
 
 
 class RegionalStep(_Step):
-    """`Transformer.step` with each block run by one compiled `call_block` (regional
-    compilation): the blocks of a stack share their code, and with inlined modules
-    (`torch._dynamo.config.inline_inbuilt_nn_modules`, on by default) a block's weights are
-    inputs of the graph, so one graph serves every layer of the same shape and the compile
-    time does not grow with depth. The embedding, mask, RoPE angles, final norm and LM head run
-    eagerly around the blocks. Weights are not frozen (they are inputs), so nothing is rebuilt
-    when they change."""
+    """`Transformer.step` with its blocks run in regions of `span` consecutive blocks by one
+    compiled `call_blocks` (regional compilation): the blocks of a stack share their code, and
+    with inlined modules (`torch._dynamo.config.inline_inbuilt_nn_modules`, on by default) the
+    blocks' weights are inputs of the graph, so one graph serves every region of the same
+    length and the compile time is that of one region, whatever the depth. The embedding, mask,
+    RoPE angles, final norm and LM head run eagerly around the regions. Weights are not frozen
+    (they are inputs), so nothing is rebuilt when they change."""
 
-    def __init__(self, model: nn.Module, backend: str = "inductor") -> None:
+    def __init__(
+        self, model: nn.Module, backend: str = "inductor", most: int = REGION_LAYERS
+    ) -> None:
         super().__init__()
         self.model = model
-        fn = type(call_block)(
-            call_block.__code__.replace(), call_block.__globals__, "block_compiled"
+        self.span = region_span(len(model.decoder.layers), most)
+        fn = type(call_blocks)(
+            call_blocks.__code__.replace(), call_blocks.__globals__, "blocks_compiled"
         )
         options = REGIONAL_OPTIONS if backend == "inductor" else None
         self._compiled = torch.compile(fn, fullgraph=True, backend=backend, options=options)
+        # what `Stack.step` calls for each region (`span`: how many blocks a call runs, at most)
+        self._region = functools.partial(RegionalStep._run, self)
+        self._region.span = self.span
 
-    def _block(self, block: nn.Module, x: Tensor, mask: Tensor, rope, cache: LayerView, *rest):
+    def _run(self, blocks, x: Tensor, mask: Tensor, rope, caches, *rest) -> Tensor:
         if not self.checked:  # the first step of a generation: mark the growing slot axis
             torch._dynamo.mark_dynamic(mask, mask.dim() - 1)
-            torch._dynamo.mark_dynamic(cache.k, 2)
-            torch._dynamo.mark_dynamic(cache.v, 2)
-        return self._compiled(block, x, mask, rope, cache, *rest)
+            for cache in caches:
+                torch._dynamo.mark_dynamic(cache.k, 2)
+                torch._dynamo.mark_dynamic(cache.v, 2)
+        return self._compiled(blocks, x, mask, rope, caches, *rest)
 
     def __call__(
         self,
@@ -188,7 +214,9 @@ class RegionalStep(_Step):
         encoder_hidden: Tensor | None = None,
         encoder_mask: Tensor | None = None,
     ) -> Tensor:
-        return self._run(self.model.step, ids, view, encoder_hidden, encoder_mask, self._block)
+        return self._checked_call(
+            self.model.step, ids, view, encoder_hidden, encoder_mask, self._region
+        )
 
 
 def regional_step(model: nn.Module) -> RegionalStep:

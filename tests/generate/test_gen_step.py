@@ -140,7 +140,9 @@ def test_step_view_of_every_row_equals_the_view_of_a_row_range():
         cache = model.new_cache(len(PROMPTS), ids.size(1) + 2)
         prefill(model, ids, mask, cache)
         every, ranged = cache.step_view(), cache.step_view(slice(0, len(PROMPTS)))
-        for a, b in zip([every.keep, *every.ks, *every.vs], [ranged.keep, *ranged.ks, *ranged.vs]):
+        for a, b in zip(
+            [every.keep, *every.ks, *every.vs], [ranged.keep, *ranged.ks, *ranged.vs], strict=True
+        ):
             assert torch.equal(a, b) and a.shape[-2 if a.dim() == 4 else -1] == ids.size(1) + 1
         every.ks[0][:, :, -1] = 7.0
         assert bool((cache.ks[0][:, :, ids.size(1)] == 7.0).all())
@@ -185,21 +187,32 @@ def test_compiled_step_is_rebuilt_when_weights_change():
     assert generate(model, PROMPTS, gen, compile=True) == expected
 
 
-@pytest.mark.parametrize("name", ["llama-gqa", "alibi", "dynamic-rope"])
-def test_regional_step_is_one_graph_for_every_layer(name):
-    """Regional compilation: one compiled block serves every layer (their weights are graph
-    inputs, the layer's cache comes as a `LayerView`) and gives the eager step's logits."""
+@pytest.mark.parametrize(
+    "name, layers, most, span, graphs",
+    [
+        ("llama-gqa", 4, 1, 1, 1),  # one block a region
+        ("llama-gqa", 4, 2, 2, 1),  # two regions of two blocks, one graph
+        ("alibi", 6, 4, 3, 1),  # 3 divides 6 and is at least half of 4
+        ("dynamic-rope", 4, 2, 2, 1),
+        ("llama-gqa", 5, 3, 3, 2),  # no divisor of 5 near 3: regions of 3 and 2, two graphs
+    ],
+)
+def test_regional_step_is_one_graph_for_every_region(name, layers, most, span, graphs):
+    """Regional compilation: one compiled run of `span` blocks serves every such run of the
+    stack (their weights are graph inputs, each layer's cache comes as a `LayerView`) and gives
+    the eager step's logits."""
     from torch._dynamo.utils import counters
 
     from lmforge.generate.static import RegionalStep
 
     preset, overrides = VARIANTS[name]
-    model = tiny(preset, n_layer=4, **overrides)
-    assert len(model.decoder.layers) == 4
+    model = tiny(preset, n_layer=layers, **overrides)
+    assert len(model.decoder.layers) == layers
     ids, mask = pad(PROMPTS, 0, torch.device("cpu"))
     torch._dynamo.reset()
     counters.clear()
-    step = RegionalStep(model, backend="eager")
+    step = RegionalStep(model, backend="eager", most=most)
+    assert step.span == span
     with torch.inference_mode():
         caches = [model.new_cache(len(PROMPTS), ids.size(1) + 6) for _ in range(2)]
         logits = [prefill(model, ids, mask, c) for c in caches]
@@ -212,7 +225,14 @@ def test_regional_step_is_one_graph_for_every_layer(name):
                 model.decode_step(token, caches[1], step=step),
             ]
             torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
-    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_region_span_prefers_equal_regions():
+    from lmforge.generate.static import region_span
+
+    assert [region_span(n, 6) for n in (30, 24, 12, 32, 22, 7, 4)] == [6, 6, 6, 4, 6, 6, 4]
+    assert region_span(30, 10) == 10 and region_span(30, 1) == 1
 
 
 def test_regional_step_serves_encoder_decoders_and_beams():
