@@ -6,7 +6,7 @@
 Contenders, one process, interleaved repeats, medians (prefill included, as a user sees it):
     hf        Hugging Face `LlamaForCausalLM.generate` on the same weights
     eager     `lmforge.generate.generate` (the model's own decode step, no compilation)
-    regional  the same with compile="regional" (one compiled block shared by the 30 layers)
+    regional  the same with compile="regional" (one compiled run of 6 blocks shared by the 30 layers)
     whole     the same with compile="whole" (the step as one graph, frozen weights)
 (each compiled form's first call, compilation included, is printed) and the same at batch 8
 (hf vs eager, and the compiled forms with --compile-batch).

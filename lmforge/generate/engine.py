@@ -182,7 +182,7 @@ def generate(
         gen: decoding settings (default `GenerationConfig()`).
         tokenizer: needed only for stop strings.
         compile: torch.compile the model's decode step: True (the default mode), "whole" (one
-            graph, frozen weights) or "regional" (one compiled block shared by every layer),
+            graph, frozen weights) or "regional" (one compiled run of blocks shared by the stack),
             see `lmforge.generate.static`; the first call per model and batch size compiles
             (tens of seconds).
 

@@ -54,10 +54,11 @@ _COMPILED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Callable]] = (
 )
 _REGIONAL: weakref.WeakKeyDictionary[nn.Module, RegionalStep] = weakref.WeakKeyDictionary()
 
-# how compile=True compiles the step: "whole" (the step as one graph, frozen weights) or
-# "regional" (one compiled block shared by every layer)
+# how compile=True compiles the step: "regional" (one compiled run of consecutive blocks shared
+# by the whole stack; on the SmolLM2-135M shape it compiled in ~45 s, "whole" in ~96 s, and
+# decoded at least as fast, BENCHMARKS.md "Decode, round 5") or "whole" (one graph, frozen weights)
 COMPILE_MODES = ("whole", "regional")
-DEFAULT_MODE = "whole"
+DEFAULT_MODE = "regional"
 
 
 def _step(

@@ -372,7 +372,7 @@ class CacheView:
 class LayerView:
     """One layer's part of a `CacheView`: the slot, its (B, H_kv, L, head_dim) keys and values
     and its cross-attention keys/values. A block given this view reads no layer index from it
-    (`update` and `cross_kv` ignore the index they are passed), so one compiled block serves
+    (`update` and `cross_kv` ignore the index they are passed), so one compiled run of blocks serves
     every layer of a stack (regional compilation, `lmforge.generate.static`)."""
 
     slot: Tensor

@@ -139,12 +139,11 @@ def test_generate_draft_acceptance_and_the_python_beams(monkeypatch, capsys, dir
 
 @pytest.mark.slow
 def test_generate_compiled_regional_prints_the_eager_text(monkeypatch, capsys, dirs):
-    """--compile --compile-mode regional (one compiled block for every layer) decodes the same
-    greedy text as eager decoding."""
+    """--compile (regional by default: one compiled run of blocks for the stack) decodes the
+    same greedy text as eager decoding."""
     lm, _ = dirs
     eager, _ = generate_cli(monkeypatch, capsys, lm, "--temperature", "0")
-    out, _ = generate_cli(monkeypatch, capsys, lm, "--temperature", "0", "--compile",
-                          "--compile-mode", "regional")  # fmt: skip
+    out, _ = generate_cli(monkeypatch, capsys, lm, "--temperature", "0", "--compile")
     assert out == eager
 
 
@@ -164,6 +163,7 @@ BAD = [
     (["--draft", "{other}"], "has a different tokenizer"),
     (["--compile", "--compile-mode", "fast"], "--compile-mode is 'fast'; use 'whole' or"),
     (["--compile-mode", "regional"], "--compile-mode sets how --compile compiles; add --compile"),
+    (["--compile-mode", "whole"], "--compile-mode sets how --compile compiles; add --compile"),
 ]
 
 

@@ -150,19 +150,20 @@ def test_step_view_of_every_row_equals_the_view_of_a_row_range():
 
 
 @pytest.mark.slow
-def test_compiled_step_gives_the_eager_tokens():
-    """torch.compile of the step with inductor (one small graph; tens of seconds on 2 cores)."""
+@pytest.mark.parametrize("mode", ["whole", "regional"])
+def test_compiled_step_gives_the_eager_tokens(mode):
+    """torch.compile of the step with inductor (small graphs; tens of seconds on 2 cores)."""
     model = tiny("gpt-tiny")
     gen = GenerationConfig(max_new_tokens=6, temperature=0.0)
     expected = generate(model, PROMPTS, gen)
-    assert generate(model, PROMPTS, gen, compile=True) == expected
-    assert generate(model, PROMPTS, gen, compile=True) == expected
+    assert generate(model, PROMPTS, gen, compile=mode) == expected
+    assert generate(model, PROMPTS, gen, compile=mode) == expected
     longer = GenerationConfig(max_new_tokens=12, temperature=0.0)
     expected = generate(model, PROMPTS, longer)
-    assert generate(model, PROMPTS, longer, compile=True) == expected
+    assert generate(model, PROMPTS, longer, compile=mode) == expected
     one = generate(model, PROMPTS[:1], longer)
-    assert generate(model, PROMPTS[:1], longer, compile=True) == one
-    assert generate(model, PROMPTS, longer, compile=True) == expected
+    assert generate(model, PROMPTS[:1], longer, compile=mode) == one
+    assert generate(model, PROMPTS, longer, compile=mode) == expected
 
 
 def test_compile_respects_a_force_eager_stance():
@@ -180,11 +181,11 @@ def test_compiled_step_is_rebuilt_when_weights_change():
     step) the next compiled generation must see the new weights."""
     model = tiny("gpt-tiny", seed=1)
     gen = GenerationConfig(max_new_tokens=5, temperature=0.0)
-    generate(model, PROMPTS, gen, compile=True)
+    generate(model, PROMPTS, gen, compile="whole")
     with torch.no_grad():
         model.heads.lm_head.weight.mul_(-1.0)  # tied to the embedding: both change
     expected = generate(model, PROMPTS, gen)
-    assert generate(model, PROMPTS, gen, compile=True) == expected
+    assert generate(model, PROMPTS, gen, compile="whole") == expected
 
 
 @pytest.mark.parametrize(
