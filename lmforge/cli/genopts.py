@@ -72,7 +72,7 @@ OPTIONS: dict[str, tuple[Any, Any, Any]] = {
         bool,
         False,
         _option(
-            "torch.compile the decode step: on CPU about 1.5x faster per token than eager for "
+            "torch.compile the decode step: on CPU about 1.3x faster per token than eager for "
             "a 135M model (more for small ones), after compiling (see --compile-mode); worth "
             "it for long outputs."
         ),
