@@ -43,9 +43,13 @@ from lmforge.models.quant import quantized_modules
 #   every elementwise step (norms, RoPE, activations, residuals) around the MKL calls;
 # - no size asserts: the generated wrapper would check the sizes and strides of every input
 #   (each weight included) on every call, about 550 checks a token on a 30-layer model; the
-#   first call of a generation runs dynamo's guards, which check the same things.
-COMPILE_OPTIONS = {"freezing": True, "size_asserts": False}
-REGIONAL_OPTIONS = {"size_asserts": False}
+#   first call of a generation runs dynamo's guards, which check the same things;
+# - realize_reads_threshold 2 (inductor's default 4): a norm's output that feeds two or more
+#   reductions (q/k/v, gate/up of an int8 model's one-row product-and-sum) is computed once into
+#   a buffer instead of inside every reduction's loop (the SmolLM2-135M-shape int8 layer kernel
+#   ~7-10% faster in two paired profiles, BENCHMARKS.md "Decode, round 5").
+COMPILE_OPTIONS = {"freezing": True, "size_asserts": False, "realize_reads_threshold": 2}
+REGIONAL_OPTIONS = {"size_asserts": False, "realize_reads_threshold": 2}
 
 # one compiled step per model: torch.compile keys its cache on the function's code, and a
 # frozen graph holds the weights as constants, so each model gets its own function object
