@@ -48,8 +48,8 @@ from lmforge.models.quant import quantized_modules
 #   reductions (q/k/v, gate/up of an int8 model's one-row product-and-sum) is computed once into
 #   a buffer instead of inside every reduction's loop (the SmolLM2-135M-shape int8 layer kernel
 #   ~7-10% faster in two paired profiles, BENCHMARKS.md "Decode, round 5").
-COMPILE_OPTIONS = {"freezing": True, "size_asserts": False, "realize_reads_threshold": 2}
 REGIONAL_OPTIONS = {"size_asserts": False, "realize_reads_threshold": 2}
+COMPILE_OPTIONS = {**REGIONAL_OPTIONS, "freezing": True}
 
 # one compiled step per model: torch.compile keys its cache on the function's code, and a
 # frozen graph holds the weights as constants, so each model gets its own function object

@@ -251,10 +251,10 @@ class Stack(nn.Module):
         `view.pos`; there are no host syncs (except the largest position that "dynamic" RoPE
         scaling reads), so torch.compile(fullgraph=True) captures the step as one graph.
 
-        block_call: runs one block (`call_block`'s signature), or, when it has a `span`
-        attribute, runs of up to `span` consecutive blocks (`call_blocks`' signature), e.g. a
-        compiled `call_blocks` shared by every run (regional compilation); each block gets its
-        own `LayerView`.
+        block_call: runs consecutive blocks (`call_blocks`' signature), up to its `span`
+        attribute at a time (without one: the whole stack in one call), e.g. a compiled
+        `call_blocks` shared by every run (regional compilation); each block gets its own
+        `LayerView`.
         Returns the (B, 1, d_model) final hidden state."""
         mask = view.step_mask(self.cfg.sliding_window, self._bias_fn(), x.dtype)
         rope = None
@@ -262,26 +262,21 @@ class Stack(nn.Module):
             rope = tuple(t[:, None] for t in self.rope(view.pos, x.dtype))
         mem_mask = None if memory_mask is None else padding_mask(memory_mask, x.dtype)
         prefixes = self.prefix(x.size(0)) if self.prefix is not None else None
-        call = block_call or call_block
-        span = getattr(call, "span", None)  # a call that runs up to `span` blocks at once
-        if span is not None:
-            n = len(self.layers)
-            for s in range(0, n, span):
-                run = range(s, min(s + span, n))
-                x = call(
-                    tuple(self.layers[i] for i in run),
-                    x,
-                    mask,
-                    rope,
-                    tuple(view.layer(i) for i in run),
-                    memory,
-                    mem_mask,
-                    None if prefixes is None else tuple(prefixes[i] for i in run),
-                )
-        else:
-            for i, block in enumerate(self.layers):
-                prefix = None if prefixes is None else prefixes[i]
-                x = call(block, x, mask, rope, view.layer(i), memory, mem_mask, prefix)
+        call = block_call or call_blocks
+        n = len(self.layers)
+        span = getattr(call, "span", n)
+        for s in range(0, n, span):
+            run = range(s, min(s + span, n))
+            x = call(
+                tuple(self.layers[i] for i in run),
+                x,
+                mask,
+                rope,
+                tuple(view.layer(i) for i in run),
+                memory,
+                mem_mask,
+                None if prefixes is None else tuple(prefixes[i] for i in run),
+            )
         if self.norm is not None:
             x = self.norm(x)
         return x

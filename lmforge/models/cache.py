@@ -292,23 +292,18 @@ class KVCache:
                 f"the sequence would reach {end} tokens but the cache holds {self.max_len}; "
                 "ask for fewer new tokens or a shorter prompt."
             )
-        cross = list(self._cross)
-        if rows == slice(None):  # narrow: the cheapest view on the host, taken ~60 times a step
-            return CacheView(
-                slot=self.slot,
-                pos=self.next_pos,
-                keep=self.keep.narrow(1, 0, end),
-                ks=[k.narrow(2, 0, end) for k in self.ks],
-                vs=[v.narrow(2, 0, end) for v in self.vs],
-                cross=cross,
-            )
-        cross = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in cross]
+        every = rows == slice(None)
+
+        def cut(t: Tensor, dim: int) -> Tensor:  # narrow: the cheapest view, ~60 a step
+            return (t if every else t[rows]).narrow(dim, 0, end)
+
+        cross = [kv if kv is None or every else (kv[0][rows], kv[1][rows]) for kv in self._cross]
         return CacheView(
             slot=self.slot,
-            pos=self.next_pos[rows],
-            keep=self.keep[rows, :end],
-            ks=[k[rows, :, :end] for k in self.ks],
-            vs=[v[rows, :, :end] for v in self.vs],
+            pos=self.next_pos if every else self.next_pos[rows],
+            keep=cut(self.keep, 1),
+            ks=[cut(k, 2) for k in self.ks],
+            vs=[cut(v, 2) for v in self.vs],
             cross=cross,
         )
 

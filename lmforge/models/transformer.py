@@ -207,8 +207,8 @@ class Transformer(nn.Module):
         padding slots), so it has no host syncs and compiles as one graph. A soft prompt's
         virtual tokens sit in the cache at positions 0..n-1 and shift the real positions by n.
         encoder_hidden, encoder_mask: (B, S, d) and (B, S) of an encoder-decoder's source.
-        block_call: how each block is run (`lmforge.models.block.call_block` or a compiled copy
-        of it, see `Stack.step`).
+        block_call: how runs of consecutive blocks are run (`lmforge.models.block.call_blocks`
+        or a compiled copy of it, see `Stack.step`).
         """
         n = self._decoder_prompt_len()
         pos = view.pos - n if n else view.pos  # (B, 1) real position of the new token

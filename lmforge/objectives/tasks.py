@@ -150,13 +150,13 @@ class TaskObjective:
                                    labels != IGNORE)  # fmt: skip
             loss = (1 - self.alpha) * ce + self.alpha * kd
             metrics.update(ce=ce.detach(), kd=kd.detach())
-        if not model.training:
+        if not model.training and (self.task == "classify" or self.span_fn is not None):
             scored = labels != IGNORE
-            z, y = logits[scored], labels[scored]  # (N, C), (N,)
+            pred, y = logits.argmax(-1), labels[scored]  # (..), (N,)
             if y.numel() and self.task == "classify":
-                metrics.update(self._class_rates(z.argmax(-1), y, y.numel()))
-            elif y.numel() and self.task == "tokens" and self.span_fn is not None:
-                metrics.update(self._span_rates(logits.argmax(-1), labels, y.numel()))
+                metrics.update(self._class_rates(pred[scored], y, y.numel()))
+            elif y.numel() and self.task == "tokens":
+                metrics.update(self._span_rates(pred, labels, y.numel()))
         return LossOutput(loss, n, metrics)
 
     def _sft_chunked(self, model, heads, batch: dict[str, Tensor]) -> LossOutput:
