@@ -35,8 +35,9 @@ from lmforge.serve import serve
 threads = int(sys.argv[5])
 if threads:
     torch.set_num_threads(threads)
+extra = {"compile": sys.argv[6]} if len(sys.argv) > 6 else {}  # absent: older servers too
 serve(sys.argv[1], port=int(sys.argv[2]), max_batch=int(sys.argv[3]), device=sys.argv[4],
-      log_level="warning")
+      log_level="warning", **extra)
 """
 
 
@@ -164,6 +165,11 @@ def main() -> None:
     p.add_argument("--preset", default="gpt-mini", help="random model of this shape")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="server torch threads (0 = default)")
+    p.add_argument(
+        "--compile",
+        choices=("regional", "whole"),
+        help="serve with the batch's decode step compiled in this mode (compiled at start-up)",
+    )
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--clients", type=int, default=32)
@@ -189,9 +195,10 @@ def main() -> None:
             port = args.port or free_port()
             url = f"http://127.0.0.1:{port}"
             cmd = [sys.executable, "-c", SERVER, str(model_dir), str(port), str(args.max_batch)]
-            proc = subprocess.Popen([*cmd, args.device, str(args.threads)])
+            cmd += [args.device, str(args.threads)] + ([args.compile] if args.compile else [])
+            proc = subprocess.Popen(cmd)
         try:
-            status = wait_healthy(url, proc)
+            status = wait_healthy(url, proc, timeout=600.0 if args.compile else 120.0)
             args.model = args.model or status["model"]
             report = asyncio.run(run_load(args, url))
             status = wait_healthy(url, proc)
@@ -207,6 +214,7 @@ def main() -> None:
         "requests_per_client": args.requests,
         "max_tokens": args.max_tokens,
         "max_batch": args.max_batch,
+        "compile": args.compile,
         "endpoint": args.endpoint,
         "stream": args.stream,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.device}",

@@ -134,13 +134,18 @@ def check(values: dict[str, Any]) -> GenOptions:
         raise GenerationError(
             "--length-penalty scores beams only; add --num-beams 2 or more, or drop it."
         )
-    mode = values["compile_mode"]
+    compile = compile_choice(values["compile"], values["compile_mode"])
+    return GenOptions(config, values["draft"], values["draft_k"], compile)
+
+
+def compile_choice(compile: bool, mode: str | None) -> bool | str:
+    """What --compile and --compile-mode ask for: False, True (the default mode) or the mode;
+    a mode without --compile, or an unknown one, raises `GenerationError`."""
     if mode not in (None, "whole", "regional"):
         raise GenerationError(f"--compile-mode is {mode!r}; use 'whole' or 'regional'.")
-    if mode is not None and not values["compile"]:
+    if mode is not None and not compile:
         raise GenerationError("--compile-mode sets how --compile compiles; add --compile.")
-    compile = (mode or True) if values["compile"] else False
-    return GenOptions(config, values["draft"], values["draft_k"], compile)
+    return (mode or True) if compile else False
 
 
 def generation_options(**defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

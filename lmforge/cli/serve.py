@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lmforge.cli.genopts import GenOptions, generation_options
+from lmforge.cli.genopts import OPTIONS, GenOptions, compile_choice, generation_options
 from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
 
 
@@ -66,6 +66,16 @@ def serve(
         ),
     ] = None,
     draft_k: Annotated[int, typer.Option(min=1, help="Draft tokens per round with --draft.")] = 4,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            help="torch.compile the batch's decode step before serving (two graphs serve every "
+            "batch size; about 75 s for a 135M model on 2 CPU cores, cold): 1.2-1.3x the "
+            "eager tokens/s for 16 clients x 128 tokens on CPU. Prompts (prefill), beams and "
+            "the draft lane stay eager."
+        ),
+    ] = False,
+    compile_mode: Annotated[str | None, OPTIONS["compile_mode"][2]] = None,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions);
     beam search (num_beams) and, with --draft, speculative decoding run in lanes beside the
@@ -81,6 +91,9 @@ def serve(
         raise typer.BadParameter("must be a finite number of GB.", param_hint="--kv-memory-gb")
     kv = None if kv_memory_gb is None else int(kv_memory_gb * 2**30)
     limits = Limits(max_tokens=max_tokens, max_requests=max_requests, kv_bytes=kv)
+    compiled = compile_choice(compile, compile_mode)
+    if compiled:
+        typer.echo("compiling the decode step before serving (--compile)...")
     lane = f", speculative lane with draft {draft} (k={draft_k})" if draft is not None else ""
     announce = (
         f"serving {model_dir} on http://{host}:{port}/v1 (max batch {max_batch}{lane}); "
@@ -100,6 +113,7 @@ def serve(
         transform=prompt_transform(retrieve, retrieve_k, kg, kg_templates),
         draft=draft,
         draft_k=draft_k,
+        compile=compiled,
         ready=lambda: typer.echo(announce),  # once the model (and draft) loaded
     )
 

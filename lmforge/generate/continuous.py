@@ -29,6 +29,10 @@ row); every other row goes on with the tokens it would have had without it. A fa
 not bound to one row (say memory at the full batch size) is survived by decoding the batch in
 smaller pieces for that step.
 
+With `compile` the decode step is compiled once for the batch (`static.batch_step`, its batch
+axis symbolic, so rows coming and going reuse one graph; batch 1 has its own); `warm_up()`
+compiles both before the first request.
+
 Each request draws its sampling noise from its own generator (seeded by `gen.seed`), one
 (n, V) draw per step for its n rows, exactly as `generate` does for one prompt: a seeded request
 gives the same tokens here, whatever else shares the batch, as it does alone with `generate`.
@@ -57,6 +61,7 @@ from lmforge.generate.inputs import (
 )
 from lmforge.generate.rows import Row, TokenHistory, expand_index, make_rows, stop_strings
 from lmforge.generate.sampling import exp_noise, make_generator, next_token_probs
+from lmforge.generate.static import batch_step
 from lmforge.models.cache import KVCache
 
 
@@ -120,9 +125,17 @@ class ContinuousBatcher:
         tokenizer: needed for stop strings.
         max_rows: the most rows decoded at once; a request (its n samples together) waits
             in a FIFO queue until it fits, or runs alone if it is larger than `max_rows`.
+        compile: torch.compile the decode step (True, "regional" or "whole", as `generate`'s
+            `compile`), with a symbolic batch axis; False decodes eagerly.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, max_rows: int = 16) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any = None,
+        max_rows: int = 16,
+        compile: bool | str = False,
+    ) -> None:
         check_model(model)
         if model.cfg.arch != "decoder":
             raise GenerationError(
@@ -138,7 +151,21 @@ class ContinuousBatcher:
             raise GenerationError(f"max_rows must be at least 1, got {max_rows}.")
         self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
         self.device = model_device(model)
+        self.compile = compile
+        self._step = batch_step(model, compile)  # None: eager `model.step`
         self._ids = itertools.count()
+        self.reset()
+
+    def fresh(self) -> ContinuousBatcher:
+        """A new, empty batcher over the same model with this one's compiled step (after a
+        failure of the batcher itself, its state is not trusted; its compiled graphs are)."""
+        new = ContinuousBatcher(self.model, self.tokenizer, self.max_rows)
+        new.compile, new._step = self.compile, self._step
+        return new
+
+    def reset(self) -> None:
+        """Forget every row and queued request (the compiled step is kept)."""
+        self._layout: tuple | None = None  # the cache layout the compiled step last checked
         self._queue: deque[_Request] = deque()
         self._cancelled: set[int] = set()
         self._rows: list[_Row] = []  # batch order
@@ -334,7 +361,8 @@ class ContinuousBatcher:
         # room is enough: capacity was width + the largest budget left when rows were merged,
         # and a row is fed only while it has a token left to generate
         try:
-            self._logits = self.model.decode_step(tokens[:, None], self._cache)
+            self._check_layout()
+            self._logits = self.model.decode_step(tokens[:, None], self._cache, step=self._step)
             return
         except Exception as exc:
             if len(self._rows) == 1:
@@ -357,6 +385,37 @@ class ContinuousBatcher:
         self._cache.stepped()
         self._logits = logits
         self._drop_failed()
+
+    def _check_layout(self) -> None:
+        """A compiled step skips its guards while the cache keeps its layout; rows admitted or
+        dropped change it (rows, capacity, strides, storage), and the next call then checks
+        the guards again (and compiles, once, what no graph serves)."""
+        if self._step is None:
+            return
+        k = self._cache.ks[0]
+        layout = (k.shape, k.stride(), k.storage_offset(), k.data_ptr())
+        if layout != self._layout:
+            self._step.new_generation()
+            self._layout = layout
+
+    def warm_up(self) -> None:
+        """Compile the decode step before the first request: decode two rows, then one (the
+        graph for two rows and more, and the one for a single row). Nothing stays queued."""
+        if self._step is None or not self.idle:
+            return
+        gen = GenerationConfig(max_new_tokens=2, temperature=0.0)
+        for rows in (2, 1):
+            for _ in range(rows):
+                self.add([0, 0], gen)
+            while not self.idle:
+                for event in self.step():
+                    if event.error is not None:
+                        self.reset()
+                        raise GenerationError(
+                            "compiling the decode step failed "
+                            f"({type(event.error).__name__}: {event.error}); decode without "
+                            "compiling."
+                        ) from event.error
 
     # ------------------------------------------------------------------ tokens
     def _select(self) -> Tensor:

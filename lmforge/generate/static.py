@@ -101,10 +101,22 @@ def _default_stance() -> bool:
 
 class _Step:
     """What both compiled steps share: `checked` is set once a generation's first call has
-    evaluated the guards (and compiled what was new); later calls skip guard evaluation."""
+    evaluated the guards (and compiled what was new); later calls skip guard evaluation.
+    `dynamic_batch`: the batch axis is symbolic from the first compilation on (one graph for
+    every batch size of 2 and more, one for batch 1), for a continuous batch whose rows come
+    and go; otherwise each batch size gets its own graph."""
 
-    def __init__(self) -> None:
+    def __init__(self, dynamic_batch: bool = False) -> None:
         self.checked = False
+        self.dynamic_batch = dynamic_batch
+
+    def _mark_batch(self, *tensors: Tensor | None) -> None:
+        """On a generation's first call with `dynamic_batch`: the batch axis of `tensors` is
+        symbolic unless its size is 1 (a graph of its own)."""
+        if self.dynamic_batch:
+            for t in tensors:
+                if t is not None:
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
 
     def new_generation(self) -> None:
         self.checked = False
@@ -127,10 +139,10 @@ class CompiledStep(_Step):
     only the guards that tell this model's graphs apart (batch size, dtype) need to run.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, dynamic_batch: bool = False) -> None:
         import torch._inductor.config as inductor_config
 
-        super().__init__()
+        super().__init__(dynamic_batch)
         self.model = model
         fullgraph = not (model.cfg.pos == "rope" and model.cfg.rope_scaling == "dynamic")
         # a fresh code object: torch.compile caches per code object, and a stale entry (frozen
@@ -155,6 +167,7 @@ class CompiledStep(_Step):
             for t in (*view.ks, *view.vs):
                 torch._dynamo.mark_dynamic(t, 2)
             torch._dynamo.mark_dynamic(view.keep, 1)
+            self._mark_batch(ids, view.pos, view.keep, *view.ks, *view.vs, encoder_hidden)
         args = (self.model, ids, view.slot, view.pos, view.keep, view.ks, view.vs)
         args += (view.cross, encoder_hidden, encoder_mask)
         # compilation happens inside a call (the first, or one with new shapes); the options
@@ -190,9 +203,13 @@ class RegionalStep(_Step):
     (they are inputs), so nothing is rebuilt when they change."""
 
     def __init__(
-        self, model: nn.Module, backend: str = "inductor", most: int = REGION_LAYERS
+        self,
+        model: nn.Module,
+        backend: str = "inductor",
+        most: int = REGION_LAYERS,
+        dynamic_batch: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(dynamic_batch)
         self.model = model
         self.span = region_span(len(model.decoder.layers), most)
         fn = type(call_blocks)(
@@ -210,6 +227,7 @@ class RegionalStep(_Step):
             for cache in caches:
                 torch._dynamo.mark_dynamic(cache.k, 2)
                 torch._dynamo.mark_dynamic(cache.v, 2)
+            self._mark_batch(x, mask, *(rope or ()), *(t for c in caches for t in (c.k, c.v)))
         return self._compiled(blocks, x, mask, rope, caches, *rest)
 
     def __call__(
@@ -247,16 +265,31 @@ def compiled_step(model: nn.Module) -> CompiledStep:
     return hit[1]
 
 
-def step_function(model: nn.Module, compile: bool | str) -> Callable | None:
-    """The step a decode loop hands to `Transformer.decode_step`: None (eager `model.step`) or
-    a compiled one: compile=True is `DEFAULT_MODE`, or name the mode, "whole" (`CompiledStep`)
-    or "regional" (`RegionalStep`)."""
-    if not compile:
-        return None
+def _mode(compile: bool | str) -> str:
     mode = DEFAULT_MODE if compile is True else compile
     if mode not in COMPILE_MODES:
         raise GenerationError(
             f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)} "
             "(or compile=True for the default)."
         )
-    return compiled_step(model) if mode == "whole" else regional_step(model)
+    return mode
+
+
+def step_function(model: nn.Module, compile: bool | str) -> Callable | None:
+    """The step a decode loop hands to `Transformer.decode_step`: None (eager `model.step`) or
+    a compiled one: compile=True is `DEFAULT_MODE`, or name the mode, "whole" (`CompiledStep`)
+    or "regional" (`RegionalStep`)."""
+    if not compile:
+        return None
+    return compiled_step(model) if _mode(compile) == "whole" else regional_step(model)
+
+
+def batch_step(model: nn.Module, compile: bool | str) -> CompiledStep | RegionalStep | None:
+    """A compiled step of its own for a continuous batch (`ContinuousBatcher`): not the
+    per-model one `step_function` shares (another loop's generation must not reset or skip its
+    guards), with a symbolic batch axis; None when `compile` is False."""
+    if not compile:
+        return None
+    if _mode(compile) == "whole":
+        return CompiledStep(model, dynamic_batch=True)
+    return RegionalStep(model, dynamic_batch=True)

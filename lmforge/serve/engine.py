@@ -151,6 +151,8 @@ class Engine:
         draft: a draft model with the same tokenizer: requests the speculative lane supports
             run there, one at a time, while it is free and the batch idle (`lmforge.serve.lanes`).
         draft_k: draft tokens per speculative round.
+        compile: torch.compile the batch's decode step (`ContinuousBatcher`'s `compile`; the
+            lanes decode eagerly); `warm_up()` compiles it before the first request.
     """
 
     def __init__(
@@ -160,10 +162,11 @@ class Engine:
         max_batch: int = 16,
         draft: nn.Module | None = None,
         draft_k: int = 4,
+        compile: bool | str = False,
     ) -> None:
         from lmforge.serve.lanes import BeamLane, SpeculativeLane  # lanes build on Ticket
 
-        self.batcher = ContinuousBatcher(model, tokenizer, max_rows=max_batch)
+        self.batcher = ContinuousBatcher(model, tokenizer, max_rows=max_batch, compile=compile)
         self.max_batch = max_batch
         self.beam_lane = BeamLane(model, tokenizer)
         self.speculative_lane = (
@@ -185,6 +188,10 @@ class Engine:
             "peak_active_rows": 0,
             "failures": 0,
         }
+
+    def warm_up(self) -> None:
+        """Compile the batch's decode step now (with `compile`; call before `start`)."""
+        self.batcher.warm_up()
 
     # ------------------------------------------------------------------ event-loop side
     @property
@@ -366,5 +373,4 @@ class Engine:
             pending, self._new = self._new, []
         for ticket in pending:
             ticket._push(EngineFailure(message))
-        old = self.batcher
-        self.batcher = ContinuousBatcher(old.model, old.tokenizer, max_rows=old.max_rows)
+        self.batcher = self.batcher.fresh()

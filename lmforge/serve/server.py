@@ -45,13 +45,17 @@ def build_app(
     transform: Callable[[str], Any] | None = None,
     draft: str | Path | None = None,
     draft_k: int = 4,
+    compile: bool | str = False,
 ) -> FastAPI:
     """Load `model_dir` (model + tokenizer) and return the app; the app's lifespan runs the
     decoding engine. The model is served under `model_name` (default: the dir's name).
 
     `draft`: a smaller model dir with the same tokenizer (checked by `load_draft`); requests
     it supports decode speculatively (`draft_k` tokens per round) in a lane of their own while
-    that lane is free and the continuous batch idle (`lmforge.serve.lanes`)."""
+    that lane is free and the continuous batch idle (`lmforge.serve.lanes`).
+
+    `compile`: torch.compile the continuous batch's decode step (True, "regional" or "whole"),
+    compiled here, before the app is returned, so that no request waits for it."""
     model_dir = Path(model_dir)
     check_api_key(api_key)
     if max_batch < 1:
@@ -92,7 +96,8 @@ def build_app(
         else None,
         transform=transform,
     )
-    engine = Engine(model, tokenizer, max_batch, draft=helper, draft_k=draft_k)
+    engine = Engine(model, tokenizer, max_batch, draft=helper, draft_k=draft_k, compile=compile)
+    engine.warm_up()
     app = create_app(engine, served, api_key, admission)
     mount_playground(app, model_dir, needs_key=api_key is not None)  # the web page at /
     return app
@@ -114,6 +119,7 @@ def serve(
     transform: Callable[[str], Any] | None = None,
     draft: str | Path | None = None,
     draft_k: int = 4,
+    compile: bool | str = False,
     ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve `model_dir` over HTTP until interrupted (uvicorn); SIGTERM or Ctrl-C stops it
@@ -132,6 +138,7 @@ def serve(
         transform=transform,
         draft=draft,
         draft_k=draft_k,
+        compile=compile,
     )
     if ready is not None:
         ready()

@@ -58,6 +58,8 @@ CASES: list[tuple[str, list[str]]] = [
     ("kind", ["serve", M, "--draft", FILE]),
     ("draft", ["serve", M, "--draft", DIR]),
     ("range", ["serve", M, "--draft", M, "--draft-k", "0"]),
+    ("compile", ["serve", M, "--compile-mode", "whole"]),
+    ("compile", ["serve", M, "--compile", "--compile-mode", "fast"]),
     # evaluate
     ("missing", ["evaluate", NOPE, "--data", FILE]),
     ("missing", ["evaluate", M, "--data", NOPE]),

@@ -162,3 +162,74 @@ def test_bad_requests_fail_when_added():
         batcher.add([1], GenerationConfig(max_new_tokens=4, num_beams=2))
     with pytest.raises(GenerationError, match="decoder-only"):
         ContinuousBatcher(tiny("t5-tiny"))
+
+
+def staggered_work(model):
+    """Requests that arrive and leave at different steps: the batch grows, shrinks to one row,
+    and its cache is merged and trimmed on the way."""
+    gens = [GenerationConfig(max_new_tokens=m, temperature=0) for m in (10, 4, 15, 7, 12)]
+    work = list(zip(PROMPTS, gens, strict=True))
+    return {0: work[:2], 2: [work[2]], 3: [work[3]], 9: [work[4]], 26: [work[1]]}
+
+
+def check_compiled_batcher(model, batcher):
+    """After `warm_up`, the staggered requests give each request's eager tokens and compile
+    nothing more: every batch size of two rows and more shares one graph, one row has its own.
+    Returns the graphs the warm-up compiled."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    batcher.warm_up()
+    assert batcher.idle
+    warmed = counters["stats"]["unique_graphs"]
+    arrivals = staggered_work(model)
+    tokens, _, requests, peak = run(batcher, arrivals)
+    assert peak >= 3
+    work = [w for step in sorted(arrivals) for w in arrivals[step]]
+    for (prompt, gen), rows in zip(work, requests, strict=True):
+        assert [tokens[r] for r in rows] == generate(model, [prompt], gen)
+    assert counters["stats"]["unique_graphs"] == warmed
+    return warmed
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "llama-tiny"])
+def test_compiled_batch_step_has_one_graph_for_every_batch_size(preset):
+    """The batcher's own regional step (dynamo's eager backend here, no inductor): the batch
+    axis is symbolic, so rows joining and leaving recompile nothing after the warm-up."""
+    from lmforge.generate.static import RegionalStep
+
+    model = tiny(preset, seed=1)
+    torch._dynamo.reset()
+    batcher = ContinuousBatcher(model, max_rows=8)
+    batcher._step = RegionalStep(model, backend="eager", dynamic_batch=True)
+    assert check_compiled_batcher(model, batcher) == 2  # two rows and more; one row
+
+
+@pytest.mark.slow
+def test_compiled_batcher_gives_each_requests_eager_tokens_with_inductor():
+    """compile=True with inductor (tens of seconds on 2 cores): the compiled graphs skip their
+    guards while the cache keeps its layout, and check them again when rows come or go."""
+    model = tiny("llama-tiny", seed=3, n_layer=3)
+    torch._dynamo.reset()
+    batcher = ContinuousBatcher(model, max_rows=8, compile=True)
+    check_compiled_batcher(model, batcher)
+    batcher.reset()
+    assert batcher.idle and batcher._step is not None
+    tokens, _, requests, _ = run(batcher, {0: [(PROMPTS[2], GenerationConfig(max_new_tokens=5))]})
+    assert len(tokens[requests[0][0]]) == 5
+
+
+def test_a_batcher_that_cannot_compile_says_so_when_warming_up(monkeypatch):
+    model = tiny("gpt-tiny")
+    batcher = ContinuousBatcher(model, compile=True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(batcher, "_step", broken)
+    monkeypatch.setattr(model, "step", broken)  # the eager retry of a failed step fails too
+    with pytest.raises(GenerationError, match="compiling the decode step failed .*no C\\+\\+"):
+        batcher.warm_up()
+    assert batcher.idle
+    with pytest.raises(GenerationError, match="unknown compile mode"):
+        ContinuousBatcher(model, compile="fast")
