@@ -2,7 +2,8 @@
 between steps, so requests that arrive at different times are decoded together.
 
     add(prompt, gen) -> row ids (queued)            cancel(row) -> row leaves at the next step
-    step():  admit queued requests that fit -> prefill them -> merge their cache rows
+    step():  admit queued requests that fit -> prefill them (in groups of similar prompt
+             length, `length_groups`) -> merge their cache rows
              pick one token per row (each row with its own GenerationConfig)
              drop finished and cancelled rows -> the model's decode step for the rest
 
@@ -115,6 +116,38 @@ def _sampling_key(gen: GenerationConfig) -> tuple:
         gen.presence_penalty,
         gen.frequency_penalty,
     )
+
+
+#: the fixed cost of one prefill forward, in prompt tokens: reading every weight once costs
+#: about as much as the products of this many token rows (on CPU, fp32: memory bandwidth
+#: ~20 GB/s against ~250 GFLOP/s, 2 x 250 / 20 = 25 rows; a SmolLM2-135M-shape step read its
+#: weights in ~30 ms, and prefill ran ~1.1 ms a token row)
+PREFILL_PASS_ROWS = 32
+
+
+def length_groups(lengths: list[int], pass_rows: int = PREFILL_PASS_ROWS) -> list[list[int]]:
+    """Split prompts of these token lengths into prefill groups (lists of indices, shortest
+    prompts first), each group padded to its longest prompt. A group of prompts i..j in length
+    order costs its padded rows plus one forward's fixed cost:
+
+        cost(group) = len(group) * max(lengths in group) + pass_rows
+
+    and the groups minimise the total (dynamic programming over the sorted lengths; a
+    partition into contiguous runs of the sorted order is optimal for this cost). One long
+    prompt among short ones gets a forward of its own instead of padding them all to its
+    length; prompts of similar lengths share one."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0] + [0] * len(order)  # best[j]: cheapest split of the j shortest prompts
+    cut = [0] * (len(order) + 1)  # where the last group of that split starts
+    for j in range(1, len(order) + 1):
+        longest = lengths[order[j - 1]]
+        best[j], cut[j] = min((best[i] + (j - i) * longest + pass_rows, i) for i in range(j))
+    groups = []
+    j = len(order)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 class ContinuousBatcher:
@@ -300,19 +333,27 @@ class ContinuousBatcher:
                     self._fail(request, alone)
 
     def _admit_together(self, batch: list[_Request]) -> None:
-        """Prefill `batch` in one forward and merge it; the batch is unchanged if this raises."""
+        """Prefill `batch` (in groups of similar prompt lengths, see `length_groups`) and merge
+        it; the batch is unchanged if this raises."""
         cfg = self.model.cfg
-        prompts = [r.prompt for r in batch]
+        groups = [[batch[i] for i in g] for g in length_groups([len(r.prompt) for r in batch])]
+        batch = [r for group in groups for r in group]
+        # into an empty batch a single group's prefill cache is the batch's cache: give it
+        # room to decode; several groups (or a running batch) are merged into a new cache
+        alone = not self._rows and len(groups) == 1
+        room = max(r.gen.max_new_tokens for r in batch) if alone else 0
         pad_id = cfg.pad_id if cfg.pad_id is not None else 0
-        ids, mask = pad(prompts, pad_id, self.device, left=True)  # (b, P)
-        # into an empty batch the prefill cache is the batch's cache: give it room to decode
-        room = 0 if self._rows else max(r.gen.max_new_tokens for r in batch)
-        cache = self.model.new_cache(len(batch), ids.size(1) + room)
-        logits = prefill(self.model, ids, mask, cache)  # (b, V)
-        index = expand_index([len(r.rows) for r in batch], self.device)
-        cache.reorder(index)  # one prefill per prompt, copied for each of its samples
-        history = TokenHistory(prompts, cfg.vocab_size, self.device)
-        history.select(index)
+        caches, logits = [], []
+        for group in groups:
+            ids, mask = pad([r.prompt for r in group], pad_id, self.device, left=True)  # (b, P)
+            cache = self.model.new_cache(len(group), ids.size(1) + room)
+            group_logits = prefill(self.model, ids, mask, cache)  # (b, V)
+            index = expand_index([len(r.rows) for r in group], self.device)
+            cache.reorder(index)  # one prefill per prompt, copied for each of its samples
+            caches.append(cache)
+            logits.append(group_logits[index])
+        history = TokenHistory([r.prompt for r in batch], cfg.vocab_size, self.device)
+        history.select(expand_index([len(r.rows) for r in batch], self.device))
         new_rows = []
         for request in batch:
             request.generator = make_generator(request.gen.seed, self.device)
@@ -321,22 +362,25 @@ class ContinuousBatcher:
             for row, row_id in zip(rows, request.rows, strict=True):
                 row.id, row.request = row_id, request
             new_rows += rows
-        self._merge(new_rows, cache, logits[index], history)
+        self._merge(new_rows, caches, torch.cat(logits), history)
 
     def _merge(
-        self, rows: list[_Row], cache: KVCache, logits: Tensor, history: TokenHistory
+        self, rows: list[_Row], caches: list[KVCache], logits: Tensor, history: TokenHistory
     ) -> None:
-        """Append prefilled rows; both sides are left-padded to the wider one. Everything is
-        built before anything is replaced, so a failure (memory) leaves the batch as it was."""
-        if not self._rows:
-            self._rows, self._cache, self._logits, self._history = rows, cache, logits, history
+        """Append prefilled rows (their caches in row order); every cache is left-padded to the
+        widest. Everything is built before anything is replaced, so a failure (memory) leaves
+        the batch as it was."""
+        if not self._rows and len(caches) == 1:
+            self._rows, self._cache, self._logits, self._history = rows, caches[0], logits, history
             return
         everyone = self._rows + rows
-        width = max(self._cache.length, cache.length)
+        if self._rows:
+            caches = [self._cache, *caches]
+            logits = torch.cat([self._logits, logits])
+            history = TokenHistory.merge([self._history, history])
+        width = max(c.length for c in caches)
         capacity = width + max(r.left for r in everyone)
-        merged = KVCache.concat([self._cache, cache], capacity)
-        logits = torch.cat([self._logits, logits])
-        history = TokenHistory.merge([self._history, history])
+        merged = KVCache.concat(caches, capacity)
         self._rows, self._cache, self._logits, self._history = everyone, merged, logits, history
 
     def _keep(self, keep: list[int]) -> None:

@@ -233,3 +233,59 @@ def test_a_batcher_that_cannot_compile_says_so_when_warming_up(monkeypatch):
     assert batcher.idle
     with pytest.raises(GenerationError, match="unknown compile mode"):
         ContinuousBatcher(model, compile="fast")
+
+
+def partitions(items):
+    """Every way to split `items` into non-empty groups (the plain search)."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for split in partitions(rest):
+        yield [[first], *split]
+        for i in range(len(split)):
+            yield [*split[:i], [first, *split[i]], *split[i + 1 :]]
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[5], [7, 7, 7], [1, 2, 3, 40], [30, 1, 29, 2, 31], [100, 3, 4, 5, 90, 6], [9, 8, 1, 50]],
+)
+def test_length_groups_cost_no_more_than_any_split(lengths):
+    """`length_groups` against every partition: rows x longest + a forward's fixed cost."""
+    from lmforge.generate.continuous import length_groups
+
+    def cost(groups):
+        return sum(len(g) * max(lengths[i] for i in g) + 8 for g in groups)
+
+    groups = length_groups(lengths, pass_rows=8)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert cost(groups) == min(cost(p) for p in partitions(list(range(len(lengths)))))
+
+
+def test_a_long_prompt_is_prefilled_apart_from_short_ones(monkeypatch):
+    """Admitted together, one long prompt and short ones are two prefill forwards (not every
+    prompt padded to the long one); each request still gets its tokens from `generate` alone,
+    into an empty batch and into a running one."""
+    from lmforge.generate import continuous
+
+    model = tiny("llama-tiny", seed=7)
+    shapes = []
+
+    def recording(model, ids, mask, cache):
+        shapes.append(tuple(ids.shape))
+        return continuous_prefill(model, ids, mask, cache)
+
+    continuous_prefill = continuous.prefill
+    monkeypatch.setattr(continuous, "prefill", recording)
+    long = list(range(1, 200))
+    gens = [GenerationConfig(max_new_tokens=m, temperature=0) for m in (6, 9, 4, 7)]
+    prompts = [PROMPTS[0], long, PROMPTS[3], PROMPTS[1]]
+    work = list(zip(prompts, gens, strict=True))
+    for arrivals in ({0: work}, {0: [work[2]], 1: [work[0], work[1], work[3]]}):
+        shapes.clear()
+        tokens, _, requests, _ = run(ContinuousBatcher(model, max_rows=8), arrivals)
+        order = [w for step in sorted(arrivals) for w in arrivals[step]]
+        for (prompt, gen), rows in zip(order, requests, strict=True):
+            assert [tokens[r] for r in rows] == generate(model, [prompt], gen)
+        assert (1, len(long)) in shapes and all(s[1] < 10 for s in shapes if s[0] > 1)
