@@ -57,3 +57,10 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty),
+    to quote inside a one-sentence error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -62,7 +62,7 @@ from lmforge.generate.inputs import (
 )
 from lmforge.generate.rows import Row, TokenHistory, expand_index, make_rows, stop_strings
 from lmforge.generate.sampling import exp_noise, make_generator, next_token_probs
-from lmforge.generate.static import batch_step
+from lmforge.generate.static import StepCompileError, batch_step
 from lmforge.models.cache import KVCache
 
 
@@ -186,6 +186,8 @@ class ContinuousBatcher:
         self.device = model_device(model)
         self.compile = compile
         self._step = batch_step(model, compile)  # None: eager `model.step`
+        # why the compiled step was dropped (the batch then decodes eagerly), or None
+        self.compile_error: StepCompileError | None = None
         self._ids = itertools.count()
         self.reset()
 
@@ -193,7 +195,7 @@ class ContinuousBatcher:
         """A new, empty batcher over the same model with this one's compiled step (after a
         failure of the batcher itself, its state is not trusted; its compiled graphs are)."""
         new = ContinuousBatcher(self.model, self.tokenizer, self.max_rows)
-        new.compile, new._step = self.compile, self._step
+        new.compile, new._step, new.compile_error = self.compile, self._step, self.compile_error
         return new
 
     def reset(self) -> None:
@@ -408,6 +410,10 @@ class ContinuousBatcher:
             self._check_layout()
             self._logits = self.model.decode_step(tokens[:, None], self._cache, step=self._step)
             return
+        except StepCompileError as exc:  # decode eagerly from now on
+            self.compile_error, self._step = exc, None
+            self._decode(tokens)
+            return
         except Exception as exc:
             if len(self._rows) == 1:
                 self._fail(self._rows[0].request, exc)
@@ -444,7 +450,9 @@ class ContinuousBatcher:
 
     def warm_up(self) -> None:
         """Compile the decode step before the first request: decode two rows, then one (the
-        graph for two rows and more, and the one for a single row). Nothing stays queued."""
+        graph for two rows and more, and the one for a single row). Nothing stays queued;
+        raises `StepCompileError` if compiling fails (later, a failed compilation drops the
+        compiled step and the batch decodes eagerly, see `compile_error`)."""
         if self._step is None or not self.idle:
             return
         gen = GenerationConfig(max_new_tokens=2, temperature=0.0)
@@ -452,14 +460,10 @@ class ContinuousBatcher:
             for _ in range(rows):
                 self.add([0, 0], gen)
             while not self.idle:
-                for event in self.step():
-                    if event.error is not None:
-                        self.reset()
-                        raise GenerationError(
-                            "compiling the decode step failed "
-                            f"({type(event.error).__name__}: {event.error}); decode without "
-                            "compiling."
-                        ) from event.error
+                failed = [e.error for e in self.step() if e.error is not None]
+                if failed or self.compile_error is not None:
+                    self.reset()
+                    raise self.compile_error or failed[0]
 
     # ------------------------------------------------------------------ tokens
     def _select(self) -> Tensor:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lmforge.errors import GenerationError
+from lmforge.errors import GenerationError, first_line
 from lmforge.models.block import call_blocks
 from lmforge.models.cache import CacheView
 from lmforge.models.quant import quantized_modules
@@ -99,6 +99,11 @@ def _default_stance() -> bool:
     return stance is not None and stance.stance == "default" and stance.backend is None
 
 
+class StepCompileError(GenerationError):
+    """Compiling the decode step failed (no C++ compiler, an operator inductor cannot lower):
+    decode without compiling."""
+
+
 class _Step:
     """What both compiled steps share: `checked` is set once a generation's first call has
     evaluated the guards (and compiled what was new); later calls skip guard evaluation.
@@ -126,7 +131,13 @@ class _Step:
         if self.checked and _default_stance():
             with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
                 return fn(*args)
-        logits = fn(*args)
+        try:
+            logits = fn(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            raise StepCompileError(
+                f"compiling the decode step failed ({first_line(exc)}); decode without "
+                "compiling (drop compile=... or --compile)."
+            ) from exc
         self.checked = True
         return logits
 

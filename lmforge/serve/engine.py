@@ -176,6 +176,7 @@ class Engine:
         self._new: list[Ticket] = []
         self._cancel: list[Ticket] = []
         self._stopping = False
+        self._told_compile_error = False
         self._thread: threading.Thread | None = None
         self._owner: dict[
             int, Ticket
@@ -307,6 +308,9 @@ class Engine:
             self.stats["failures"] += 1
             self._fail_all(f"decoding failed ({type(exc).__name__}: {exc}).")
             return
+        if self.batcher.compile_error is not None and not self._told_compile_error:
+            self._told_compile_error = True
+            log.warning("%s The batch decodes eagerly from now on.", self.batcher.compile_error)
         self._snapshot()  # before any client sees this step's tokens
         self.stats["peak_active_rows"] = max(self.stats["peak_active_rows"], len(events))
         out: dict[Ticket, list[tuple[int, RowEvent]]] = {}

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import tokenizers
 
-from lmforge.errors import TokenizerError
+from lmforge.errors import TokenizerError, first_line
 from lmforge.tokenizer.specials import ROLES, Role, infer_roles
 from lmforge.utils.fs import atomic_write_text
 
@@ -264,7 +264,7 @@ class Tokenizer:
             backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
         except Exception as exc:  # the Rust side raises a bare Exception
             raise TokenizerError(
-                f"{tokenizer_file} is not a valid tokenizer file ({_first_line(exc)}); "
+                f"{tokenizer_file} is not a valid tokenizer file ({first_line(exc)}); "
                 f"re-create it or {_HINT}."
             ) from exc
         # padding and truncation are decided per batch by lmforge, never baked into the file
@@ -364,13 +364,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TokenizerError(
-            f"{path} is not valid JSON ({_first_line(exc)}); fix the file or delete it."
+            f"{path} is not valid JSON ({first_line(exc)}); fix the file or delete it."
         ) from exc
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} must hold a JSON object; fix the file or delete it.")
     return data
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -219,20 +219,44 @@ def test_compiled_batcher_gives_each_requests_eager_tokens_with_inductor():
     assert len(tokens[requests[0][0]]) == 5
 
 
-def test_a_batcher_that_cannot_compile_says_so_when_warming_up(monkeypatch):
+class FailingCompile:
+    """A compiled step whose compilation always fails (say, no C++ compiler)."""
+
+    def new_generation(self):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        from lmforge.generate.static import StepCompileError
+
+        raise StepCompileError("compiling the decode step failed (no C++ compiler); decode ...")
+
+
+def test_a_batcher_that_cannot_compile_says_so_when_warming_up():
+    from lmforge.generate.static import StepCompileError
+
     model = tiny("gpt-tiny")
     batcher = ContinuousBatcher(model, compile=True)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler")
-
-    monkeypatch.setattr(batcher, "_step", broken)
-    monkeypatch.setattr(model, "step", broken)  # the eager retry of a failed step fails too
-    with pytest.raises(GenerationError, match="compiling the decode step failed .*no C\\+\\+"):
+    batcher._step = FailingCompile()
+    with pytest.raises(StepCompileError, match="no C\\+\\+ compiler"):
         batcher.warm_up()
-    assert batcher.idle
+    assert batcher.idle and batcher._step is None
     with pytest.raises(GenerationError, match="unknown compile mode"):
         ContinuousBatcher(model, compile="fast")
+
+
+def test_a_compile_failure_while_decoding_falls_back_to_eager():
+    """Without a warm-up, a compilation that fails mid-run drops the compiled step: every
+    request still gets its tokens (decoded eagerly), and the batcher says why."""
+    model = tiny("llama-tiny", seed=1)
+    batcher = ContinuousBatcher(model, max_rows=8, compile=True)
+    batcher._step = FailingCompile()
+    arrivals = staggered_work(model)
+    tokens, _, requests, _ = run(batcher, arrivals)
+    work = [w for step in sorted(arrivals) for w in arrivals[step]]
+    for (prompt, gen), rows in zip(work, requests, strict=True):
+        assert [tokens[r] for r in rows] == generate(model, [prompt], gen)
+    assert batcher._step is None and "no C++ compiler" in str(batcher.compile_error)
+    assert batcher.fresh().compile_error is batcher.compile_error
 
 
 def partitions(items):

@@ -252,6 +252,23 @@ def test_regional_step_serves_encoder_decoders_and_beams():
     assert generate(llama, PROMPTS, beams, compile="regional") == generate(llama, PROMPTS, beams)
 
 
+@pytest.mark.parametrize("mode", ["whole", "regional"])
+def test_a_step_that_cannot_compile_is_one_sentence(mode):
+    """No working C++ compiler for inductor: `generate(compile=...)` raises one clear sentence
+    (a `GenerationError`, which the CLI prints without a traceback), not inductor's report."""
+    import torch._inductor.config as inductor_config
+
+    from lmforge.generate.static import StepCompileError
+
+    model = tiny("gpt-tiny", seed=3)
+    broken = {"cpp.cxx": (None, "/nonexistent/g++"), "fx_graph_cache": False}
+    with inductor_config.patch(broken), pytest.raises(StepCompileError) as info:
+        generate(model, PROMPTS, GenerationConfig(max_new_tokens=3), compile=mode)
+    said = str(info.value)
+    assert said.startswith("compiling the decode step failed (") and "\n" not in said
+    assert "C++ compiler" in said and said.endswith("--compile).")
+
+
 def test_unknown_compile_mode_is_refused():
     model = tiny("gpt-tiny")
     with pytest.raises(Exception, match="unknown compile mode 'fast'"):

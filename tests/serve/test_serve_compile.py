@@ -73,3 +73,25 @@ def test_a_fresh_batcher_keeps_the_compiled_step(compiled):
     running.engine._fail_all("test")  # what a failure of the batcher itself does
     fresh = running.engine.batcher
     assert fresh is not batcher and fresh._step is step and fresh.compile is True and fresh.idle
+
+
+def test_a_compile_failure_while_serving_is_logged_and_decodes_eagerly(compiled, reference, caplog):
+    from lmforge.generate.static import StepCompileError
+
+    class FailingCompile:
+        def new_generation(self):
+            pass
+
+        def __call__(self, *args, **kwargs):
+            raise StepCompileError("compiling the decode step failed (no C++ compiler).")
+
+    running, _ = compiled
+    running.engine.batcher._step = FailingCompile()
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=API_KEY, max_retries=0)
+    with caplog.at_level("WARNING", logger="lmforge.serve"):
+        got = client.completions.create(model=MODEL, prompt=TEXTS[0], max_tokens=5, temperature=0)
+    _, tok = reference
+    want = reference_texts(reference, prompt_ids(tok, TEXTS[0]), GenerationConfig(5, 0.0))[0]
+    assert got.choices[0].text == want
+    assert running.engine.batcher._step is None
+    assert "no C++ compiler" in caplog.text and "decodes eagerly from now on" in caplog.text
