@@ -298,7 +298,9 @@ def step_function(model: nn.Module, compile: bool | str) -> Callable | None:
 def batch_step(model: nn.Module, compile: bool | str) -> CompiledStep | RegionalStep | None:
     """A compiled step of its own for a continuous batch (`ContinuousBatcher`): not the
     per-model one `step_function` shares (another loop's generation must not reset or skip its
-    guards), with a symbolic batch axis; None when `compile` is False."""
+    guards), with a symbolic batch axis; None when `compile` is False. In "whole" mode the
+    weights are frozen into the graphs at their first compilation: after changing them, build a
+    new batcher."""
     if not compile:
         return None
     if _mode(compile) == "whole":
