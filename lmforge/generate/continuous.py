@@ -62,7 +62,7 @@ from lmforge.generate.inputs import (
 )
 from lmforge.generate.rows import Row, TokenHistory, expand_index, make_rows, stop_strings
 from lmforge.generate.sampling import exp_noise, make_generator, next_token_probs
-from lmforge.generate.static import StepCompileError, batch_step
+from lmforge.generate.static import DEFAULT_MODE, StepCompileError, batch_step
 from lmforge.models.cache import KVCache
 
 
@@ -214,6 +214,14 @@ class ContinuousBatcher:
     def active(self) -> int:
         """Rows in the running batch."""
         return len(self._rows)
+
+    @property
+    def decoding(self) -> str:
+        """How the decode step runs: "eager", "compiled (regional)" or "compiled (whole)", or
+        "eager (compiling failed)" after a compilation failed (see `compile_error`)."""
+        if self._step is not None:
+            return f"compiled ({DEFAULT_MODE if self.compile is True else self.compile})"
+        return "eager (compiling failed)" if self.compile_error is not None else "eager"
 
     @property
     def waiting(self) -> int:

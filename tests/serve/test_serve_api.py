@@ -28,6 +28,7 @@ def test_models_and_health(client, server):
     assert client.models.retrieve(MODEL).id == MODEL
     status = health(server)  # no API key needed
     assert status["status"] == "ok" and status["max_batch"] == MAX_BATCH
+    assert status["decode_step"] == "eager"
 
 
 def test_completion_greedy_equals_generate(client, reference):

@@ -10,7 +10,7 @@ import asyncio
 
 import openai
 import pytest
-from serve_helpers import API_KEY, MODEL, prompt_ids, reference_texts
+from serve_helpers import API_KEY, MODEL, health, prompt_ids, reference_texts
 
 from lmforge.generate import GenerationConfig
 from lmforge.generate import continuous as continuous_module
@@ -48,6 +48,7 @@ def test_compiled_server_answers_what_generate_does(compiled, reference):
 
     running, warmed = compiled
     assert warmed == 2  # compiled while building the app: two rows and more, one row
+    assert health(running.url)["decode_step"] == "compiled (regional)"
     client = openai.AsyncOpenAI(base_url=running.url + "/v1", api_key=API_KEY, max_retries=0)
 
     async def one(text, n):
@@ -95,3 +96,4 @@ def test_a_compile_failure_while_serving_is_logged_and_decodes_eagerly(compiled,
     assert got.choices[0].text == want
     assert running.engine.batcher._step is None
     assert "no C++ compiler" in caplog.text and "decodes eagerly from now on" in caplog.text
+    assert health(running.url)["decode_step"] == "eager (compiling failed)"
