@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lmforge.cli.genopts import OPTIONS, GenOptions, compile_choice, generation_options
+from lmforge.cli.genopts import GenOptions, compile_choice, generation_options
 from lmforge.cli.knowledge import KgOpt, KgTemplatesOpt, RetrieveKOpt, RetrieveOpt, prompt_transform
 
 
@@ -75,7 +75,14 @@ def serve(
             "the draft lane stay eager."
         ),
     ] = False,
-    compile_mode: Annotated[str | None, OPTIONS["compile_mode"][2]] = None,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="With --compile: 'regional' (the default: runs of 6 blocks, about 75 s for a "
+            "135M model on 2 cores) or 'whole' (the step as one graph with frozen weights: "
+            "about 220 s, and on CPU about 1.35x eager at 16 rows against regional's 1.2x)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions);
     beam search (num_beams) and, with --draft, speculative decoding run in lanes beside the
