@@ -457,21 +457,25 @@ class ContinuousBatcher:
             self._layout = layout
 
     def warm_up(self) -> None:
-        """Compile the decode step before the first request: decode two rows, then one (the
-        graph for two rows and more, and the one for a single row). Nothing stays queued;
-        raises `StepCompileError` if compiling fails (later, a failed compilation drops the
-        compiled step and the batch decodes eagerly, see `compile_error`)."""
-        if self._step is None or not self.idle:
+        """Compile the decode step before the first request: one step of two rows, then one
+        of a single row (the graph for two rows and more, and the one for a single row), each
+        on a two-token prompt's cache, outside the batch. Raises `StepCompileError` if
+        compiling fails (later, a failed compilation drops the compiled step and the batch
+        decodes eagerly, see `compile_error`)."""
+        if self._step is None:
             return
-        gen = GenerationConfig(max_new_tokens=2, temperature=0.0)
-        for rows in (2, 1):
-            for _ in range(rows):
-                self.add([0, 0], gen)
-            while not self.idle:
-                failed = [e.error for e in self.step() if e.error is not None]
-                if failed or self.compile_error is not None:
-                    self.reset()
-                    raise self.compile_error or failed[0]
+        with torch.inference_mode():
+            for rows in (2, 1):
+                ids = torch.zeros(rows, 2, dtype=torch.long, device=self.device)
+                cache = self.model.new_cache(rows, ids.size(1) + 2)
+                logits = prefill(self.model, ids, torch.ones_like(ids), cache)
+                self._step.new_generation()
+                try:
+                    self.model.decode_step(logits.argmax(-1)[:, None], cache, step=self._step)
+                except StepCompileError as exc:
+                    self.compile_error, self._step = exc, None
+                    raise
+        self._layout = None  # the batch's next step checks the guards again
 
     # ------------------------------------------------------------------ tokens
     def _select(self) -> Tensor:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, first_line
 from lmforge.generate import ContinuousBatcher, RowEvent
 from lmforge.serve.protocol import Job
 
@@ -310,7 +310,11 @@ class Engine:
             return
         if self.batcher.compile_error is not None and not self._told_compile_error:
             self._told_compile_error = True
-            log.warning("%s The batch decodes eagerly from now on.", self.batcher.compile_error)
+            error = self.batcher.compile_error
+            log.warning(
+                "compiling the batch's decode step failed (%s); it decodes eagerly from now on.",
+                first_line(error.__cause__ or error),
+            )
         self._snapshot()  # before any client sees this step's tokens
         self.stats["peak_active_rows"] = max(self.stats["peak_active_rows"], len(events))
         out: dict[Ticket, list[tuple[int, RowEvent]]] = {}

@@ -205,6 +205,24 @@ def test_compiled_batch_step_has_one_graph_for_every_batch_size(preset):
     assert check_compiled_batcher(model, batcher) == 2  # two rows and more; one row
 
 
+def test_warm_up_compiles_even_when_the_first_token_is_eos():
+    """The warm-up decodes outside the batch: a model whose greedy answer to the warm-up
+    prompt is its EOS still gets both graphs compiled before the first request."""
+    from torch._dynamo.utils import counters
+
+    from lmforge.generate.static import RegionalStep
+
+    model = tiny("llama-tiny", seed=2)
+    with torch.no_grad():
+        model.cfg.eos_id = int(model(torch.zeros(1, 2, dtype=torch.long)).logits[0, -1].argmax())
+    torch._dynamo.reset()
+    counters.clear()
+    batcher = ContinuousBatcher(model, max_rows=8)
+    batcher._step = RegionalStep(model, backend="eager", dynamic_batch=True)
+    batcher.warm_up()
+    assert counters["stats"]["unique_graphs"] == 2 and batcher.idle
+
+
 @pytest.mark.slow
 def test_compiled_batcher_gives_each_requests_eager_tokens_with_inductor():
     """compile=True with inductor (tens of seconds on 2 cores): the compiled graphs skip their
@@ -239,7 +257,7 @@ def test_a_batcher_that_cannot_compile_says_so_when_warming_up():
     batcher._step = FailingCompile()
     with pytest.raises(StepCompileError, match="no C\\+\\+ compiler"):
         batcher.warm_up()
-    assert batcher.idle and batcher._step is None
+    assert batcher.idle and batcher._step is None and batcher.compile_error is not None
     with pytest.raises(GenerationError, match="unknown compile mode"):
         ContinuousBatcher(model, compile="fast")
 
