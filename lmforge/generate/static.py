@@ -22,6 +22,7 @@ whose first call took many minutes on a 30-layer model)."""
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections.abc import Callable
 
@@ -106,14 +107,25 @@ class StepCompileError(GenerationError):
 
 class _Step:
     """What both compiled steps share: `checked` is set once a generation's first call has
-    evaluated the guards (and compiled what was new); later calls skip guard evaluation.
+    evaluated the guards (and compiled what was new); later calls skip guard evaluation. The
+    flag is kept per thread.
     `dynamic_batch`: the batch axis is symbolic from the first compilation on (one graph for
     every batch size of 2 and more, one for batch 1), for a continuous batch whose rows come
     and go; otherwise each batch size gets its own graph."""
 
     def __init__(self, dynamic_batch: bool = False) -> None:
-        self.checked = False
+        # per thread: two threads generating with one model's step each have their generation
+        # (one cannot reset, or skip, the guards of the other's)
+        self._local = threading.local()
         self.dynamic_batch = dynamic_batch
+
+    @property
+    def checked(self) -> bool:
+        return getattr(self._local, "checked", False)
+
+    @checked.setter
+    def checked(self, value: bool) -> None:
+        self._local.checked = value
 
     def _mark_batch(self, *tensors: Tensor | None) -> None:
         """On a generation's first call with `dynamic_batch`: the batch axis of `tensors` is

@@ -229,6 +229,34 @@ def test_regional_step_is_one_graph_for_every_region(name, layers, most, span, g
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_a_shared_compiled_step_keeps_each_threads_generation_apart():
+    """One model's compiled step serves `generate` in several threads: a generation in one
+    thread (its guards checked, later calls skipping them) leaves another thread's generation
+    to check its own guards, and both get the eager tokens."""
+    import threading
+
+    from lmforge.generate import static
+
+    model = tiny("llama-tiny", seed=4)
+    static._REGIONAL[model] = static.RegionalStep(model, backend="eager")
+    step = static._REGIONAL[model]
+    gen = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    got = {}
+
+    def other_thread():
+        got["other"] = generate(model, PROMPTS, gen, compile="regional")
+        got["other checked"] = step.checked
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert got["other checked"] and not step.checked  # set in that thread only
+    assert generate(model, PROMPTS[:1], gen, compile="regional") == generate(
+        model, PROMPTS[:1], gen
+    )
+    assert got["other"] == generate(model, PROMPTS, gen)
+
+
 def test_region_span_prefers_equal_regions():
     from lmforge.generate.static import region_span
 
