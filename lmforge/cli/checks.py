@@ -10,13 +10,14 @@ import traceback
 
 import typer
 
+from lmforge.errors import first_line
+
 
 def unexpected(exc: BaseException) -> None:
     """Report a failure that is not a user error in one line and exit 1."""
     if os.environ.get("LMFORGE_TRACEBACK") == "1":
         traceback.print_exception(exc)
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    detail = f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
     typer.echo(
         f"error: lmforge failed unexpectedly ({detail[:300]}); rerun with LMFORGE_TRACEBACK=1 "
         "to see where, and report it.",

@@ -62,7 +62,7 @@ from lmforge.generate.inputs import (
 )
 from lmforge.generate.rows import Row, TokenHistory, expand_index, make_rows, stop_strings
 from lmforge.generate.sampling import exp_noise, make_generator, next_token_probs
-from lmforge.generate.static import DEFAULT_MODE, StepCompileError, batch_step
+from lmforge.generate.static import StepCompileError, batch_step, compile_mode
 from lmforge.models.cache import KVCache
 
 
@@ -137,7 +137,7 @@ def length_groups(lengths: list[int], pass_rows: int = PREFILL_PASS_ROWS) -> lis
     prompt among short ones gets a forward of its own instead of padding them all to its
     length; prompts of similar lengths share one."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    best = [0] + [0] * len(order)  # best[j]: cheapest split of the j shortest prompts
+    best = [0] * (len(order) + 1)  # best[j]: cheapest split of the j shortest prompts
     cut = [0] * (len(order) + 1)  # where the last group of that split starts
     for j in range(1, len(order) + 1):
         longest = lengths[order[j - 1]]
@@ -220,7 +220,7 @@ class ContinuousBatcher:
         """How the decode step runs: "eager", "compiled (regional)" or "compiled (whole)", or
         "eager (compiling failed)" after a compilation failed (see `compile_error`)."""
         if self._step is not None:
-            return f"compiled ({DEFAULT_MODE if self.compile is True else self.compile})"
+            return f"compiled ({compile_mode(self.compile)})"
         return "eager (compiling failed)" if self.compile_error is not None else "eager"
 
     @property

@@ -288,7 +288,8 @@ def compiled_step(model: nn.Module) -> CompiledStep:
     return hit[1]
 
 
-def _mode(compile: bool | str) -> str:
+def compile_mode(compile: bool | str) -> str:
+    """The mode `compile` names: True is `DEFAULT_MODE`; an unknown mode raises."""
     mode = DEFAULT_MODE if compile is True else compile
     if mode not in COMPILE_MODES:
         raise GenerationError(
@@ -304,7 +305,7 @@ def step_function(model: nn.Module, compile: bool | str) -> Callable | None:
     or "regional" (`RegionalStep`)."""
     if not compile:
         return None
-    return compiled_step(model) if _mode(compile) == "whole" else regional_step(model)
+    return compiled_step(model) if compile_mode(compile) == "whole" else regional_step(model)
 
 
 def batch_step(model: nn.Module, compile: bool | str) -> CompiledStep | RegionalStep | None:
@@ -315,6 +316,6 @@ def batch_step(model: nn.Module, compile: bool | str) -> CompiledStep | Regional
     new batcher."""
     if not compile:
         return None
-    if _mode(compile) == "whole":
+    if compile_mode(compile) == "whole":
         return CompiledStep(model, dynamic_batch=True)
     return RegionalStep(model, dynamic_batch=True)

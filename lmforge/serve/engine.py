@@ -152,7 +152,7 @@ class Engine:
             run there, one at a time, while it is free and the batch idle (`lmforge.serve.lanes`).
         draft_k: draft tokens per speculative round.
         compile: torch.compile the batch's decode step (`ContinuousBatcher`'s `compile`; the
-            lanes decode eagerly); `warm_up()` compiles it before the first request.
+            lanes decode eagerly); `batcher.warm_up()` compiles it before the first request.
     """
 
     def __init__(
@@ -189,10 +189,6 @@ class Engine:
             "peak_active_rows": 0,
             "failures": 0,
         }
-
-    def warm_up(self) -> None:
-        """Compile the batch's decode step now (with `compile`; call before `start`)."""
-        self.batcher.warm_up()
 
     # ------------------------------------------------------------------ event-loop side
     @property

@@ -97,7 +97,7 @@ def build_app(
         transform=transform,
     )
     engine = Engine(model, tokenizer, max_batch, draft=helper, draft_k=draft_k, compile=compile)
-    engine.warm_up()
+    engine.batcher.warm_up()
     app = create_app(engine, served, api_key, admission)
     mount_playground(app, model_dir, needs_key=api_key is not None)  # the web page at /
     return app
