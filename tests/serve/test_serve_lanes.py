@@ -310,8 +310,19 @@ def test_beam_rows_count_against_the_kv_budget(model_dir):
 # ---------------------------------------------------------------- lanes and the batch together
 
 
-def test_lane_and_batch_requests_at_once_all_answer_as_alone(spec, reference):
+def test_lane_and_batch_requests_at_once_all_answer_as_alone(spec, reference, monkeypatch):
+    """The first greedy request takes the free lane; the rest arrive while it decodes there
+    (the draft is slowed so that they do) and go to the batch or the beam lane."""
     model, tok = reference
+    draft = spec.engine.speculative_lane.draft
+    step = draft.decode_step
+
+    def slowed(*args, **kwargs):
+        time.sleep(0.02)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(draft, "decode_step", slowed)
+    _idle(spec)
     asks = [
         dict(prompt=p, max_tokens=m, temperature=0)
         for p, m in zip(PROMPTS, [18, 9, 24, 12, 6], strict=True)
@@ -329,7 +340,14 @@ def test_lane_and_batch_requests_at_once_all_answer_as_alone(spec, reference):
             }
             extra = {k: v for k, v in ask.items() if k not in core}
             calls.append(client.completions.create(model=MODEL, **core, extra_body=extra))
-        return await asyncio.gather(*calls)
+        first = asyncio.ensure_future(calls[0])
+        deadline = time.monotonic() + 10.0
+        while not first.done() and time.monotonic() < deadline:
+            lane = (await asyncio.to_thread(health, spec.url))["speculative_lane"]
+            if lane["requests"] >= 1:
+                break  # the lane holds the first request: send the others now
+            await asyncio.sleep(0.01)
+        return await asyncio.gather(first, *calls[1:])
 
     results = asyncio.run(fire())
     lanes = []
