@@ -50,6 +50,7 @@ class LaneTicket(Ticket):
     def __init__(self, lane: Lane, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(lane, job, loop)  # type: ignore[arg-type]  # `engine` is its lane
         self.lane = lane.name
+        self.released = False  # the lane counted it and is free of it
 
     def cancel(self) -> None:
         self.done = True
@@ -119,26 +120,34 @@ class Lane:
                 ticket = self._queue.popleft()
             try:
                 if ticket.done:  # its client left while it waited
-                    self.stats["cancelled"] += 1
+                    self._release(ticket, "cancelled")
                     continue
                 self.decode(ticket)
-                self.stats["completed"] += 1
+                self._release(ticket, "completed")
             except _Stopped:
-                self.stats["cancelled"] += 1
+                self._release(ticket, "cancelled")
                 if self._stopping:
                     ticket._push(EngineFailure("the server is shutting down."))
             except Exception as exc:  # this request alone fails
                 log.error("%s lane request failed: %s: %s", self.name, type(exc).__name__, exc)
-                self.stats["failures"] += 1
+                self._release(ticket, "failures")
                 ticket._push(failure_for(exc))
-            finally:
-                with self._cond:
-                    self._pending -= 1
         with self._cond:
             left, self._queue = list(self._queue), deque()
             self._pending -= len(left)
         for ticket in left:
             ticket._push(EngineFailure("the server is shutting down."))
+
+    def _release(self, ticket: LaneTicket, outcome: str) -> None:
+        """Count `ticket`'s outcome and free the lane of it, once per ticket, before its last
+        answer leaves: a client that sends its next request on reading the answer finds the
+        lane free and its counts up to date."""
+        if ticket.released:
+            return
+        ticket.released = True
+        with self._cond:
+            self._pending -= 1
+            self.stats[outcome] += 1
 
     def check(self, ticket: LaneTicket) -> None:
         """Raise `_Stopped` when the ticket was cancelled or the server is stopping."""
@@ -160,6 +169,7 @@ class Lane:
             ticket._count(sum(e.token is not None for _, e in items), now)
         if final:
             ticket._finish(now, rate)
+            self._release(ticket, "completed")
         if not ticket.job.stream:
             ticket.held += items
             if not final:

@@ -4,6 +4,7 @@ answer stream in, no console errors; the screenshot is kept under the test's tmp
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import pytest
@@ -43,7 +44,15 @@ def test_report_card_of_a_dir_without_a_run_is_a_clear_404(server):
     assert status == 404 and "lmforge report" in body["error"]["message"]
 
 
-def test_chat_in_headless_chromium(server, client, browser, tmp_path):
+def test_chat_in_headless_chromium(server, client, browser, tmp_path, monkeypatch):
+    model = server.engine.batcher.model
+    step = model.step
+
+    def slowed(*args, **kwargs):  # the answer streams over ~1 s, so it cannot arrive at once
+        time.sleep(0.04)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(model, "step", slowed)
     browser.goto(server.url + "/")
     assert "API key" in browser.js("document.body.innerText")
     browser.wait_for("document.getElementById('model').textContent.includes('needs its API key')")

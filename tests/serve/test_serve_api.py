@@ -214,7 +214,12 @@ def test_a_waiting_client_that_gives_up_frees_its_rows(server):
     )
     with socket.create_connection((server.host, server.port)) as sock:
         sock.sendall(head.encode() + body)
-        time.sleep(0.05)  # the request is in; now hang up without reading the answer
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # hang up once its rows decode, unread
+            load = health(server)
+            if load["active_rows"] + load["waiting_rows"] == MAX_BATCH:
+                break
+            time.sleep(0.01)
     deadline = time.monotonic() + 20
     while (status := health(server))["cancelled_rows"] == before and time.monotonic() < deadline:
         time.sleep(0.02)

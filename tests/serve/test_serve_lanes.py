@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -372,12 +373,14 @@ def test_a_failing_lane_request_fails_alone(spec, reference, monkeypatch):
     an allocation failure in beam search is a 503; both lanes serve again afterwards."""
     draft = spec.engine.speculative_lane.draft
     step = draft.decode_step
+    others_answered = threading.Event()
 
     def broken(*args, **kwargs):
-        time.sleep(1.0)  # the lane stays busy while the other requests arrive
+        others_answered.wait(30)  # the lane stays busy until the other requests have answered
         raise RuntimeError("draft broke (simulated)")
 
     monkeypatch.setattr(draft, "decode_step", broken)
+    _idle(spec)
 
     async def fire():
         client = _aclient(spec)
@@ -385,7 +388,15 @@ def test_a_failing_lane_request_fails_alone(spec, reference, monkeypatch):
             client.completions.create(model=MODEL, prompt=p, max_tokens=8, temperature=0)
             for p in PROMPTS
         ]
-        return await asyncio.gather(*calls, return_exceptions=True)
+        first = asyncio.ensure_future(calls[0])
+        deadline = time.monotonic() + 10.0
+        while not first.done() and time.monotonic() < deadline:
+            if (await asyncio.to_thread(health, spec.url))["speculative_lane"]["requests"]:
+                break  # the lane holds the first request
+            await asyncio.sleep(0.01)
+        others = await asyncio.gather(*calls[1:], return_exceptions=True)
+        others_answered.set()
+        return [*await asyncio.gather(first, return_exceptions=True), *others]
 
     results = asyncio.run(fire())
     failed = [r for r in results if isinstance(r, Exception)]
@@ -456,3 +467,34 @@ def test_lane_requests_count_against_the_request_limit(model_dir, monkeypatch):
         assert info.value.response.headers["retry-after"] == "1"
         assert first.result(timeout=30).choices[0].finish_reason == "length"
         assert health(server.url)["requests_in_flight"] == 0
+
+
+def test_a_lane_is_free_and_counted_before_its_answer_leaves():
+    """A client that sends its next request on reading an answer finds the lane free: the lane
+    frees itself and counts the request before it hands over the last events, not after its
+    decode returns."""
+    from lmforge.generate.continuous import RowEvent
+    from lmforge.serve.lanes import Lane
+    from lmforge.serve.protocol import Job
+
+    seen, leave = [], threading.Event()
+
+    class Probe(Lane):
+        def decode(self, ticket):
+            self.emit(ticket, [(0, RowEvent(row=0, token=5, finish_reason="length"))], True)
+            leave.wait(10)  # the decode has not returned yet
+
+    async def ask():
+        lane = Probe()
+        lane.start()
+        job = Job(prompts=[[1, 2]], gen=GenerationConfig(max_new_tokens=1), prompt_texts=["x"])
+        ticket = lane.submit(job, asyncio.get_running_loop(), only_if_free=True)
+        await asyncio.wait_for(ticket.queue.get(), 10)  # the answer
+        seen.append(lane.snapshot())
+        seen.append(lane.submit(job, asyncio.get_running_loop(), only_if_free=True) is not None)
+        leave.set()
+        await asyncio.to_thread(lane.stop)
+
+    asyncio.run(ask())
+    assert seen[0] == {"requests": 0, "completed": 1, "cancelled": 0, "failures": 0}
+    assert seen[1] is True  # a second request was taken, not turned away as busy
