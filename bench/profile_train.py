@@ -18,6 +18,7 @@ Groups (by aten op name; a backward op lands in the group of its forward):
     python bench/profile_train.py --threads 2                      # gpt-mini, 8 x 256
     python bench/profile_train.py --threads 2 --compile            # the step under torch.compile
     python bench/profile_train.py --threads 2 --pair smollm2-135m
+    python bench/profile_train.py --threads 2 --pair smollm2-135m --dtype bf16   # autocast
 
 Prints the load average next to the figures (a shared box moves them).
 """
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also profile lmforge compiled")
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
     args = ap.parse_args()
     args.hf_eager = False
     device = common.setup("cpu", args.threads)
@@ -101,16 +103,17 @@ def main() -> None:
     ids = torch.randint(0, ours.cfg.vocab_size, (batch, args.seq_len + 1), generator=gen)
     batches = [(ids[:, :-1], ids[:, 1:])]
     steps = {
-        "lmforge": make_steps(ours, lmforge_loss(ours, 0), batches, 1, device, "fp32", True, True),
+        "lmforge": make_steps(ours, lmforge_loss(ours, 0), batches, 1, device, args.dtype, True,
+                              True),
         "hf-sdpa": make_steps(hfs["hf-sdpa"], hf_loss(hfs["hf-sdpa"]), batches, 1, device,
-                              "fp32", True),
+                              args.dtype, True),
     }  # fmt: skip
     if args.compile:
         steps["lmforge+compile"] = make_steps(
-            ours, lmforge_loss(torch.compile(ours), 0), batches, 1, device, "fp32", True, True
+            ours, lmforge_loss(torch.compile(ours), 0), batches, 1, device, args.dtype, True, True
         )
     table = {name: profile_step(fn, name) for name, fn in steps.items()}
-    peak = matmul_peak_flops(device)
+    peak = matmul_peak_flops(device, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     ideal = train_flops_per_token(ours, args.seq_len) * batch * args.seq_len / peak
     names = sorted({g for t in table.values() for g in t}, key=lambda g: (g == "(wall)", g))
     print(

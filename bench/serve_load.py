@@ -30,12 +30,12 @@ import urllib.request
 from pathlib import Path
 
 SERVER = """
-import sys, torch
+import json, sys, torch
 from lmforge.serve import serve
 threads = int(sys.argv[5])
 if threads:
     torch.set_num_threads(threads)
-extra = {"compile": sys.argv[6]} if len(sys.argv) > 6 else {}  # absent: older servers too
+extra = json.loads(sys.argv[6])  # only the options given, so older servers run too
 serve(sys.argv[1], port=int(sys.argv[2]), max_batch=int(sys.argv[3]), device=sys.argv[4],
       log_level="warning", **extra)
 """
@@ -170,6 +170,11 @@ def main() -> None:
         choices=("regional", "whole"),
         help="serve with the batch's decode step compiled in this mode (compiled at start-up)",
     )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="serve in this dtype (default: the server's own choice, float32 on a CPU)",
+    )
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--clients", type=int, default=32)
@@ -195,7 +200,9 @@ def main() -> None:
             port = args.port or free_port()
             url = f"http://127.0.0.1:{port}"
             cmd = [sys.executable, "-c", SERVER, str(model_dir), str(port), str(args.max_batch)]
-            cmd += [args.device, str(args.threads)] + ([args.compile] if args.compile else [])
+            extra = {"compile": args.compile, "dtype": args.dtype}
+            extra = {k: v for k, v in extra.items() if v}
+            cmd += [args.device, str(args.threads), json.dumps(extra)]
             proc = subprocess.Popen(cmd)
         try:
             status = wait_healthy(url, proc, timeout=600.0 if args.compile else 120.0)
@@ -215,6 +222,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "max_batch": args.max_batch,
         "compile": args.compile,
+        "dtype": args.dtype or "auto",
         "endpoint": args.endpoint,
         "stream": args.stream,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.device}",

@@ -46,7 +46,10 @@ class TrainConfig:
         select_metric: the held-out number that picks the best model and drives `patience`:
             any `eval_*` key an evaluation logs (`eval_loss`, or say `eval_accuracy`).
         select_mode: "min" (a loss: lower is better) or "max" (accuracy, F1).
-        precision: "auto" (bf16 autocast where the hardware has it), "fp32", "bf16", "fp16".
+        precision: "auto" (bf16 autocast on a GPU that has bf16, fp32 on a CPU), "fp32",
+            "bf16", "fp16". On a CPU with AMX (Intel Xeon 4th generation and later) "bf16"
+            trains a 135M Llama about 1.6x faster than fp32 (BENCHMARKS.md, "bf16 on the
+            CPU's AMX units").
         device: "auto", "cpu", "cuda", "cuda:1", ...
         compile: wrap the model in torch.compile (inductor fuses the norms, activations and
             RoPE around the matrix multiplies; fp32 on a shared 2-core CPU: 1.6-1.8x Hugging
