@@ -208,6 +208,7 @@ def create_app(
             "status": "ok",
             "model": served.name,
             "max_batch": engine.max_batch,
+            "dtype": served.dtype,
             "decode_step": engine.batcher.decoding,
             **engine.load(),
             **engine.stats,

@@ -68,6 +68,7 @@ class Served:
     limits: Limits = field(default_factory=Limits)
     max_token_chars: int | None = None  # the longest BPE vocabulary entry (None: no bound)
     transform: Callable[[str], Any] | None = None  # `--retrieve` / `--kg` (lmforge.knowledge)
+    dtype: str = "float32"  # the weights' floating-point type, as /health reports it
 
 
 @dataclass

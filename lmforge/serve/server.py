@@ -95,6 +95,7 @@ def build_app(
         if tokenizer.kind == "bpe"
         else None,
         transform=transform,
+        dtype=dtype,
     )
     engine = Engine(model, tokenizer, max_batch, draft=helper, draft_k=draft_k, compile=compile)
     engine.batcher.warm_up()

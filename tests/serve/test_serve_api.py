@@ -4,16 +4,19 @@ strings, logprobs, and continuous batching equal to `lmforge.generate` run one r
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import socket
 import time
 
+import openai
 import pytest
 import torch
 from serve_helpers import API_KEY, CONTEXT, MAX_BATCH, MODEL, prompt_ids, reference_texts
 from serve_helpers import health as _health
 
 from lmforge.generate import GenerationConfig
+from lmforge.serve import BackgroundServer, build_app
 from lmforge.tokenizer import chat_stops, encode_chat
 
 
@@ -28,7 +31,24 @@ def test_models_and_health(client, server):
     assert client.models.retrieve(MODEL).id == MODEL
     status = health(server)  # no API key needed
     assert status["status"] == "ok" and status["max_batch"] == MAX_BATCH
-    assert status["decode_step"] == "eager"
+    assert status["decode_step"] == "eager" and status["dtype"] == "float32"
+
+
+def test_a_bfloat16_server_answers_as_generate_on_the_bfloat16_model(model_dir, reference):
+    """`--dtype bfloat16`: the batch decodes the bf16 weights (/health says so) and a greedy
+    answer is `generate`'s on the same model cast to bf16."""
+    model, tok = reference
+    bf16 = (copy.deepcopy(model).to(torch.bfloat16), tok)
+    app = build_app(model_dir, api_key=API_KEY, device="cpu", dtype="bfloat16")
+    with BackgroundServer(app) as running:
+        assert _health(running.url)["dtype"] == "bfloat16"
+        served = app.state.engine.batcher.model
+        assert {p.dtype for p in served.parameters()} == {torch.bfloat16}
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key=API_KEY, max_retries=0)
+        for text in ("The quick", "你好"):
+            r = client.completions.create(model=MODEL, prompt=text, max_tokens=12, temperature=0)
+            gen = GenerationConfig(max_new_tokens=12, temperature=0)
+            assert r.choices[0].text == reference_texts(bf16, prompt_ids(tok, text), gen)[0]
 
 
 def test_completion_greedy_equals_generate(client, reference):
