@@ -1,7 +1,8 @@
 """Decode speed on a real-sized model: a Llama of SmolLM2-135M's shape (random weights).
 
     30 layers, d_model 576, 9 heads, 3 KV heads, d_ff 1536, vocab 49152, tied embeddings,
-    RoPE theta 100000; greedy, a --prompt-len-token prompt, --new-tokens new tokens, fp32.
+    RoPE theta 100000; greedy, a --prompt-len-token prompt, --new-tokens new tokens, fp32
+    (--dtype bf16: both models' weights cast to bfloat16).
 
 Contenders, one process, interleaved repeats, medians (prefill included, as a user sees it):
     hf        Hugging Face `LlamaForCausalLM.generate` on the same weights
@@ -19,6 +20,7 @@ the memory-bandwidth limit the contender reaches.
     python bench/decode_real.py                       # 2 threads, batch 1 and 8, both compiled forms
     python bench/decode_real.py --compile-mode regional --threads 1 --batches 1
     python bench/decode_real.py --no-compile --repeats 2
+    python bench/decode_real.py --dtype bf16 --batches 8 --compile-batch --compile-mode whole
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def step_bytes(model: Transformer, batch: int, context: float) -> float:
     weights = sum(
         p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()
     )
-    kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * context * 4 * batch
+    width = next(model.parameters()).element_size()  # the cache has the weights' dtype
+    kv = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * context * width * batch
     return weights + kv
 
 
@@ -110,12 +113,15 @@ def main() -> None:
         help="keep inductor's on-disk cache (default: a fresh one, so the first call compiles cold)",
     )
     p.add_argument("--compile-batch", action="store_true", help="also compile at batch > 1")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="both models' weights")
     args = p.parse_args()
     device = common.setup("cpu", args.threads)
     print(f"load average before: {os.getloadavg()}")
     cache = "warm (the user's own)" if args.warm_cache else "cold (fresh directory)"
     print(f"inductor cache: {cache} {os.environ.get('TORCHINDUCTOR_CACHE_DIR', '')}")
     ours, hf = llama_pair()
+    if args.dtype == "bf16":
+        ours, hf = ours.to(torch.bfloat16), hf.to(torch.bfloat16)
     new, plen = args.new_tokens, args.prompt_len
     bw = common.read_bandwidth(repeats=7)
     print(f"measured read bandwidth: {bw / 1e9:.1f} GB/s ({args.threads} threads)")
@@ -180,7 +186,7 @@ def main() -> None:
     print()
     print(common.markdown_table(headers, rows))
     print(
-        f"\nbandwidth {bw / 1e9:.1f} GB/s; fp32 limit at batch 1: "
+        f"\nbandwidth {bw / 1e9:.1f} GB/s; {args.dtype} limit at batch 1: "
         f"{bw / step_bytes(ours, 1, plen + new / 2):.1f} tokens/s"
     )
     print(f"load average after: {os.getloadavg()}")
