@@ -90,6 +90,7 @@ def serve(
     from lmforge.serve import Limits
     from lmforge.serve import serve as run
     from lmforge.serve.app import check_api_key
+    from lmforge.utils.device import cpu_has_amx_bf16, resolve_device
 
     if api_key is None and "LMFORGE_API_KEY" in os.environ:
         api_key = os.environ["LMFORGE_API_KEY"]  # click reads an empty variable as unset
@@ -99,6 +100,13 @@ def serve(
     kv = None if kv_memory_gb is None else int(kv_memory_gb * 2**30)
     limits = Limits(max_tokens=max_tokens, max_requests=max_requests, kv_bytes=kv)
     compiled = compile_choice(compile, compile_mode)
+    if dtype == "auto" and resolve_device(device).type == "cpu" and cpu_has_amx_bf16():
+        typer.echo(
+            "note: this CPU has AMX bf16 units; --dtype bfloat16 serves batches 1.2-1.6x "
+            "faster than float32 (more with --compile --compile-mode whole), with text that "
+            "can differ from float32's where two tokens are nearly tied.",
+            err=True,
+        )
     if compiled:
         typer.echo("compiling the decode step before serving (--compile)...")
     lane = f", speculative lane with draft {draft} (k={draft_k})" if draft is not None else ""

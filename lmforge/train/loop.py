@@ -37,7 +37,14 @@ from lmforge.objectives import LossOutput
 from lmforge.train import distributed as D
 from lmforge.train.checkpoint import clean_stale
 from lmforge.train.optim import build_optimizer, clip_scale, get_lr, masked_step
-from lmforge.train.report import WallClock, note, peak_memory_mb, read_metrics, warmup_warning
+from lmforge.train.report import (
+    WallClock,
+    note,
+    peak_memory_mb,
+    precision_note,
+    read_metrics,
+    warmup_warning,
+)
 from lmforge.train.run import Run, TrainingError, select_score
 from lmforge.utils.device import resolve_device
 from lmforge.utils.fs import atomic_write_text, clean_orphan_temps
@@ -556,6 +563,7 @@ def _start(
         history = read_metrics(metrics_path, run.step) if resumed else []
         atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
         atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
-        if (warning := warmup_warning(cfg)) is not None:
-            note(warning)
+        for line in (warmup_warning(cfg), precision_note(cfg, device)):
+            if line is not None:
+                note(line)
     return run

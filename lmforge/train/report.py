@@ -1,5 +1,5 @@
-"""What a run tells its user besides metrics: the wall-time estimate, a warm-up warning, the
-peak memory, and the metrics history a resumed run keeps."""
+"""What a run tells its user besides metrics: the wall-time estimate, a warm-up warning, a
+precision hint, the peak memory, and the metrics history a resumed run keeps."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmforge.config.train import TrainConfig
+from lmforge.utils.device import cpu_has_amx_bf16
 
 
 def note(message: str) -> None:
@@ -67,6 +68,16 @@ def warmup_warning(cfg: TrainConfig) -> str | None:
         f"warning: max_steps={cfg.max_steps} is below warmup_steps={cfg.warmup_steps}, so the "
         f"learning rate only climbs to {peak:.2g} of lr={cfg.lr:g} and never decays; lower "
         f"warmup_steps (say {max(1, cfg.max_steps // 10)}) or raise max_steps."
+    )
+
+
+def precision_note(cfg: TrainConfig, device: torch.device) -> str | None:
+    """A hint for a CPU run left at precision=auto (fp32 on a CPU) on a CPU with AMX units."""
+    if cfg.precision != "auto" or device.type != "cpu" or not cpu_has_amx_bf16():
+        return None
+    return (
+        "note: this CPU has AMX bf16 units; precision=bf16 (autocast) trains about 1.6x "
+        "faster than the fp32 that precision=auto uses on a CPU."
     )
 
 

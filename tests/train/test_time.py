@@ -35,3 +35,26 @@ def test_the_estimate_is_said_once_even_when_a_skipped_step_brings_the_count_bac
     said = [clock.step_done(s, now=float(s)) for s in (1, 2, 3, 4, 3, 4, 5)]
     assert [x is not None for x in said] == [False, False, False, True, False, False, False]
     assert "over steps 2-4" in said[3]
+
+
+def test_amx_flag_is_read_from_the_flags_line():
+    from lmforge.utils.device import amx_bf16_in
+
+    assert amx_bf16_in("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert not amx_bf16_in("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n")  # no AMX bf16
+    assert not amx_bf16_in("model name\t: amx_bf16 lookalike\nflags\t\t: fpu sse\n")
+    assert not amx_bf16_in("")
+
+
+def test_a_cpu_run_at_precision_auto_hears_of_bf16_only_on_an_amx_cpu(monkeypatch):
+    import torch
+
+    from lmforge.train import report
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(report, "cpu_has_amx_bf16", lambda: True)
+    assert "precision=bf16" in report.precision_note(TrainConfig(), cpu)
+    assert report.precision_note(TrainConfig(precision="fp32"), cpu) is None  # chosen: silent
+    assert report.precision_note(TrainConfig(), cuda) is None  # auto is bf16 there already
+    monkeypatch.setattr(report, "cpu_has_amx_bf16", lambda: False)
+    assert report.precision_note(TrainConfig(), cpu) is None
