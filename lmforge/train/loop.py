@@ -563,7 +563,8 @@ def _start(
         history = read_metrics(metrics_path, run.step) if resumed else []
         atomic_write_text(metrics_path, "".join(line + "\n" for line in history))
         atomic_write_text(out_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
-        for line in (warmup_warning(cfg), precision_note(cfg, device)):
+        size = sum(p.numel() for p in model.parameters())
+        for line in (warmup_warning(cfg), precision_note(cfg, device, size)):
             if line is not None:
                 note(line)
     return run

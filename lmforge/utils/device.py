@@ -38,6 +38,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: model size from which bf16 on AMX measured faster than fp32 here: a 135M Llama trained 1.6x
+#: and served 1.2-1.6x faster, a 10M gpt-mini trained 1.06x (within the noise)
+AMX_BF16_MIN_PARAMS = 50_000_000
+
+
+def bf16_pays_here(n_params: int) -> bool:
+    """Whether a model of `n_params` parameters should hear of bf16 on this CPU: one large
+    enough for the products to dominate, on a CPU with AMX bf16 units."""
+    return n_params >= AMX_BF16_MIN_PARAMS and cpu_has_amx_bf16()
+
+
 @functools.cache
 def cpu_has_amx_bf16() -> bool:
     """True when this CPU multiplies bf16 matrices on AMX tiles (Intel Xeon 4th generation and

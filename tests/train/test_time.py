@@ -50,11 +50,13 @@ def test_a_cpu_run_at_precision_auto_hears_of_bf16_only_on_an_amx_cpu(monkeypatc
     import torch
 
     from lmforge.train import report
+    from lmforge.utils import device
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(report, "cpu_has_amx_bf16", lambda: True)
-    assert "precision=bf16" in report.precision_note(TrainConfig(), cpu)
-    assert report.precision_note(TrainConfig(precision="fp32"), cpu) is None  # chosen: silent
-    assert report.precision_note(TrainConfig(), cuda) is None  # auto is bf16 there already
-    monkeypatch.setattr(report, "cpu_has_amx_bf16", lambda: False)
-    assert report.precision_note(TrainConfig(), cpu) is None
+    cpu, cuda, big, small = torch.device("cpu"), torch.device("cuda"), 135_000_000, 10_000_000
+    monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: True)
+    assert "precision=bf16" in report.precision_note(TrainConfig(), cpu, big)
+    assert report.precision_note(TrainConfig(), cpu, small) is None  # too small to gain
+    assert report.precision_note(TrainConfig(precision="fp32"), cpu, big) is None  # chosen
+    assert report.precision_note(TrainConfig(), cuda, big) is None  # auto is bf16 there already
+    monkeypatch.setattr(device, "cpu_has_amx_bf16", lambda: False)
+    assert report.precision_note(TrainConfig(), cpu, big) is None
