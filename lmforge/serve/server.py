@@ -339,10 +339,18 @@ class BackgroundServer:
     ) -> None:
         import uvicorn
 
-        self.host, self.port = host, port or free_port(host)
+        self._socket = None
+        if port is None:  # bound here and handed to uvicorn: no other process can take it first
+            self._socket = socket.socket()
+            self._socket.bind((host, 0))
+            port = self._socket.getsockname()[1]
+        self.host, self.port = host, port
         config = uvicorn_config(app, self.host, self.port, "warning", max_connections)
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, name="lmforge-uvicorn", daemon=True)
+        sockets = None if self._socket is None else [self._socket]
+        self._thread = threading.Thread(
+            target=self.server.run, args=(sockets,), name="lmforge-uvicorn", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -360,6 +368,8 @@ class BackgroundServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=30)
+        if self._socket is not None:
+            self._socket.close()
 
     def __enter__(self) -> BackgroundServer:
         return self.start()

@@ -344,3 +344,13 @@ def test_offloaded_encoding_gives_the_same_ids(reference):
         assert offloaded.vocab_size == tok.vocab_size
     finally:
         offloaded.close()
+
+
+def test_a_background_server_holds_its_port_from_the_start(model_dir):
+    """The port is bound when the server object is made and handed to uvicorn, so no other
+    process can take it between choosing and listening."""
+    server = BackgroundServer(build_app(model_dir, device="cpu"))
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind((server.host, server.port))
+    with server:
+        assert health(server.url)["status"] == "ok"
