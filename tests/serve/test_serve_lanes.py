@@ -69,6 +69,18 @@ def _aclient(server) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
 
 
+async def _held_by_the_lane(server, call) -> asyncio.Future:
+    """Send `call` and return its future once the speculative lane holds it (or it answered,
+    or 10 s passed)."""
+    sent = asyncio.ensure_future(call)
+    deadline = time.monotonic() + 10.0
+    while not sent.done() and time.monotonic() < deadline:
+        if (await asyncio.to_thread(health, server.url))["speculative_lane"]["requests"]:
+            break
+        await asyncio.sleep(0.01)
+    return sent
+
+
 def _idle(server, timeout: float = 10.0) -> dict:
     """/health once every lane is empty again."""
     deadline = time.monotonic() + timeout
@@ -341,13 +353,7 @@ def test_lane_and_batch_requests_at_once_all_answer_as_alone(spec, reference, mo
             }
             extra = {k: v for k, v in ask.items() if k not in core}
             calls.append(client.completions.create(model=MODEL, **core, extra_body=extra))
-        first = asyncio.ensure_future(calls[0])
-        deadline = time.monotonic() + 10.0
-        while not first.done() and time.monotonic() < deadline:
-            lane = (await asyncio.to_thread(health, spec.url))["speculative_lane"]
-            if lane["requests"] >= 1:
-                break  # the lane holds the first request: send the others now
-            await asyncio.sleep(0.01)
+        first = await _held_by_the_lane(spec, calls[0])  # then send the others
         return await asyncio.gather(first, *calls[1:])
 
     results = asyncio.run(fire())
@@ -388,12 +394,7 @@ def test_a_failing_lane_request_fails_alone(spec, reference, monkeypatch):
             client.completions.create(model=MODEL, prompt=p, max_tokens=8, temperature=0)
             for p in PROMPTS
         ]
-        first = asyncio.ensure_future(calls[0])
-        deadline = time.monotonic() + 10.0
-        while not first.done() and time.monotonic() < deadline:
-            if (await asyncio.to_thread(health, spec.url))["speculative_lane"]["requests"]:
-                break  # the lane holds the first request
-            await asyncio.sleep(0.01)
+        first = await _held_by_the_lane(spec, calls[0])
         others = await asyncio.gather(*calls[1:], return_exceptions=True)
         others_answered.set()
         return [*await asyncio.gather(first, return_exceptions=True), *others]
